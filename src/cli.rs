@@ -1,0 +1,351 @@
+//! The `inbound` command line: serve, check-config, messages, bench. Errors here are `anyhow`
+//! with context, printed once with `{:#}`; the library below returns typed errors.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::server::admin::{self, Request, Response};
+use crate::store::{MessageRecord, Store};
+use crate::util::rfc3339;
+
+#[derive(Parser)]
+#[command(name = "inbound", version, about = "The MX for hosted team inboxes")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (on the embedded default config unless --config is given).
+    Serve {
+        /// Config file (TOML); see config/inbound.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on these addresses instead of the config's listeners (repeatable).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        /// Keep data in this directory instead of the config's server.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file and print every error with its key path.
+    CheckConfig { file: PathBuf },
+    /// Look at accepted messages.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+    /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Data directory of the server (default: the config's).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Config file whose data directory to read (default: the embedded config).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum MessagesCommand {
+    /// List accepted messages, oldest first.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this queue id (pagination).
+        #[arg(long)]
+        after: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's record; --raw prints the stored RFC 5322 message instead.
+    Show {
+        queue_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("INBOUND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The config for a command: a file, or the embedded default.
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display())),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let mut cfg = load_config(config.as_ref())?;
+            if config.is_none() {
+                tracing::info!("no --config given: running on the embedded default config");
+            }
+            if !listen.is_empty() {
+                cfg.override_listeners(&listen);
+            }
+            if let Some(dir) = data_dir {
+                cfg.override_data_dir(dir);
+            }
+            runtime()?.block_on(async {
+                let bound = crate::server::bind(cfg)
+                    .await
+                    .context("starting the server")?;
+                bound
+                    .run(crate::server::shutdown::signal())
+                    .await
+                    .context("running the server")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match config::parse(&text) {
+                Ok(cfg) => {
+                    println!(
+                        "{}: OK ({} listener{}, {} inbox{})",
+                        file.display(),
+                        cfg.listeners.len(),
+                        if cfg.listeners.len() == 1 { "" } else { "s" },
+                        cfg.inboxes.list.len(),
+                        if cfg.inboxes.list.len() == 1 {
+                            ""
+                        } else {
+                            "es"
+                        },
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprint!("{}: {errors}", file.display());
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Messages { command } => messages(command),
+        Command::Bench(args) => crate::bench::run(args),
+    }
+}
+
+/// Run one admin request: through the running server's socket when there is one, else on the
+/// store directly.
+fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)> {
+    let mut cfg = load_config(store.config.as_ref())?;
+    if let Some(dir) = &store.data_dir {
+        cfg.override_data_dir(dir.clone());
+    }
+    let rt = runtime()?;
+    if let Some(answer) = rt
+        .block_on(admin::call(&cfg.admin_socket, &req))
+        .with_context(|| {
+            format!(
+                "asking the running server at {}",
+                cfg.admin_socket.display()
+            )
+        })?
+    {
+        return Ok(answer);
+    }
+    if !Store::data_path(&cfg.data_dir).exists() {
+        bail!(
+            "no store in {} (has the server run with this data directory?)",
+            cfg.data_dir.display()
+        );
+    }
+    let _guard = rt.enter();
+    let store = Store::open(&cfg.data_dir, &cfg.store).with_context(|| {
+        format!(
+            "opening the store in {} (no server answered on {})",
+            cfg.data_dir.display(),
+            cfg.admin_socket.display()
+        )
+    })?;
+    Ok(admin::execute(&store, &req))
+}
+
+fn messages(command: MessagesCommand) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        MessagesCommand::List {
+            store,
+            limit,
+            after,
+            json,
+        } => {
+            let (resp, _) = admin_request(&store, Request::MessagesList { after, limit })?;
+            let records: Vec<MessageRecord> = decode(resp)?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &records)?;
+                writeln!(stdout)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(
+                stdout,
+                "{:<26}  {:<20}  {:>9}  {:<30}  {:<30}  SUBJECT",
+                "QUEUE_ID", "RECEIVED", "SIZE", "FROM", "TO"
+            )?;
+            for r in &records {
+                let to = r
+                    .rcpt
+                    .iter()
+                    .map(|x| x.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let from = if r.from.is_empty() {
+                    &r.mail_from
+                } else {
+                    &r.from
+                };
+                writeln!(
+                    stdout,
+                    "{:<26}  {:<20}  {:>9}  {:<30}  {:<30}  {}",
+                    r.queue_id,
+                    rfc3339(r.received_at),
+                    r.size,
+                    truncate(from, 30),
+                    truncate(&to, 30),
+                    truncate(&r.subject, 60)
+                )?;
+            }
+            writeln!(
+                stdout,
+                "{} message{}",
+                records.len(),
+                if records.len() == 1 { "" } else { "s" }
+            )?;
+        }
+        MessagesCommand::Show {
+            queue_id,
+            store,
+            raw,
+            json,
+        } => {
+            let (resp, bytes) = admin_request(&store, Request::MessagesShow { queue_id, raw })?;
+            let record: MessageRecord = decode(resp)?;
+            if raw {
+                stdout.write_all(&bytes)?;
+            } else if json {
+                serde_json::to_writer_pretty(&mut stdout, &record)?;
+                writeln!(stdout)?;
+            } else {
+                print_record(&mut stdout, &record)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T> {
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    serde_json::from_value(resp.data.unwrap_or_default()).context("decoding the server's answer")
+}
+
+fn print_record(out: &mut impl Write, r: &MessageRecord) -> std::io::Result<()> {
+    writeln!(out, "queue id:    {}", r.queue_id)?;
+    writeln!(out, "received:    {}", rfc3339(r.received_at))?;
+    writeln!(
+        out,
+        "client:      [{}]:{} helo={}",
+        r.client_ip, r.client_port, r.helo
+    )?;
+    writeln!(out, "tls:         {}", r.tls.as_deref().unwrap_or("none"))?;
+    writeln!(out, "mail from:   <{}>", r.mail_from)?;
+    for rc in &r.rcpt {
+        let tag = rc
+            .tag
+            .as_deref()
+            .map(|t| format!(" (tag {t})"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "rcpt to:     <{}> -> inbox {}{tag}",
+            rc.address, rc.inbox
+        )?;
+    }
+    writeln!(out, "from:        {}", r.from)?;
+    writeln!(out, "subject:     {}", r.subject)?;
+    writeln!(out, "message-id:  {}", r.message_id)?;
+    writeln!(
+        out,
+        "size:        {} bytes ({}, {})",
+        r.size, r.body_type, r.body_location
+    )?;
+    writeln!(out, "sha256:      {}", r.sha256)?;
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}

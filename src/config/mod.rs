@@ -1,0 +1,702 @@
+//! TOML text -> validated `Config`. Raw (serde mirror, `raw.rs`) -> validated (this file, every error
+//! collected with its key path) -> compiled lookup tables (`Inboxes`) that the hot path reads.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::*;
+use serde::de::DeserializeOwned;
+
+/// The embedded default configuration (`inbound serve` with no flags).
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// RFC 5321 §4.5.3.2.7: the server should wait at least 5 minutes for the next command.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.5-6 give 3 minutes per data block and 10 for the terminator; we apply one
+/// idle timeout while reading data: a client that sends nothing for this long is dropped.
+const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 31_457_280;
+
+/// One problem in a config file, with the path of the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file, not just the first.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} error{} in configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub admin_socket: PathBuf,
+    /// Whether `admin_socket` was set in the file (else it follows `data_dir`).
+    pub admin_socket_explicit: bool,
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub inboxes: Inboxes,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// Certificate chain and key, PEM. `None`: a self-signed certificate is generated at start.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_message_bytes: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub connections_per_ip_per_minute: u32,
+    pub messages_per_ip_per_minute: u32,
+    pub max_bad_commands: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub max_transactions_per_connection: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub inline_body_max_bytes: u64,
+    pub max_commit_batch: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxConfig {
+    pub id: String,
+    pub name: Option<String>,
+    /// Canonical hosted address, lower case.
+    pub address: String,
+    pub aliases: Vec<String>,
+}
+
+/// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
+#[derive(Debug, Clone, Default)]
+pub struct Inboxes {
+    pub list: Vec<InboxConfig>,
+    by_address: HashMap<String, usize>,
+    domains: HashSet<String>,
+}
+
+/// What a RCPT address resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient<'a> {
+    Hosted {
+        inbox: &'a InboxConfig,
+        tag: Option<String>,
+    },
+    /// A hosted domain, but no such inbox.
+    UnknownMailbox,
+    /// Not a domain we host: accepting would make us a relay.
+    ForeignDomain,
+}
+
+impl Inboxes {
+    /// Resolve a RCPT address. Domains and local parts compare case-insensitively (RFC 5321 allows
+    /// case-sensitive local parts, but no operator wants `Support@` bounced); `local+tag@domain`
+    /// reaches `local@domain` and keeps the tag.
+    pub fn resolve(&self, address: &str) -> Recipient<'_> {
+        let Some((local, domain)) = split_address(address) else {
+            return Recipient::UnknownMailbox;
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        if !self.domains.contains(&domain) {
+            return Recipient::ForeignDomain;
+        }
+        let local = local.to_lowercase();
+        if let Some(&i) = self.by_address.get(&format!("{local}@{domain}")) {
+            return Recipient::Hosted {
+                inbox: &self.list[i],
+                tag: None,
+            };
+        }
+        if let Some((base, tag)) = local.split_once('+') {
+            if let Some(&i) = self.by_address.get(&format!("{base}@{domain}")) {
+                return Recipient::Hosted {
+                    inbox: &self.list[i],
+                    tag: Some(tag.to_string()),
+                };
+            }
+        }
+        Recipient::UnknownMailbox
+    }
+
+    pub fn get(&self, id: &str) -> Option<&InboxConfig> {
+        self.list.iter().find(|i| i.id == id)
+    }
+}
+
+/// `local@domain` split at the last `@`; `None` when either side is empty.
+pub fn split_address(address: &str) -> Option<(&str, &str)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    (!local.is_empty() && !domain.is_empty()).then_some((local, domain))
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`), or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|&p| p <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are IPv4 for every check we make.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Parse "90s", "5m", "1h", "250ms", "2d"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// Collects errors while validating, so `check-config` can show them all.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize one part of the document; on failure record the error under `path`.
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+        match T::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(path, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|| {
+                self.push(
+                    path,
+                    format!("invalid duration {s:?} (use e.g. \"30s\", \"5m\", \"1h\")"),
+                );
+                default
+            }),
+        }
+    }
+
+    fn positive(&mut self, path: &str, value: Option<u64>, default: u64) -> u64 {
+        match value {
+            Some(0) => {
+                self.push(path, "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+}
+
+/// Parse and validate a whole config text. `base` resolves relative paths (the config file's
+/// directory is not used: paths are relative to the working directory, as operators expect from
+/// `data_dir = "./data"`).
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("TOML syntax: {}", e.to_string().trim()),
+        }])
+    })?;
+
+    let mut server = RawServer::default();
+    let mut listeners: Vec<RawListener> = Vec::new();
+    let mut tls = RawTls::default();
+    let mut limits = RawLimits::default();
+    let mut store = RawStore::default();
+    let mut inboxes: Vec<(String, RawInbox)> = Vec::new();
+
+    for (key, value) in doc {
+        match key.as_str() {
+            "server" => server = errors.section("server", value).unwrap_or_default(),
+            "tls" => tls = errors.section("tls", value).unwrap_or_default(),
+            "limits" => limits = errors.section("limits", value).unwrap_or_default(),
+            "store" => store = errors.section("store", value).unwrap_or_default(),
+            "listener" | "inbox" => {
+                let toml::Value::Array(items) = value else {
+                    errors.push(&key, format!("must be an array of tables ([[{key}]])"));
+                    continue;
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let path = format!("{key}[{i}]");
+                    if key == "listener" {
+                        listeners.extend(errors.section::<RawListener>(&path, item));
+                    } else if let Some(inbox) = errors.section::<RawInbox>(&path, item) {
+                        inboxes.push((path, inbox));
+                    }
+                }
+            }
+            other => errors.push(other, "unknown section"),
+        }
+    }
+
+    let hostname = server
+        .hostname
+        .clone()
+        .unwrap_or_else(|| "localhost".into());
+    if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+        errors.push("server.hostname", format!("invalid hostname {hostname:?}"));
+    }
+    let data_dir = PathBuf::from(server.data_dir.clone().unwrap_or_else(|| "./data".into()));
+    let shutdown_timeout = errors.duration(
+        "server.shutdown_timeout",
+        &server.shutdown_timeout,
+        Duration::from_secs(30),
+    );
+    let admin_socket = server
+        .admin_socket
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("admin.sock"));
+
+    if listeners.is_empty() && !errors.0.iter().any(|e| e.path.starts_with("listener")) {
+        errors.push("listener", "at least one [[listener]] is required");
+    }
+    let mut seen_addrs = HashSet::new();
+    let listeners: Vec<ListenerConfig> = listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let path = format!("listener[{i}]");
+            let addr = match l.addr.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    errors.push(format!("{path}.addr"), format!("invalid socket address {:?}", l.addr));
+                    return None;
+                }
+            };
+            if addr.port() != 0 && !seen_addrs.insert(addr) {
+                errors.push(format!("{path}.addr"), format!("{addr} is listed twice"));
+            }
+            let mut trusted = Vec::new();
+            for (j, t) in l.trusted_proxies.iter().enumerate() {
+                match IpNet::parse(t) {
+                    Some(n) => trusted.push(n),
+                    None => errors.push(format!("{path}.trusted_proxies[{j}]"), format!("invalid address or CIDR {t:?}")),
+                }
+            }
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                errors.push(
+                    format!("{path}.trusted_proxies"),
+                    "proxy_protocol needs at least one trusted proxy address (anyone could forge client addresses)",
+                );
+            }
+            Some(ListenerConfig { addr, proxy_protocol: l.proxy_protocol, trusted_proxies: trusted })
+        })
+        .collect();
+
+    let cert_and_key = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push("tls.key", "tls.cert is set but tls.key is missing");
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("tls.cert", "tls.key is set but tls.cert is missing");
+            None
+        }
+    };
+    let tls = TlsConfig {
+        enabled: tls.enabled.unwrap_or(true),
+        cert_and_key,
+    };
+
+    let max_message_bytes = errors.positive(
+        "limits.max_message_bytes",
+        limits.max_message_bytes,
+        DEFAULT_MAX_MESSAGE_BYTES,
+    );
+    let limits = LimitsConfig {
+        max_message_bytes,
+        max_recipients: errors.positive("limits.max_recipients", limits.max_recipients, 100)
+            as usize,
+        max_connections: errors.positive("limits.max_connections", limits.max_connections, 1024)
+            as usize,
+        max_connections_per_ip: errors.positive(
+            "limits.max_connections_per_ip",
+            limits.max_connections_per_ip,
+            32,
+        ) as usize,
+        connections_per_ip_per_minute: clamp_u32(errors.positive(
+            "limits.connections_per_ip_per_minute",
+            limits.connections_per_ip_per_minute,
+            600,
+        )),
+        messages_per_ip_per_minute: clamp_u32(errors.positive(
+            "limits.messages_per_ip_per_minute",
+            limits.messages_per_ip_per_minute,
+            6000,
+        )),
+        max_bad_commands: clamp_u32(errors.positive(
+            "limits.max_bad_commands",
+            limits.max_bad_commands,
+            10,
+        )),
+        command_timeout: errors.duration(
+            "limits.command_timeout",
+            &limits.command_timeout,
+            DEFAULT_COMMAND_TIMEOUT,
+        ),
+        data_timeout: errors.duration(
+            "limits.data_timeout",
+            &limits.data_timeout,
+            DEFAULT_DATA_TIMEOUT,
+        ),
+        max_transactions_per_connection: clamp_u32(errors.positive(
+            "limits.max_transactions_per_connection",
+            limits.max_transactions_per_connection,
+            1000,
+        )),
+    };
+    let store = StoreConfig {
+        inline_body_max_bytes: store
+            .inline_body_max_bytes
+            .unwrap_or(64 * 1024)
+            .min(max_message_bytes),
+        max_commit_batch: errors.positive("store.max_commit_batch", store.max_commit_batch, 512)
+            as usize,
+    };
+
+    let inboxes = compile_inboxes(&inboxes, &mut errors);
+
+    if errors.0.is_empty() {
+        Ok(Config {
+            hostname,
+            data_dir,
+            shutdown_timeout,
+            admin_socket_explicit: server.admin_socket.is_some(),
+            admin_socket,
+            listeners,
+            tls,
+            limits,
+            store,
+            inboxes,
+        })
+    } else {
+        Err(ConfigErrors(errors.0))
+    }
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+fn normalize_address(address: &str) -> Option<String> {
+    let (local, domain) = split_address(address.trim())?;
+    if local.contains(char::is_whitespace)
+        || domain.contains(char::is_whitespace)
+        || !domain.contains('.')
+    {
+        return None;
+    }
+    Some(format!(
+        "{}@{}",
+        local.to_lowercase(),
+        domain.trim_end_matches('.').to_lowercase()
+    ))
+}
+
+fn compile_inboxes(raw: &[(String, RawInbox)], errors: &mut Errors) -> Inboxes {
+    let mut out = Inboxes::default();
+    let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for (path, inbox) in raw {
+        if inbox.id.is_empty()
+            || !inbox
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(
+                format!("{path}.id"),
+                format!("invalid inbox id {:?} (letters, digits, - and _)", inbox.id),
+            );
+        } else if let Some(first) = ids.insert(&inbox.id, path) {
+            errors.push(
+                format!("{path}.id"),
+                format!("duplicate inbox id {:?} (also {first})", inbox.id),
+            );
+        }
+        let index = out.list.len();
+        let mut addresses = Vec::new();
+        let all = std::iter::once((format!("{path}.address"), &inbox.address)).chain(
+            inbox
+                .aliases
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (format!("{path}.aliases[{j}]"), a)),
+        );
+        for (key, address) in all {
+            match normalize_address(address) {
+                None => errors.push(&key, format!("invalid address {address:?}")),
+                Some(a) if a.split_once('@').is_some_and(|(l, _)| l.contains('+')) => {
+                    errors.push(&key, format!("{a:?}: '+' is reserved for sub-addressing"))
+                }
+                Some(a) => {
+                    if let Some(first) = owners.get(&a) {
+                        errors.push(
+                            &key,
+                            format!("duplicate hosted address {a:?} (also {first})"),
+                        );
+                    } else {
+                        owners.insert(a.clone(), key.clone());
+                        out.by_address.insert(a.clone(), index);
+                        out.domains.insert(
+                            a.split_once('@')
+                                .map(|(_, d)| d.to_string())
+                                .unwrap_or_default(),
+                        );
+                        addresses.push(a);
+                    }
+                }
+            }
+        }
+        let mut addresses = addresses.into_iter();
+        out.list.push(InboxConfig {
+            id: inbox.id.clone(),
+            name: inbox.name.clone(),
+            address: addresses.next().unwrap_or_default(),
+            aliases: addresses.collect(),
+        });
+    }
+    out
+}
+
+impl Config {
+    /// The embedded default config (always valid: a unit test proves it).
+    pub fn embedded_default() -> Config {
+        parse(DEFAULT_TOML).expect("the embedded default config is valid (tested)")
+    }
+
+    /// `--data-dir`: data (and the default admin socket) move to `dir`.
+    pub fn override_data_dir(&mut self, dir: PathBuf) {
+        if !self.admin_socket_explicit {
+            self.admin_socket = dir.join("admin.sock");
+        }
+        self.data_dir = dir;
+    }
+
+    /// `--listen`: replace the configured listeners by plain ones on these addresses.
+    pub fn override_listeners(&mut self, addrs: &[SocketAddr]) {
+        self.listeners = addrs
+            .iter()
+            .map(|&addr| ListenerConfig {
+                addr,
+                proxy_protocol: false,
+                trusted_proxies: Vec::new(),
+            })
+            .collect();
+    }
+
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
+        parse(&text).map_err(LoadError::Invalid)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listeners[0].addr, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.limits.max_message_bytes, 31_457_280);
+        assert!(matches!(
+            c.inboxes.resolve("support@demo.inbound.test"),
+            Recipient::Hosted { .. }
+        ));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+            [server]
+            hostname = "mx.example"
+            colour = "blue"
+            [limits]
+            command_timeout = "five minutes"
+            max_recipients = 0
+            [[listener]]
+            addr = "not an address"
+            [[listener]]
+            addr = "127.0.0.1:25"
+            proxy_protocol = true
+            [[inbox]]
+            id = "a"
+            address = "support@acme.example"
+            [[inbox]]
+            id = "a"
+            address = "Support@ACME.example"
+            [bogus]
+        "#;
+        let errs = parse(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "server",
+            "bogus",
+            "listener[0].addr",
+            "listener[1].trusted_proxies",
+            "inbox[1].id",
+            "inbox[1].address",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+        assert!(
+            errs.iter().any(|e| e.message.contains("colour")),
+            "{errs:#?}"
+        );
+        // `[limits]` is valid TOML shape; its values are checked after deserialising.
+        let errs2 = parse(
+            "[limits]\ncommand_timeout = \"five minutes\"\nmax_recipients = 0\n[[listener]]\naddr=\"127.0.0.1:1\"",
+        )
+        .unwrap_err()
+        .0;
+        let paths: Vec<&str> = errs2.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["limits.max_recipients", "limits.command_timeout"]);
+    }
+
+    #[test]
+    fn recipients_resolve_case_insensitively_with_tags() {
+        let c = Config::embedded_default();
+        let r = |a| c.inboxes.resolve(a);
+        assert!(matches!(
+            r("SUPPORT@Demo.Inbound.Test"),
+            Recipient::Hosted { tag: None, .. }
+        ));
+        assert!(
+            matches!(r("support+billing@demo.inbound.test"), Recipient::Hosted { tag: Some(t), .. } if t == "billing")
+        );
+        assert_eq!(r("sales@demo.inbound.test"), Recipient::UnknownMailbox);
+        assert_eq!(r("support@example.com"), Recipient::ForeignDomain);
+        assert_eq!(r("nobody"), Recipient::UnknownMailbox);
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let n = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.9.9".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("1.2.3.4/33").is_none());
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("x"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! inbound: the MX for hosted team inboxes.
+//!
+//! Modules in the order a message flows through them:
+//! - [`server`]: TCP accept, PROXY protocol, TLS, shutdown, the admin socket
+//! - [`smtp`]: the ESMTP session, DATA/BDAT decoding, replies
+//! - [`limits`]: connection, rate, size and time caps
+//! - [`pipeline`]: the stages run on a finished message (parse, …)
+//! - [`store`]: durable commit (spool files + sled, group commit) and recovery
+//!
+//! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
+//! [`bench`] (the load generator behind `inbound bench`).
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod limits;
+pub mod pipeline;
+pub mod server;
+pub mod smtp;
+pub mod store;
+pub mod util;

@@ -1,0 +1,178 @@
+//! The local admin channel: a Unix socket (mode 0600, in the data directory by default) through
+//! which the CLI reads a store that a running server holds open (sled allows one process).
+//! Protocol: one JSON request line; one JSON response line, optionally followed by `raw_len`
+//! bytes of message. `execute` is also what the CLI runs directly when no server is running, so
+//! both paths give the same answers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::Ctx;
+use crate::store::Store;
+
+/// Longest request line accepted on the admin socket.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    MessagesList { after: Option<String>, limit: usize },
+    MessagesShow { queue_id: String, raw: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Length of the raw message that follows the JSON line, if any.
+    #[serde(default)]
+    pub raw_len: usize,
+}
+
+impl Response {
+    fn err(e: impl ToString) -> (Response, Vec<u8>) {
+        (
+            Response {
+                ok: false,
+                error: Some(e.to_string()),
+                data: None,
+                raw_len: 0,
+            },
+            Vec::new(),
+        )
+    }
+}
+
+/// Answer one request from the store.
+pub fn execute(store: &Store, req: &Request) -> (Response, Vec<u8>) {
+    match req {
+        Request::MessagesList { after, limit } => match store.list(after.as_deref(), *limit) {
+            Ok(list) => (
+                Response {
+                    ok: true,
+                    error: None,
+                    data: serde_json::to_value(list).ok(),
+                    raw_len: 0,
+                },
+                Vec::new(),
+            ),
+            Err(e) => Response::err(e),
+        },
+        Request::MessagesShow { queue_id, raw } => match store.get(queue_id) {
+            Ok(Some(record)) => {
+                let bytes = if *raw {
+                    match store.raw_message(&record) {
+                        Ok(b) => b,
+                        Err(e) => return Response::err(e),
+                    }
+                } else {
+                    Vec::new()
+                };
+                (
+                    Response {
+                        ok: true,
+                        error: None,
+                        data: serde_json::to_value(record).ok(),
+                        raw_len: bytes.len(),
+                    },
+                    bytes,
+                )
+            }
+            Ok(None) => Response::err(format!("no message with queue id {queue_id}")),
+            Err(e) => Response::err(e),
+        },
+    }
+}
+
+/// Bind the socket, replacing a stale one left by a crashed server (the store lock, taken
+/// before this, guarantees no live server owns it).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>, path: PathBuf) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tracing::warn!(path = %path.display(), "admin socket accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &ctx).await {
+                tracing::debug!(error = %e, "admin request failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, ctx: &Ctx) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let (resp, raw) = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            let store = ctx.store.clone();
+            // Store reads touch disk: keep them off the async workers.
+            tokio::task::spawn_blocking(move || execute(&store, &req))
+                .await
+                .map_err(io::Error::other)?
+        }
+        Err(e) => Response::err(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&resp).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.write_all(&raw).await?;
+    write.shutdown().await
+}
+
+/// Send one request to a running server. `Ok(None)`: no server is listening there.
+pub async fn call(path: &Path, req: &Request) -> io::Result<Option<(Response, Vec<u8>)>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut reader = BufReader::new(read);
+    let mut resp = String::new();
+    reader.read_line(&mut resp).await?;
+    let resp: Response = serde_json::from_str(&resp).map_err(io::Error::other)?;
+    let mut raw = vec![0u8; resp.raw_len];
+    reader.read_exact(&mut raw).await?;
+    Ok(Some((resp, raw)))
+}

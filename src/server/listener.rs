@@ -1,0 +1,163 @@
+//! TCP accept -> a session task. A permit is taken before `accept` (a full server stops growing),
+//! the PROXY header is read where configured, per-IP limits are applied to the real client
+//! address, and STARTTLS moves the session onto a rustls stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+use super::proxy;
+use super::Ctx;
+use crate::config::ListenerConfig;
+use crate::limits::{Admission, Refusal};
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{tls_version_name, Outcome, Session};
+
+/// How long a trusted proxy has to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop(
+    socket: TcpListener,
+    lcfg: ListenerConfig,
+    ctx: Arc<Ctx>,
+    done: mpsc::Sender<()>,
+) {
+    let lcfg = Arc::new(lcfg);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let admission = tokio::select! {
+            a = ctx.limits.admit() => a,
+            _ = shutdown.wait() => break,
+        };
+        let permit = match admission {
+            Admission::Closed => break,
+            a => a,
+        };
+        let (stream, addr) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        match permit {
+            Admission::Busy(p) => {
+                tokio::spawn(async move {
+                    info!(peer = %addr, "refused: server at max_connections");
+                    refuse(stream, Reply::TOO_MANY_CONNECTIONS).await;
+                    drop(p);
+                });
+            }
+            Admission::Session(p) => {
+                let (ctx, lcfg, done) = (ctx.clone(), lcfg.clone(), done.clone());
+                let span =
+                    tracing::info_span!("smtp", peer = %addr, client = tracing::field::Empty);
+                tokio::spawn(
+                    async move {
+                        handle(stream, addr, p, ctx, &lcfg).await;
+                        drop(done);
+                    }
+                    .instrument(span),
+                );
+            }
+            Admission::Closed => break,
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    let mut out = Vec::new();
+    reply.write_to(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ctx: Arc<Ctx>,
+    lcfg: &ListenerConfig,
+) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let (peer, early) = if lcfg.proxy_protocol {
+        if !lcfg.trusted_proxies.iter().any(|n| n.contains(addr.ip())) {
+            warn!("PROXY listener: connection from an untrusted address refused");
+            refuse(stream, Reply::UNTRUSTED_PROXY).await;
+            return;
+        }
+        match proxy::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
+            Ok((header, rest)) => (header.source.unwrap_or(addr), rest),
+            Err(e) => {
+                warn!(error = %e, "bad PROXY header; closing");
+                return;
+            }
+        }
+    } else {
+        (addr, Vec::new())
+    };
+    tracing::Span::current().record("client", tracing::field::display(peer.ip()));
+    let _guard = match ctx.limits.register(peer.ip(), permit) {
+        Ok(g) => g,
+        Err(refusal) => {
+            let reply = match refusal {
+                Refusal::TooManyFromIp => Reply::TOO_MANY_FROM_IP,
+                Refusal::RateFromIp => Reply::CONNECTION_RATE,
+            };
+            info!(reason = ?refusal, "connection refused");
+            refuse(stream, reply).await;
+            return;
+        }
+    };
+    info!("connection opened");
+    let mut session = Session::new(stream, ctx.clone(), peer, early);
+    let result = match session.greet_and_run().await {
+        Ok(Outcome::StartTls) => {
+            let (stream, state) = session.into_parts();
+            // The acceptor exists: STARTTLS is only answered 220 when it does.
+            let Some(acceptor) = ctx.tls.clone() else {
+                return;
+            };
+            let timeout = ctx.limits.cfg.command_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let version = tls_version_name(tls.get_ref().1.protocol_version());
+                    info!(tls = %version, "TLS established");
+                    let mut session = Session::resume(tls, state, version);
+                    session.run().await.map(|_| ())
+                }
+                Ok(Err(e)) => {
+                    info!(error = %e, "TLS handshake failed");
+                    Ok(())
+                }
+                Err(_) => {
+                    info!("TLS handshake timed out");
+                    Ok(())
+                }
+            }
+        }
+        Ok(Outcome::Closed) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        info!(error = %e, "session ended with an error");
+    }
+    info!(
+        duration_ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}

@@ -1,0 +1,200 @@
+//! The running server: binds the listeners, opens the store, serves sessions until shutdown.
+//! `bind` does everything that can fail at start (ports, store lock, TLS), so `inbound serve`
+//! exits with a clear error before it claims to be running; `Bound::run` then serves.
+
+pub mod admin;
+pub mod listener;
+pub mod proxy;
+pub mod shutdown;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ListenerConfig};
+use crate::limits::Limits;
+use crate::store::{Store, StoreError};
+pub use shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("admin socket {path}: {source}")]
+    Admin {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every session shares.
+pub struct Ctx {
+    config: RwLock<Arc<Config>>,
+    pub store: Store,
+    pub limits: Arc<Limits>,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: Shutdown,
+}
+
+impl Ctx {
+    /// The config in force now. Sessions take a snapshot per use, so a reload never changes the
+    /// rules in the middle of a command.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A server whose sockets and store are open, ready to `run`.
+pub struct Bound {
+    ctx: Arc<Ctx>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    admin: tokio::net::UnixListener,
+    trigger: shutdown::Trigger,
+}
+
+/// Open everything the server needs. Errors here are start-up errors with their cause.
+pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    let store =
+        Store::open(&config.data_dir, &config.store).map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    let tls = tls::acceptor(&config.tls, &config.hostname)?;
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+        let mut l = l.clone();
+        l.addr = socket.local_addr().map_err(|source| ServerError::Bind {
+            addr: l.addr,
+            source,
+        })?;
+        listeners.push((socket, l));
+    }
+    let admin = admin::bind(&config.admin_socket).map_err(|source| ServerError::Admin {
+        path: config.admin_socket.display().to_string(),
+        source,
+    })?;
+    let (trigger, shutdown) = shutdown::channel();
+    let ctx = Arc::new(Ctx {
+        limits: Limits::new(config.limits.clone()),
+        config: RwLock::new(Arc::new(config)),
+        store,
+        tls,
+        shutdown,
+    });
+    Ok(Bound {
+        ctx,
+        listeners,
+        admin,
+        trigger,
+    })
+}
+
+impl Bound {
+    /// The addresses actually bound (port 0 in config gets a real port here).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, l)| l.addr).collect()
+    }
+
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting, tell idle sessions `421 4.3.0`, let
+    /// messages in flight finish, and return within the configured deadline.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Bound {
+            ctx,
+            listeners,
+            admin,
+            trigger,
+        } = self;
+        let config = ctx.config();
+        // Every session holds a clone of `done_tx`; when all are dropped, `done_rx` yields None.
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let mut tasks = Vec::new();
+        for (socket, lcfg) in listeners {
+            tracing::info!(addr = %lcfg.addr, proxy_protocol = lcfg.proxy_protocol, "listening");
+            tasks.push(tokio::spawn(listener::accept_loop(
+                socket,
+                lcfg,
+                ctx.clone(),
+                done_tx.clone(),
+            )));
+        }
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            ctx.clone(),
+            config.admin_socket.clone(),
+        ));
+        let housekeeping = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    ctx.limits.housekeeping();
+                }
+            })
+        };
+        drop(done_tx);
+
+        shutdown.await;
+        tracing::info!(
+            open_sessions = ctx.limits.open_sessions(),
+            "shutdown: no longer accepting"
+        );
+        trigger.trigger();
+        ctx.limits.close();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let deadline = config.shutdown_timeout;
+        match tokio::time::timeout(deadline, done_rx.recv()).await {
+            Ok(_) => tracing::info!("shutdown: all sessions finished"),
+            Err(_) => tracing::warn!(
+                open_sessions = ctx.limits.open_sessions(),
+                deadline_ms = deadline.as_millis() as u64,
+                "shutdown deadline reached; closing remaining sessions (their messages were not acknowledged)"
+            ),
+        }
+        admin_task.abort();
+        housekeeping.abort();
+        let _ = std::fs::remove_file(&config.admin_socket);
+        if let Err(e) = ctx.store.flush() {
+            tracing::warn!(error = %e, "final store flush failed");
+        }
+        Ok(())
+    }
+}
+
+/// Bind and serve: the whole server in one call.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    bind(config).await?.run(shutdown).await
+}
