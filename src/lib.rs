@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod limits;
 pub mod pipeline;
 pub mod server;

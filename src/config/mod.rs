@@ -70,8 +70,84 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
+    pub dns: DnsConfig,
+    pub auth: AuthConfig,
     pub inboxes: Inboxes,
 }
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Empty: the system resolver configuration (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout; a lookup that runs out of attempts is a temporary error (451 4.7.0).
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Parsed records kept per record type (SPF, DKIM keys, DMARC), honouring their TTLs.
+    pub cache_entries: usize,
+}
+
+/// What to do with a message that a policy rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Quarantine,
+    Reject,
+}
+
+impl Action {
+    fn parse(s: &str) -> Option<Action> {
+        match s {
+            "accept" => Some(Action::Accept),
+            "quarantine" => Some(Action::Quarantine),
+            "reject" => Some(Action::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// A host trusted to forward mail into an inbox: an address range, or a domain that must
+/// authorise the connecting IP by SPF (as envelope or HELO domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarder {
+    Net(IpNet),
+    Domain(String),
+}
+
+/// The sender-authentication policy of one inbox (global `[auth]` merged with `[inbox.auth]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    pub enabled: bool,
+    pub trusted_arc_sealers: Vec<String>,
+    pub trusted_forwarders: Vec<Forwarder>,
+    /// DMARC fail under `p=reject`, with no trusted ARC chain or forwarder to vouch for it.
+    pub on_dmarc_reject: Action,
+    /// DMARC fail under `p=quarantine`.
+    pub on_dmarc_quarantine: Action,
+    /// No DMARC policy, and neither SPF nor DKIM passes.
+    pub on_unauthenticated: Action,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Clients here skip the checks (their messages are recorded as `auth: skipped`).
+    pub trusted_networks: Vec<IpNet>,
+    /// Bytes of large bodies held in memory for DKIM/ARC at once; when used up, further checks
+    /// wait (their clients wait for the reply to end-of-data).
+    pub max_inflight_bytes: u64,
+    pub policy: AuthPolicy,
+}
+
+/// Sealers whose ARC results we trust by default: the big mailbox providers that forward.
+pub const DEFAULT_ARC_SEALERS: &[&str] = &[
+    "google.com",
+    "outlook.com",
+    "microsoft.com",
+    "yahoo.com",
+    "icloud.com",
+    "fastmail.com",
+    "messagingengine.com",
+];
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -114,6 +190,7 @@ pub struct InboxConfig {
     /// Canonical hosted address, lower case.
     pub address: String,
     pub aliases: Vec<String>,
+    pub auth: AuthPolicy,
 }
 
 /// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
@@ -306,6 +383,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut tls = RawTls::default();
     let mut limits = RawLimits::default();
     let mut store = RawStore::default();
+    let mut dns = RawDns::default();
+    let mut auth = RawAuth::default();
     let mut inboxes: Vec<(String, RawInbox)> = Vec::new();
 
     for (key, value) in doc {
@@ -314,6 +393,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "tls" => tls = errors.section("tls", value).unwrap_or_default(),
             "limits" => limits = errors.section("limits", value).unwrap_or_default(),
             "store" => store = errors.section("store", value).unwrap_or_default(),
+            "dns" => dns = errors.section("dns", value).unwrap_or_default(),
+            "auth" => auth = errors.section("auth", value).unwrap_or_default(),
             "listener" | "inbox" => {
                 let toml::Value::Array(items) = value else {
                     errors.push(&key, format!("must be an array of tables ([[{key}]])"));
@@ -460,7 +541,32 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             as usize,
     };
 
-    let inboxes = compile_inboxes(&inboxes, &mut errors);
+    let dns = DnsConfig {
+        nameservers: dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                // A bare IP means port 53.
+                let parsed = n
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| n.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                if parsed.is_none() {
+                    errors.push(
+                        format!("dns.nameservers[{i}]"),
+                        format!("invalid address {n:?} (use \"IP\" or \"IP:PORT\")"),
+                    );
+                }
+                parsed
+            })
+            .collect(),
+        timeout: errors.duration("dns.timeout", &dns.timeout, Duration::from_secs(5)),
+        attempts: errors.positive("dns.attempts", dns.attempts, 2) as usize,
+        cache_entries: dns.cache_entries.unwrap_or(10_000) as usize,
+    };
+    let auth = compile_auth(&auth, &mut errors);
+    let inboxes = compile_inboxes(&inboxes, &auth.policy, &mut errors);
 
     if errors.0.is_empty() {
         Ok(Config {
@@ -473,6 +579,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             tls,
             limits,
             store,
+            dns,
+            auth,
             inboxes,
         })
     } else {
@@ -499,7 +607,152 @@ fn normalize_address(address: &str) -> Option<String> {
     ))
 }
 
-fn compile_inboxes(raw: &[(String, RawInbox)], errors: &mut Errors) -> Inboxes {
+fn action(errors: &mut Errors, path: &str, value: &Option<String>, default: Action) -> Action {
+    match value {
+        None => default,
+        Some(v) => Action::parse(v).unwrap_or_else(|| {
+            errors.push(
+                path,
+                format!("invalid action {v:?} (accept, quarantine or reject)"),
+            );
+            default
+        }),
+    }
+}
+
+fn forwarders(errors: &mut Errors, path: &str, raw: &[String]) -> Vec<Forwarder> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            if let Some(net) = IpNet::parse(f) {
+                Some(Forwarder::Net(net))
+            } else if f.contains('.') && !f.contains(['/', ' ', '@']) {
+                Some(Forwarder::Domain(f.trim_end_matches('.').to_lowercase()))
+            } else {
+                errors.push(
+                    format!("{path}[{i}]"),
+                    format!("{f:?} is neither an address range nor a domain"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn domains(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|d| d.trim_end_matches('.').to_lowercase())
+        .collect()
+}
+
+fn compile_auth(raw: &RawAuth, errors: &mut Errors) -> AuthConfig {
+    let trusted_networks = match &raw.trusted_networks {
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let net = IpNet::parse(n);
+                if net.is_none() {
+                    errors.push(
+                        format!("auth.trusted_networks[{i}]"),
+                        format!("invalid address or CIDR {n:?}"),
+                    );
+                }
+                net
+            })
+            .collect(),
+    };
+    AuthConfig {
+        trusted_networks,
+        max_inflight_bytes: errors.positive(
+            "auth.max_inflight_bytes",
+            raw.max_inflight_bytes,
+            256 * 1024 * 1024,
+        ),
+        policy: AuthPolicy {
+            enabled: raw.enabled.unwrap_or(true),
+            trusted_arc_sealers: raw
+                .trusted_arc_sealers
+                .as_deref()
+                .map(domains)
+                .unwrap_or_else(|| DEFAULT_ARC_SEALERS.iter().map(|s| s.to_string()).collect()),
+            trusted_forwarders: forwarders(
+                errors,
+                "auth.trusted_forwarders",
+                &raw.trusted_forwarders,
+            ),
+            on_dmarc_reject: action(
+                errors,
+                "auth.on_dmarc_reject",
+                &raw.on_dmarc_reject,
+                Action::Reject,
+            ),
+            on_dmarc_quarantine: action(
+                errors,
+                "auth.on_dmarc_quarantine",
+                &raw.on_dmarc_quarantine,
+                Action::Quarantine,
+            ),
+            on_unauthenticated: action(
+                errors,
+                "auth.on_unauthenticated",
+                &raw.on_unauthenticated,
+                Action::Quarantine,
+            ),
+        },
+    }
+}
+
+fn inbox_auth(
+    global: &AuthPolicy,
+    raw: Option<&RawInboxAuth>,
+    path: &str,
+    errors: &mut Errors,
+) -> AuthPolicy {
+    let Some(raw) = raw else {
+        return global.clone();
+    };
+    let mut trusted_forwarders = global.trusted_forwarders.clone();
+    trusted_forwarders.extend(forwarders(
+        errors,
+        &format!("{path}.auth.trusted_forwarders"),
+        &raw.trusted_forwarders,
+    ));
+    AuthPolicy {
+        enabled: raw.enabled.unwrap_or(global.enabled),
+        trusted_arc_sealers: raw
+            .trusted_arc_sealers
+            .as_deref()
+            .map(domains)
+            .unwrap_or_else(|| global.trusted_arc_sealers.clone()),
+        trusted_forwarders,
+        on_dmarc_reject: action(
+            errors,
+            &format!("{path}.auth.on_dmarc_reject"),
+            &raw.on_dmarc_reject,
+            global.on_dmarc_reject,
+        ),
+        on_dmarc_quarantine: action(
+            errors,
+            &format!("{path}.auth.on_dmarc_quarantine"),
+            &raw.on_dmarc_quarantine,
+            global.on_dmarc_quarantine,
+        ),
+        on_unauthenticated: action(
+            errors,
+            &format!("{path}.auth.on_unauthenticated"),
+            &raw.on_unauthenticated,
+            global.on_unauthenticated,
+        ),
+    }
+}
+
+fn compile_inboxes(
+    raw: &[(String, RawInbox)],
+    global_auth: &AuthPolicy,
+    errors: &mut Errors,
+) -> Inboxes {
     let mut out = Inboxes::default();
     let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
     let mut owners: HashMap<String, String> = HashMap::new();
@@ -560,6 +813,7 @@ fn compile_inboxes(raw: &[(String, RawInbox)], errors: &mut Errors) -> Inboxes {
             name: inbox.name.clone(),
             address: addresses.next().unwrap_or_default(),
             aliases: addresses.collect(),
+            auth: inbox_auth(global_auth, inbox.auth.as_ref(), path, errors),
         });
     }
     out

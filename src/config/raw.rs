@@ -68,4 +68,47 @@ pub struct RawInbox {
     #[serde(default)]
     pub aliases: Vec<String>,
     pub name: Option<String>,
+    /// Per-inbox overrides of the global `[auth]` policy.
+    pub auth: Option<RawInboxAuth>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `["127.0.0.1:5353"]`; empty or absent: the system resolver (/etc/resolv.conf).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub timeout: Option<String>,
+    pub attempts: Option<u64>,
+    pub cache_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub enabled: Option<bool>,
+    /// Clients in these networks are not checked (local relays, content filters).
+    pub trusted_networks: Option<Vec<String>>,
+    /// ARC sealers whose recorded results we believe (domain or parent domain of the seal's d=).
+    pub trusted_arc_sealers: Option<Vec<String>>,
+    /// Hosts (CIDR) or domains (SPF-authorised envelope or HELO domain) trusted to forward.
+    #[serde(default)]
+    pub trusted_forwarders: Vec<String>,
+    pub on_dmarc_reject: Option<String>,
+    pub on_dmarc_quarantine: Option<String>,
+    pub on_unauthenticated: Option<String>,
+    /// Bytes of message bodies held in memory for checks at once, e.g. 268435456.
+    pub max_inflight_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawInboxAuth {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub trusted_forwarders: Vec<String>,
+    pub trusted_arc_sealers: Option<Vec<String>>,
+    pub on_dmarc_reject: Option<String>,
+    pub on_dmarc_quarantine: Option<String>,
+    pub on_unauthenticated: Option<String>,
 }

@@ -13,10 +13,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
+use crate::dns::{Dns, DnsSetupError};
 use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 pub use shutdown::Shutdown;
@@ -32,6 +33,8 @@ pub enum ServerError {
     Store { dir: String, source: StoreError },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("DNS resolver: {0}")]
+    Dns(#[from] DnsSetupError),
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -46,9 +49,37 @@ pub struct Ctx {
     pub limits: Arc<Limits>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: Shutdown,
+    pub dns: Arc<Dns>,
+    /// KiB of message bodies that authentication may hold in memory at once. When used up, the
+    /// next large message waits for its check (its client waits for the end-of-data reply).
+    pub auth_budget: Arc<Semaphore>,
 }
 
 impl Ctx {
+    /// Build the shared context from parts that are already open. `bind` makes one for the real
+    /// server; harnesses that drive a `Session` without sockets (`smtp::fuzzing`) make their own.
+    /// The caller keeps the `Trigger` behind `shutdown` alive: dropping it starts the shutdown.
+    pub fn new(
+        config: Config,
+        store: Store,
+        tls: Option<TlsAcceptor>,
+        shutdown: Shutdown,
+    ) -> Result<Ctx, DnsSetupError> {
+        let dns = Arc::new(Dns::new(&config.dns)?);
+        let auth_budget = Arc::new(Semaphore::new(
+            auth_budget_kib(config.auth.max_inflight_bytes) as usize,
+        ));
+        Ok(Ctx {
+            limits: Limits::new(config.limits.clone()),
+            config: RwLock::new(Arc::new(config)),
+            store,
+            tls,
+            shutdown,
+            dns,
+            auth_budget,
+        })
+    }
+
     /// The config in force now. Sessions take a snapshot per use, so a reload never changes the
     /// rules in the middle of a command.
     pub fn config(&self) -> Arc<Config> {
@@ -57,6 +88,11 @@ impl Ctx {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// The authentication memory budget in KiB permits (what `acquire_many` counts in).
+pub fn auth_budget_kib(bytes: u64) -> u32 {
+    (bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as u32
 }
 
 /// A server whose sockets and store are open, ready to `run`.
@@ -95,13 +131,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         source,
     })?;
     let (trigger, shutdown) = shutdown::channel();
-    let ctx = Arc::new(Ctx {
-        limits: Limits::new(config.limits.clone()),
-        config: RwLock::new(Arc::new(config)),
-        store,
-        tls,
-        shutdown,
-    });
+    let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?);
     Ok(Bound {
         ctx,
         listeners,

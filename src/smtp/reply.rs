@@ -69,6 +69,12 @@ impl Reply {
         "Too many messages from your address, try again later",
     );
     pub const LOCAL_ERROR: Reply = r(451, "4.3.0", "Local error in processing, try again later");
+    /// DNS trouble during sender authentication: the sender must retry (never a 5xx).
+    pub const AUTH_TEMPFAIL: Reply = r(
+        451,
+        "4.7.0",
+        "Temporary failure checking sender authentication (DNS), try again later",
+    );
     pub const TLS_UNAVAILABLE: Reply = r(454, "4.7.0", "TLS not available");
 
     pub const SYNTAX_ERROR: Reply = r(500, "5.5.2", "Syntax error, command unrecognized");
@@ -113,6 +119,20 @@ impl Reply {
             code: 250,
             enhanced: "2.0.0",
             text: format!("Ok: queued as {queue_id}").into(),
+        }
+    }
+
+    /// A policy verdict (DMARC, unauthenticated sender), with its reason on one line.
+    pub fn policy_rejected(reason: &str) -> Reply {
+        let clean: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(400)
+            .collect();
+        Reply {
+            code: 550,
+            enhanced: "5.7.1",
+            text: format!("Message rejected: {clean}").into(),
         }
     }
 

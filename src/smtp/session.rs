@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smtp_proto::request::receiver::RequestReceiver;
+use smtp_proto::request::receiver::{RequestReceiver, MAX_LINE_LENGTH};
 use smtp_proto::{Error as ProtoError, MailFrom, RcptTo, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn, Instrument};
@@ -18,9 +18,9 @@ use tracing::{debug, info, warn, Instrument};
 use super::data::DataDecoder;
 use super::reply::{write_multiline, Reply};
 use crate::config::Recipient;
-use crate::pipeline::{self, Envelope};
+use crate::pipeline::{self, Envelope, PendingSpf, Refusal};
 use crate::server::Ctx;
-use crate::store::keys::{new_queue_id, now_ms};
+use crate::store::keys::new_queue_id;
 use crate::store::{BodyBuffer, RcptRecord};
 
 /// Bytes read from the socket at a time.
@@ -64,6 +64,8 @@ struct Transaction {
     /// Body bytes received so far through BDAT (DATA counts in its decoder).
     bdat_bytes: u64,
     used_bdat: bool,
+    /// SPF, running since MAIL FROM; `None` when this client is not checked.
+    spf: Option<PendingSpf>,
 }
 
 /// Everything about a session except its stream, so STARTTLS can move it onto a TLS stream.
@@ -261,6 +263,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn step_command(&mut self) -> Result<Flow, SessionError> {
         let st = &mut self.st;
         let slice = &st.input[st.pos..];
+        // smtp-proto applies its line limit only to a line that spans reads; a line that arrived
+        // in one read would be parsed at any length. Apply the same limit here, so the answer
+        // does not depend on how TCP segmented the line (found by the fuzzer's split check).
+        if st.receiver.buf().is_empty() {
+            if let Some(i) = memchr::memchr(b'\n', slice) {
+                if i + 1 > MAX_LINE_LENGTH {
+                    st.pos += i + 1;
+                    return Ok(self.reject(Reply::LINE_TOO_LONG));
+                }
+            }
+        }
         let mut iter = slice.iter();
         let parsed = st.receiver.ingest(&mut iter).map(|r| r.into_owned());
         let consumed = slice.len() - iter.as_slice().len();
@@ -344,7 +357,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Bdat {
                 chunk_size,
                 is_last,
-            } => self.bdat(chunk_size, is_last),
+            } => {
+                self.bdat(chunk_size, is_last);
+                // Take what of the chunk is already buffered now: an empty chunk (`BDAT 0 LAST`)
+                // has no bytes to wait for, and `run` only steps again when input is left.
+                return self.step_bdat().await;
+            }
             Request::Rset => {
                 self.st.txn = None;
                 self.reply(Reply::RESET_OK)
@@ -432,6 +450,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "7BIT"
         };
         self.st.transactions += 1;
+        let helo = self.st.helo.clone().unwrap_or_default();
+        let client = crate::config::canonical_ip(self.st.peer.ip());
+        let spf = pipeline::start_spf(&self.st.ctx, client, &helo, &from.address);
         self.st.txn = Some(Transaction {
             mail_from: from.address,
             body_type,
@@ -441,6 +462,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             error: None,
             bdat_bytes: 0,
             used_bdat: false,
+            spf,
         });
         Reply::SENDER_OK
     }
@@ -504,7 +526,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Flow::Continue
     }
 
-    fn bdat(&mut self, size: usize, last: bool) -> Flow {
+    fn bdat(&mut self, size: usize, last: bool) {
         let spool = self.st.ctx.store.spool().clone();
         let inline_max = self.st.ctx.store.inline_max();
         // The chunk's bytes follow the command whatever we answer: always read them.
@@ -520,7 +542,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
-        Flow::Continue
     }
 
     fn starttls(&mut self) -> Flow {
@@ -663,6 +684,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let span =
             tracing::info_span!("message", queue_id = %queue_id, size = tracing::field::Empty);
+        let spf = txn.spf.take();
         let reply = async move {
             let finished = match body.finish().await {
                 Ok(f) => f,
@@ -672,19 +694,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             tracing::Span::current().record("size", finished.len);
-            let now = now_ms();
-            let config = ctx.config();
-            let record = pipeline::prepare(&config.hostname, &envelope, &finished, now);
-            let rcpts = record.rcpt.len();
-            match ctx.store.commit(record, finished.body).await {
-                Ok(()) => {
-                    info!(outcome = "accepted", rcpts, from = %envelope.mail_from, "message accepted");
-                    Reply::queued(&finished.queue_id)
+            match pipeline::process(&ctx, &envelope, finished, spf).await {
+                Ok(queue_id) => {
+                    info!(outcome = "accepted", rcpts = envelope.rcpt.len(), from = %envelope.mail_from, "message accepted");
+                    Reply::queued(&queue_id)
                 }
-                Err(e) => {
-                    warn!(outcome = "tempfail", error = %e, "commit failed");
-                    Reply::LOCAL_ERROR
+                Err(Refusal::Policy(reason)) => {
+                    info!(outcome = "rejected", reason = %reason, "message rejected by policy");
+                    Reply::policy_rejected(&reason)
                 }
+                Err(Refusal::TempFail(reason)) => {
+                    info!(outcome = "tempfail", reason = %reason, "message deferred");
+                    Reply::AUTH_TEMPFAIL
+                }
+                Err(Refusal::Local) => Reply::LOCAL_ERROR,
             }
         }
         .instrument(span)

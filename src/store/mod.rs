@@ -84,6 +84,12 @@ pub struct MessageRecord {
     pub from: String,
     #[serde(default)]
     pub message_id: String,
+    /// Sender authentication results and verdict; `None` for records from before the checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::pipeline::auth::AuthRecord>,
+    /// Stored but held back from the inbox by policy (see `auth.reason`).
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 struct CommitRequest {

@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod dns;
+pub mod sign;
+
 /// A directory under /tmp removed on drop. Kept short: the admin Unix socket lives inside it and
 /// socket paths are limited to 108 bytes.
 pub struct TempDir(PathBuf);
@@ -53,6 +56,11 @@ shutdown_timeout = "5s"
 
 [[listener]]
 addr = "127.0.0.1:0"
+
+# Plain protocol tests talk from loopback and skip sender authentication; auth tests present
+# other client addresses through PROXY or build their own config.
+[auth]
+trusted_networks = ["127.0.0.0/8", "::1"]
 
 [[inbox]]
 id = "demo"
