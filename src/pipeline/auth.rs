@@ -42,23 +42,26 @@ pub async fn check_spf(
 ) -> SpfResults {
     let helo_is_domain =
         !helo.is_empty() && !helo.starts_with('[') && helo.parse::<IpAddr>().is_err();
-    let helo_out = if helo_is_domain {
-        dns.authenticator
-            .verify_spf(dns.params(SpfParameters::verify_ehlo(ip, helo, hostname)))
-            .await
-    } else {
-        SpfOutput::new(helo.to_string())
+    // Both identities are checked at once: with slow DNS the wait is one lookup chain, not two.
+    let helo_check = async {
+        if helo_is_domain {
+            dns.authenticator
+                .verify_spf(dns.params(SpfParameters::verify_ehlo(ip, helo, hostname)))
+                .await
+        } else {
+            SpfOutput::new(helo.to_string())
+        }
     };
-    let mail_from_out = if mail_from.is_empty() {
-        // RFC 7208 §2.4: with a null reverse path the MAIL FROM check is the HELO check.
-        helo_out.clone()
-    } else {
-        dns.authenticator
-            .verify_spf(dns.params(SpfParameters::verify_mail_from(
-                ip, helo, hostname, mail_from,
-            )))
-            .await
+    let mail_from_check = async {
+        if mail_from.is_empty() {
+            return None;
+        }
+        let params = SpfParameters::verify_mail_from(ip, helo, hostname, mail_from);
+        Some(dns.authenticator.verify_spf(dns.params(params)).await)
     };
+    let (helo_out, mail_from_out) = tokio::join!(helo_check, mail_from_check);
+    // RFC 7208 §2.4: with a null reverse path the MAIL FROM check is the HELO check.
+    let mail_from_out = mail_from_out.unwrap_or_else(|| helo_out.clone());
     SpfResults {
         helo: helo_out,
         mail_from: mail_from_out,
@@ -375,32 +378,47 @@ pub async fn assess(
     let parsed = AuthenticatedMessage::parse(raw);
     let empty = AuthenticatedMessage::default();
     let msg = parsed.as_ref().unwrap_or(&empty);
-    let (dkim, arc) = tokio::join!(
-        dns.authenticator.verify_dkim(dns.params(msg)),
-        dns.authenticator.verify_arc(dns.params(msg)),
-    );
-    let mail_from_domain = match mail_from.rsplit_once('@') {
-        Some((_, d)) => d.to_string(),
-        None => helo.to_string(),
-    };
-    let dmarc: DmarcOutput = if parsed.is_some() {
-        dns.authenticator
-            .verify_dmarc(dns.params(DmarcParameters::new(
-                msg,
-                &dkim,
-                &mail_from_domain,
-                &spf.mail_from,
-            )))
-            .await
-    } else {
-        DmarcOutput::default()
-    };
     let from_domain = msg
         .from
         .first()
         .and_then(|f| f.rsplit_once('@'))
         .map(|(_, d)| d.to_lowercase())
         .unwrap_or_default();
+    // Probe the DMARC record while DKIM and ARC run: if the resolver cannot answer, DMARC cannot
+    // be decided, and we say so now instead of after another round of timeouts.
+    let probe = async {
+        if from_domain.is_empty() {
+            return None;
+        }
+        match dns
+            .authenticator
+            .txt_raw_lookup(format!("_dmarc.{from_domain}."))
+            .await
+        {
+            Err(e @ mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))) => Some(e),
+            _ => None,
+        }
+    };
+    let (dkim, arc, unreachable) = tokio::join!(
+        dns.authenticator.verify_dkim(dns.params(msg)),
+        dns.authenticator.verify_arc(dns.params(msg)),
+        probe,
+    );
+    let mail_from_domain = match mail_from.rsplit_once('@') {
+        Some((_, d)) => d.to_string(),
+        None => helo.to_string(),
+    };
+    let dmarc: DmarcOutput = match unreachable {
+        Some(e) => DmarcOutput::default()
+            .with_domain(&from_domain)
+            .with_spf_result(DmarcResult::TempError(e.clone()))
+            .with_dkim_result(DmarcResult::TempError(e)),
+        None if parsed.is_some() => {
+            let params = DmarcParameters::new(msg, &dkim, &mail_from_domain, &spf.mail_from);
+            dns.authenticator.verify_dmarc(dns.params(params)).await
+        }
+        None => DmarcOutput::default(),
+    };
 
     let sets = arc.sets();
     let newest = newest_set(sets);
