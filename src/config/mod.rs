@@ -2,6 +2,7 @@
 //! collected with its key path) -> compiled lookup tables (`Inboxes`) that the hot path reads.
 
 pub mod raw;
+pub mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -72,6 +73,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub dns: DnsConfig,
     pub auth: AuthConfig,
+    pub directory: routes::Directory,
     pub inboxes: Inboxes,
 }
 
@@ -191,6 +193,9 @@ pub struct InboxConfig {
     pub address: String,
     pub aliases: Vec<String>,
     pub auth: AuthPolicy,
+    pub from_name: Option<String>,
+    pub tickets: routes::TicketDefaults,
+    pub rules: Vec<routes::Rule>,
 }
 
 /// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
@@ -386,6 +391,9 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut dns = RawDns::default();
     let mut auth = RawAuth::default();
     let mut inboxes: Vec<(String, RawInbox)> = Vec::new();
+    let mut users: Vec<(String, RawUser)> = Vec::new();
+    let mut teams: Vec<(String, RawTeam)> = Vec::new();
+    let mut contacts: Vec<(String, RawContact)> = Vec::new();
 
     for (key, value) in doc {
         match key.as_str() {
@@ -395,17 +403,35 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "store" => store = errors.section("store", value).unwrap_or_default(),
             "dns" => dns = errors.section("dns", value).unwrap_or_default(),
             "auth" => auth = errors.section("auth", value).unwrap_or_default(),
-            "listener" | "inbox" => {
+            "listener" | "inbox" | "user" | "team" | "contact" => {
                 let toml::Value::Array(items) = value else {
                     errors.push(&key, format!("must be an array of tables ([[{key}]])"));
                     continue;
                 };
                 for (i, item) in items.into_iter().enumerate() {
                     let path = format!("{key}[{i}]");
-                    if key == "listener" {
-                        listeners.extend(errors.section::<RawListener>(&path, item));
-                    } else if let Some(inbox) = errors.section::<RawInbox>(&path, item) {
-                        inboxes.push((path, inbox));
+                    match key.as_str() {
+                        "listener" => listeners.extend(errors.section::<RawListener>(&path, item)),
+                        "inbox" => {
+                            if let Some(v) = errors.section::<RawInbox>(&path, item) {
+                                inboxes.push((path, v));
+                            }
+                        }
+                        "user" => {
+                            if let Some(v) = errors.section::<RawUser>(&path, item) {
+                                users.push((path, v));
+                            }
+                        }
+                        "team" => {
+                            if let Some(v) = errors.section::<RawTeam>(&path, item) {
+                                teams.push((path, v));
+                            }
+                        }
+                        _ => {
+                            if let Some(v) = errors.section::<RawContact>(&path, item) {
+                                contacts.push((path, v));
+                            }
+                        }
                     }
                 }
             }
@@ -566,7 +592,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         cache_entries: dns.cache_entries.unwrap_or(10_000) as usize,
     };
     let auth = compile_auth(&auth, &mut errors);
-    let inboxes = compile_inboxes(&inboxes, &auth.policy, &mut errors);
+    let directory = routes::compile_directory(&users, &teams, &contacts, &mut errors);
+    let inboxes = compile_inboxes(&inboxes, &auth.policy, &directory, &mut errors);
 
     if errors.0.is_empty() {
         Ok(Config {
@@ -581,6 +608,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             store,
             dns,
             auth,
+            directory,
             inboxes,
         })
     } else {
@@ -751,8 +779,10 @@ fn inbox_auth(
 fn compile_inboxes(
     raw: &[(String, RawInbox)],
     global_auth: &AuthPolicy,
+    directory: &routes::Directory,
     errors: &mut Errors,
 ) -> Inboxes {
+    let mut from_names: HashMap<String, String> = HashMap::new();
     let mut out = Inboxes::default();
     let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
     let mut owners: HashMap<String, String> = HashMap::new();
@@ -814,7 +844,21 @@ fn compile_inboxes(
             address: addresses.next().unwrap_or_default(),
             aliases: addresses.collect(),
             auth: inbox_auth(global_auth, inbox.auth.as_ref(), path, errors),
+            from_name: inbox.from_name.clone(),
+            tickets: routes::compile_tickets(inbox.tickets.as_ref()),
+            rules: routes::compile_rules(&inbox.rule, directory, path, errors),
         });
+        if let Some(name) = &inbox.from_name {
+            let key = name.trim().to_lowercase();
+            if let Some(first) = from_names.get(&key) {
+                errors.push(
+                    format!("{path}.from_name"),
+                    format!("duplicate from_name {name:?} (also {first}.from_name): recipients could not tell the inboxes apart"),
+                );
+            } else {
+                from_names.insert(key, path.clone());
+            }
+        }
     }
     out
 }

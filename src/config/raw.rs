@@ -70,6 +70,117 @@ pub struct RawInbox {
     pub name: Option<String>,
     /// Per-inbox overrides of the global `[auth]` policy.
     pub auth: Option<RawInboxAuth>,
+    /// Display name of outbound mail from this inbox ("ACME Support").
+    pub from_name: Option<String>,
+    pub tickets: Option<RawTickets>,
+    /// Routing rules, in order; the first that matches decides.
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// Unavailable users (away, offline) are skipped by round robin and owner assignment.
+    pub available: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A contact owner: by exact address or by domain.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawContact {
+    pub address: Option<String>,
+    pub domain: Option<String>,
+    pub owner: String,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTickets {
+    pub enabled: Option<bool>,
+    pub pipeline: Option<String>,
+    pub stage: Option<String>,
+    pub priority: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Option<String>,
+    /// Conditions: all given ones must hold; within a list, any value may match.
+    #[serde(default, rename = "match")]
+    pub when: RawMatch,
+    pub assign: Option<RawAssign>,
+    pub ticket: Option<RawTickets>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Original sender addresses.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// Original sender domains (a domain matches its subdomains).
+    #[serde(default)]
+    pub from_domain: Vec<String>,
+    /// Case-insensitive substrings of the subject.
+    #[serde(default)]
+    pub subject: Vec<String>,
+    /// Recipient addresses as sent (`support+billing@...` or `help@...`).
+    #[serde(default)]
+    pub recipient: Vec<String>,
+    /// Sub-address tags (`billing` for `support+billing@...`).
+    #[serde(default)]
+    pub tag: Vec<String>,
+    #[serde(default)]
+    pub header: Vec<RawHeaderMatch>,
+    pub has_attachment: Option<bool>,
+    /// Case-insensitive substrings of an attachment file name (".pdf", "invoice").
+    #[serde(default)]
+    pub attachment_name: Vec<String>,
+    /// Authentication verdict: "accept" (passed or forgiven), "quarantine".
+    pub auth: Option<String>,
+    /// DMARC result: "pass", "fail", "none".
+    pub dmarc: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    /// Case-insensitive substring of the value; absent: the header merely has to exist.
+    pub contains: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssign {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// "round_robin" (default) or "least_open".
+    pub strategy: Option<String>,
+    /// Assign to the contact's owner (from `[[contact]]`) when there is one and they are available.
+    #[serde(default)]
+    pub owner: bool,
+    /// Used when the owner is unknown or unavailable (and `owner = true`).
+    #[serde(default)]
+    pub fallback_users: Vec<String>,
+    #[serde(default)]
+    pub fallback_teams: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

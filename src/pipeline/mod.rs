@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod parse;
+pub mod routing;
+pub mod threading;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,10 +15,12 @@ use tracing::{info, warn};
 
 use crate::config::{AuthPolicy, Config};
 use crate::server::Ctx;
+use crate::store::model::AttributionRecord;
 use crate::store::spool::Finished;
 use crate::store::{Body, MessageRecord, RcptRecord};
 use crate::util::rfc5322_date;
 use auth::{Assessment, SpfResults, Verdict};
+use threading::{InboxInput, ThreadInput};
 
 /// The SMTP envelope and connection facts every stage may read.
 #[derive(Debug, Clone)]
@@ -111,8 +115,9 @@ pub fn prepare(
     body: &Finished,
     now_ms: u64,
     assessment: &Assessment,
+    parsed: &parse::Parsed,
+    attribution: &AttributionRecord,
 ) -> MessageRecord {
-    let summary = parse::summarize(body.head());
     MessageRecord {
         queue_id: body.queue_id.clone(),
         received_at: now_ms,
@@ -136,21 +141,101 @@ pub fn prepare(
             assessment.header,
             received_header(hostname, env, &body.queue_id, now_ms)
         ),
-        subject: summary.subject,
-        from: summary.from,
-        message_id: summary.message_id,
+        subject: parsed.subject.clone(),
+        from: parsed.from_email.clone(),
+        message_id: parsed.message_id.clone(),
         quarantined: matches!(assessment.verdict, Verdict::Quarantine(_)),
         auth: Some(assessment.record.clone()),
+        attribution: Some(attribution.clone()),
+        automatic: parsed.automatic.clone(),
+        attachments: parsed.attachments.clone(),
+        in_reply_to: parsed.in_reply_to.clone(),
+        references: parsed.references.clone(),
+        routing: Vec::new(),
     }
 }
 
-/// Authenticate the finished message (DKIM, ARC, DMARC + the SPF started earlier) under the
-/// policies of its recipients' inboxes.
+/// The original sender of a parsed message.
+pub fn attribute(parsed: &parse::Parsed, _env: &Envelope) -> AttributionRecord {
+    AttributionRecord {
+        email: parsed.from_email.to_lowercase(),
+        name: parsed.from_name.clone(),
+        method: "header_from".into(),
+        forwarded_by: None,
+    }
+}
+
+/// The routing decisions that do not depend on stored state (attribution, matched rule per
+/// inbox), packed for the commit plan that makes the ones that do (thread, assignee, ticket).
+pub fn thread_input(
+    config: &Arc<Config>,
+    env: &Envelope,
+    parsed: &parse::Parsed,
+    attribution: &AttributionRecord,
+    body_sha256: &str,
+    assessment: &Assessment,
+    now_ms: u64,
+) -> ThreadInput {
+    let (auth_verdict, dmarc) = (assessment.verdict.name(), assessment.record.dmarc.as_str());
+    let message_id = if parsed.message_id.is_empty() {
+        // No Message-ID: derive a stable one, so a re-delivery is still recognised.
+        let basis = format!("{}|{}|{}", parsed.from_email, parsed.subject, body_sha256);
+        format!(
+            "{}@inbound.synthetic",
+            &crate::util::sha256_hex(basis.as_bytes())[..32]
+        )
+    } else {
+        parsed.message_id.clone()
+    };
+    let names: Vec<String> = parsed.attachments.iter().map(|a| a.name.clone()).collect();
+    let mut inboxes: Vec<InboxInput> = Vec::new();
+    for rcpt in &env.rcpt {
+        if inboxes.iter().any(|i| i.inbox == rcpt.inbox) {
+            continue;
+        }
+        let Some(inbox) = config.inboxes.get(&rcpt.inbox) else {
+            continue;
+        };
+        let address = rcpt.address.to_lowercase();
+        let facts = routing::Facts {
+            from: &attribution.email,
+            subject: &parsed.subject,
+            recipient: &address,
+            tag: rcpt.tag.as_deref(),
+            headers: &parsed.headers,
+            attachment_names: &names,
+            auth_verdict,
+            dmarc,
+        };
+        inboxes.push(InboxInput {
+            inbox: inbox.id.clone(),
+            rule: routing::select(inbox, &facts).cloned(),
+            tickets: inbox.tickets.clone(),
+        });
+    }
+    ThreadInput {
+        config: config.clone(),
+        message_id,
+        in_reply_to: parsed.in_reply_to.clone(),
+        references: parsed.references.clone(),
+        subject: parsed.subject.clone(),
+        contact_email: attribution.email.clone(),
+        contact_name: attribution.name.clone(),
+        is_forward: attribution.method.starts_with("forwarded"),
+        automatic: parsed.automatic.is_some(),
+        verification: false,
+        received_at: now_ms,
+        inboxes,
+    }
+}
+
+/// Authenticate the message (DKIM, ARC, DMARC + the SPF started earlier) under the policies of
+/// its recipients' inboxes.
 async fn authenticate(
     ctx: &Ctx,
     config: &Config,
     env: &Envelope,
-    body: &Finished,
+    raw: &[u8],
     spf: Option<PendingSpf>,
 ) -> Result<Assessment, Refusal> {
     let Some(PendingSpf(spf)) = spf else {
@@ -173,29 +258,6 @@ async fn authenticate(
         warn!(error = %e, "SPF task failed");
         Refusal::Local
     })?;
-    // A large body is read back from its spool file; the memory it takes is bounded by the
-    // authentication budget.
-    let (_permit, spooled);
-    let raw: &[u8] = match &body.body {
-        Body::Inline(bytes) => bytes,
-        Body::Spooled { len } => {
-            let kib = (((*len / 1024) + 1) as u32).min(crate::server::auth_budget_kib(
-                config.auth.max_inflight_bytes,
-            ));
-            _permit = ctx
-                .auth_budget
-                .clone()
-                .acquire_many_owned(kib)
-                .await
-                .map_err(|_| Refusal::Local)?;
-            let path = ctx.store.spool().tmp_path(&body.queue_id);
-            spooled = tokio::fs::read(&path).await.map_err(|e| {
-                warn!(error = %e, "cannot read spooled body for checks");
-                Refusal::Local
-            })?;
-            &spooled
-        }
-    };
     Ok(auth::assess(&ctx.dns, &config.hostname, env, &spf, raw, &policies).await)
 }
 
@@ -215,7 +277,31 @@ pub async fn process(
     spf: Option<PendingSpf>,
 ) -> Result<String, Refusal> {
     let config = ctx.config();
-    let assessment = match authenticate(ctx, &config, env, &body, spf).await {
+    // A large body is read back from its spool file for the stages that need all of it; the
+    // memory that takes is bounded by the budget.
+    let (_permit, spooled);
+    let raw: &[u8] = match &body.body {
+        Body::Inline(bytes) => bytes,
+        Body::Spooled { len } => {
+            let kib = (((*len / 1024) + 1) as u32).min(crate::server::auth_budget_kib(
+                config.auth.max_inflight_bytes,
+            ));
+            _permit = match ctx.auth_budget.clone().acquire_many_owned(kib).await {
+                Ok(p) => p,
+                Err(_) => return Err(discard(ctx, &body, Refusal::Local)),
+            };
+            let path = ctx.store.spool().tmp_path(&body.queue_id);
+            spooled = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "cannot read spooled body");
+                    return Err(discard(ctx, &body, Refusal::Local));
+                }
+            };
+            &spooled
+        }
+    };
+    let assessment = match authenticate(ctx, &config, env, raw, spf).await {
         Ok(a) => a,
         Err(r) => return Err(discard(ctx, &body, r)),
     };
@@ -241,11 +327,44 @@ pub async fn process(
         }
         Verdict::Accept | Verdict::Quarantine(_) => {}
     }
+    let parsed = parse::parse(raw, &env.mail_from);
+    let attribution = attribute(&parsed, env);
     let now = crate::store::keys::now_ms();
-    let record = prepare(&config.hostname, env, &body, now, &assessment);
-    let queue_id = body.queue_id.clone();
-    match ctx.store.commit(record, body.body).await {
-        Ok(()) => Ok(queue_id),
+    let input = thread_input(
+        &config,
+        env,
+        &parsed,
+        &attribution,
+        &body.sha256,
+        &assessment,
+        now,
+    );
+    let record = prepare(
+        &config.hostname,
+        env,
+        &body,
+        now,
+        &assessment,
+        &parsed,
+        &attribution,
+    );
+    match ctx
+        .store
+        .commit(record, body.body, Some(threading::plan(input)))
+        .await
+    {
+        Ok(record) => {
+            for r in &record.routing {
+                info!(
+                    inbox = %r.inbox, conversation = %r.conversation, thread = %r.thread,
+                    rule = r.rule.as_deref().unwrap_or(""), assignee = r.assignee.as_deref().unwrap_or(""),
+                    assignment = %r.assignment, ticket = r.ticket.as_deref().unwrap_or(""),
+                    attributed_to = %attribution.email, method = %attribution.method,
+                    "routed"
+                );
+            }
+            Ok(record.queue_id)
+        }
         Err(e) => {
             warn!(error = %e, "commit failed");
             Err(Refusal::Local)

@@ -13,6 +13,7 @@
 //! and is removed; a record always has its body.
 
 pub mod keys;
+pub mod model;
 pub mod spool;
 
 use std::path::{Path, PathBuf};
@@ -90,12 +91,121 @@ pub struct MessageRecord {
     /// Stored but held back from the inbox by policy (see `auth.reason`).
     #[serde(default)]
     pub quarantined: bool,
+    /// The original sender this message is attributed to, and how that was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<model::AttributionRecord>,
+    /// Why the message counts as automatic (bounce, auto-reply), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<model::AttachmentInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_reply_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+    /// Per inbox: conversation, thread decision, rule, assignee, ticket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<model::RoutingRecord>,
 }
+
+/// Decisions that depend on what is already stored (threading, assignment, counters): run by
+/// the committer inside the message's transaction, so they see every earlier commit and their
+/// writes land atomically with the message. It may fill in fields of the record. It can run more
+/// than once (a transaction may be retried), so it must only act through `Tx`.
+pub type Plan = Box<dyn Fn(&Tx<'_>, &mut MessageRecord) -> TxResult<()> + Send + Sync>;
 
 struct CommitRequest {
     record: MessageRecord,
     body: Body,
-    done: oneshot::Sender<Result<(), String>>,
+    plan: Option<Plan>,
+    done: oneshot::Sender<Result<MessageRecord, String>>,
+}
+
+/// The trees of the database. Every commit may touch any of them atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeId {
+    Messages = 0,
+    Bodies = 1,
+    Conversations = 2,
+    /// `inbox \0 message-id` -> conversation id (threading and duplicate detection).
+    MessageIds = 3,
+    Contacts = 4,
+    Tickets = 5,
+    /// Counters and small state: round-robin positions, open-conversation counts, sequences.
+    Counters = 6,
+    /// Runtime user state (availability set through the API).
+    Users = 7,
+}
+
+const TREE_NAMES: [&str; 8] = [
+    "messages",
+    "bodies",
+    "conversations",
+    "message_ids",
+    "contacts",
+    "tickets",
+    "counters",
+    "users",
+];
+
+/// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
+pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+
+/// A view of every tree inside one transaction: reads see this transaction's own writes.
+pub struct Tx<'a> {
+    views: &'a [sled::transaction::TransactionalTree],
+}
+
+impl Tx<'_> {
+    pub fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(self.views[tree as usize].get(key)?)
+    }
+
+    pub fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.views[tree as usize].insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
+        self.views[tree as usize].remove(key)?;
+        Ok(())
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+    ) -> TxResult<Option<T>> {
+        match self.get(tree, key)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| {
+                ConflictableTransactionError::Abort(format!("decoding {tree:?} record: {e}"))
+            }),
+        }
+    }
+
+    pub fn put_json<T: Serialize>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            ConflictableTransactionError::Abort(format!("encoding {tree:?} record: {e}"))
+        })?;
+        self.insert(tree, key, &bytes)
+    }
+
+    /// Add `delta` to a counter and return the new value.
+    pub fn add(&self, key: &[u8], delta: i64) -> TxResult<i64> {
+        let now = self.counter(key)?;
+        let next = now.saturating_add(delta);
+        self.insert(TreeId::Counters, key, &next.to_be_bytes())?;
+        Ok(next)
+    }
+
+    pub fn counter(&self, key: &[u8]) -> TxResult<i64> {
+        Ok(self
+            .get(TreeId::Counters, key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0))
+    }
 }
 
 /// Handle to the store, cheap to clone. Dropping every clone stops the committer thread after it
@@ -110,6 +220,8 @@ struct Inner {
     db: sled::Db,
     messages: sled::Tree,
     bodies: sled::Tree,
+    /// Every tree, indexed by `TreeId`.
+    trees: Vec<sled::Tree>,
     spool: Spool,
     inline_max: usize,
 }
@@ -136,9 +248,14 @@ impl Store {
                 sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked,
                 other => StoreError::Db(other),
             })?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|n| db.open_tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
         let inner = Inner {
-            messages: db.open_tree("messages")?,
-            bodies: db.open_tree("bodies")?,
+            messages: trees[TreeId::Messages as usize].clone(),
+            bodies: trees[TreeId::Bodies as usize].clone(),
+            trees,
             spool: Spool::open(&data_dir.join("spool"))?,
             db,
             inline_max: cfg.inline_body_max_bytes as usize,
@@ -163,14 +280,24 @@ impl Store {
     }
 
     /// Commit one message durably. Returns only once its body and record are on disk.
-    pub async fn commit(&self, record: MessageRecord, body: Body) -> Result<(), StoreError> {
+    pub async fn commit(
+        &self,
+        record: MessageRecord,
+        body: Body,
+        plan: Option<Plan>,
+    ) -> Result<MessageRecord, StoreError> {
         let (done, wait) = oneshot::channel();
         self.commits
-            .send(CommitRequest { record, body, done })
+            .send(CommitRequest {
+                record,
+                body,
+                plan,
+                done,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(StoreError::Io(std::io::Error::other(e))),
             Err(_) => Err(StoreError::Closed),
         }
@@ -286,52 +413,91 @@ impl Inner {
                     Err(_) => break,
                 }
             }
-            let result = self.commit_batch(&batch);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, batch = batch.len(), "commit failed");
-            }
-            for req in batch.drain(..) {
-                let _ = req
-                    .done
-                    .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let results = self.commit_batch(&batch);
+            for (req, result) in batch.drain(..).zip(results) {
+                if let Err(e) = &result {
+                    tracing::error!(queue_id = %req.record.queue_id, error = %e, "commit failed");
+                }
+                let _ = req.done.send(result);
             }
         }
     }
 
-    fn commit_batch(&self, batch: &[CommitRequest]) -> Result<(), StoreError> {
+    /// Make a batch durable: bodies into place, one transaction for every record (and what their
+    /// plans write), one flush. If a plan fails, the batch is retried one message per transaction
+    /// so one bad message cannot fail the others. Returns one result per request.
+    fn commit_batch(&self, batch: &[CommitRequest]) -> Vec<Result<MessageRecord, String>> {
+        let fail_all =
+            |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(e.to_string())).collect();
         let mut spooled = false;
         for req in batch {
             if let Body::Spooled { .. } = req.body {
-                self.spool.publish(&req.record.queue_id)?;
+                if let Err(e) = self.spool.publish(&req.record.queue_id) {
+                    return fail_all(&e);
+                }
                 spooled = true;
             }
         }
         if spooled {
-            self.spool.sync_msg_dir()?;
+            if let Err(e) = self.spool.sync_msg_dir() {
+                return fail_all(&e);
+            }
         }
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.record.queue_id.clone().into_bytes(),
-                    serde_json::to_vec(&r.record)?,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        (&self.messages, &self.bodies)
-            .transaction(|(messages, bodies)| {
-                for (req, (key, value)) in batch.iter().zip(&encoded) {
-                    if let Body::Inline(bytes) = &req.body {
-                        bodies.insert(key.as_slice(), bytes.as_slice())?;
-                    }
-                    messages.insert(key.as_slice(), value.as_slice())?;
+        let results = match self.transact(batch) {
+            Ok(records) => records.into_iter().map(Ok).collect(),
+            Err(TransactionError::Abort(_)) if batch.len() > 1 => batch
+                .iter()
+                .map(|req| {
+                    self.transact(std::slice::from_ref(req))
+                        .map(|mut r| r.remove(0))
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+            Err(e) => return self.unpublish(batch, fail_all(&e)),
+        };
+        match self.db.flush() {
+            Ok(_) => self.unpublish(batch, results),
+            Err(e) => self.unpublish(batch, fail_all(&e)),
+        }
+    }
+
+    /// Spool files of requests that failed were never acknowledged: remove them now rather than
+    /// at the next start.
+    fn unpublish(
+        &self,
+        batch: &[CommitRequest],
+        results: Vec<Result<MessageRecord, String>>,
+    ) -> Vec<Result<MessageRecord, String>> {
+        for (req, r) in batch.iter().zip(&results) {
+            if r.is_err() && matches!(req.body, Body::Spooled { .. }) {
+                let _ = self.spool.remove(&req.record.queue_id);
+            }
+        }
+        results
+    }
+
+    /// One transaction over every tree for `reqs`: each plan runs in order and sees the writes
+    /// of the plans before it.
+    fn transact(
+        &self,
+        reqs: &[CommitRequest],
+    ) -> Result<Vec<MessageRecord>, TransactionError<String>> {
+        self.trees.as_slice().transaction(|views| {
+            let tx = Tx { views };
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let mut record = req.record.clone();
+                if let Some(plan) = &req.plan {
+                    plan(&tx, &mut record)?;
                 }
-                Ok::<(), ConflictableTransactionError<sled::Error>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) | TransactionError::Storage(e) => StoreError::Db(e),
-            })?;
-        self.db.flush()?;
-        Ok(())
+                let key = record.queue_id.as_bytes();
+                if let Body::Inline(bytes) = &req.body {
+                    tx.insert(TreeId::Bodies, key, bytes)?;
+                }
+                tx.put_json(TreeId::Messages, key, &record)?;
+                out.push(record);
+            }
+            Ok(out)
+        })
     }
 }

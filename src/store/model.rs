@@ -1,0 +1,103 @@
+//! The records the store keeps besides messages: conversations, contacts, tickets, and the
+//! per-inbox routing outcome recorded on each message. Plain data; the decisions that create and
+//! update them live in `pipeline::threading` and `pipeline::routing`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: String,
+    pub inbox: String,
+    pub subject: String,
+    /// The original sender who started it (attributed contact).
+    pub contact: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// "open" or "closed".
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Queue ids, in arrival order.
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contact {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// Conversation ids, oldest first.
+    pub conversations: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: String,
+    pub conversation: String,
+    pub inbox: String,
+    pub pipeline: String,
+    pub stage: String,
+    pub priority: String,
+    /// The assignee at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub created_at: u64,
+}
+
+/// What happened to a message in one inbox: thread decision, rule, assignment, ticket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoutingRecord {
+    pub inbox: String,
+    pub conversation: String,
+    /// "new", "joined" (by In-Reply-To/References), "duplicate".
+    pub thread: String,
+    /// How the thread decision was made, e.g. "in-reply-to <id>", "forward starts a new conversation".
+    pub thread_reason: String,
+    /// Queue id of the first copy when `thread == "duplicate"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// How the assignee was chosen: "kept" (conversation already assigned), "round_robin",
+    /// "least_open", "owner", "owner_fallback", "unassigned", "automatic" (auto-replies are not
+    /// routed), "verification".
+    pub assignment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// An attachment as listed on the message record; its bytes stay in the stored message.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the decoded content, hex.
+    pub sha256: String,
+}
+
+/// Who a message is attributed to (the original author, not the forwarding mailbox) and how
+/// that was decided, as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttributionRecord {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// e.g. "header_from", "forwarded_inline", "x_original_from", "srs_envelope".
+    pub method: String,
+    /// The mailbox that forwarded it, when it was forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_by: Option<String>,
+}
