@@ -83,6 +83,13 @@ impl Limits {
         }
     }
 
+    /// A session permit if one is free now, without waiting. `admit` decides before `accept`, so
+    /// a connection admitted as `Busy` may arrive after a session has ended: the listener calls
+    /// this to serve it instead of refusing a client the server has room for.
+    pub fn try_session(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
     /// Per-IP checks once the real client address is known (after any PROXY header).
     pub fn register(
         self: &Arc<Self>,

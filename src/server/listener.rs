@@ -30,15 +30,20 @@ pub async fn accept_loop(
     let lcfg = Arc::new(lcfg);
     let mut shutdown = ctx.shutdown.clone();
     loop {
+        // `biased`: shutdown is checked first. A connection waiting in the backlog when shutdown
+        // begins would otherwise win half the time and be greeted 220 only to get 421 at once.
         let admission = tokio::select! {
-            a = ctx.limits.admit() => a,
+            biased;
             _ = shutdown.wait() => break,
+            a = ctx.limits.admit() => a,
         };
         let permit = match admission {
             Admission::Closed => break,
             a => a,
         };
         let (stream, addr) = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
             r = socket.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -48,7 +53,15 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.wait() => break,
+        };
+        // The permit was chosen before `accept`: if the server was full then but a session has
+        // ended while we waited for this connection, serve it.
+        let permit = match permit {
+            Admission::Busy(p) => match ctx.limits.try_session() {
+                Some(session) => Admission::Session(session),
+                None => Admission::Busy(p),
+            },
+            other => other,
         };
         match permit {
             Admission::Busy(p) => {

@@ -619,9 +619,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match &txn.error {
             // RFC 3030 §4.2: the client must not send more chunks after an error; those it had
             // pipelined are read and answered with the same error until LAST ends the transaction.
+            // Like the reply at the end of the message, these are our refusal, not client errors:
+            // counting them would let one oversized pipelined message trip `max_bad_commands`.
             Some(e) => {
                 let e = e.clone();
-                Ok(self.reply(e))
+                Ok(self.reply_end_of_data(e))
             }
             None => {
                 let n = txn.bdat_bytes;
