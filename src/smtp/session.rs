@@ -262,53 +262,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn step_command(&mut self) -> Result<Flow, SessionError> {
         let st = &mut self.st;
-        let slice = &st.input[st.pos..];
-        // smtp-proto applies its line limit only to a line that spans reads; a line that arrived
-        // in one read would be parsed at any length. Apply the same limit here, so the answer
-        // does not depend on how TCP segmented the line (found by the fuzzer's split check).
-        if st.receiver.buf().is_empty() {
-            if let Some(i) = memchr::memchr(b'\n', slice) {
-                if i + 1 > MAX_LINE_LENGTH {
-                    st.pos += i + 1;
-                    return Ok(self.reject(Reply::LINE_TOO_LONG));
-                }
+        let rest = &st.input[st.pos..];
+        // The parser is given one line at a time. Given more, smtp-proto reads past the end of a
+        // short line ("MAIL FROM<CRLF>") into the next one and swallows it, so the client waits
+        // for a reply that never comes; and it parses a line of any length when the line arrived
+        // in one read (its limit applies only to lines that span reads). Both made the answers
+        // depend on how TCP segmented the input (found by the fuzzer's read-split check).
+        let line_end = memchr::memchr(b'\n', rest).map(|i| i + 1);
+        if let Some(end) = line_end {
+            if end > MAX_LINE_LENGTH && st.receiver.buf().is_empty() {
+                st.pos += end;
+                return Ok(self.reject(Reply::LINE_TOO_LONG));
             }
         }
+        let slice = &rest[..line_end.unwrap_or(rest.len())];
         let mut iter = slice.iter();
         let parsed = st.receiver.ingest(&mut iter).map(|r| r.into_owned());
         let consumed = slice.len() - iter.as_slice().len();
-        st.pos += consumed;
+        // Whatever the parser made of a complete line, the next command starts after it.
+        st.pos += if line_end.is_some() {
+            slice.len()
+        } else {
+            consumed
+        };
         let request = match parsed {
             Ok(r) => r,
+            Err(ProtoError::NeedsMoreData { .. }) if line_end.is_some() => {
+                // A whole line that the parser still finds incomplete is a syntax error, not a
+                // reason to wait; none of it may stay buffered in front of the next line.
+                st.receiver = RequestReceiver::default();
+                return Ok(self.reject(Reply::BAD_PARAMETER));
+            }
             Err(ProtoError::NeedsMoreData { .. }) => {
                 // The partial line is kept by the receiver; everything here was consumed.
                 st.pos = st.input.len();
                 return Ok(Flow::Continue);
             }
             Err(ProtoError::ResponseTooLong) => {
-                st.mode = Input::SkipLine;
+                if line_end.is_none() {
+                    st.mode = Input::SkipLine;
+                }
                 return Ok(self.reject(Reply::LINE_TOO_LONG));
             }
-            Err(e) => {
-                let reply = match e {
-                    ProtoError::UnknownCommand => Reply::SYNTAX_ERROR,
-                    ProtoError::InvalidSenderAddress => Reply::BAD_SENDER_SYNTAX,
-                    ProtoError::InvalidRecipientAddress => Reply::BAD_RECIPIENT_SYNTAX,
-                    ProtoError::SyntaxError { syntax } => Reply {
-                        code: 501,
-                        enhanced: "5.5.4",
-                        text: format!("Syntax: {syntax}").into(),
-                    },
-                    ProtoError::InvalidParameter { param } => Reply {
-                        code: 501,
-                        enhanced: "5.5.4",
-                        text: format!("Invalid parameter: {param}").into(),
-                    },
-                    ProtoError::UnsupportedParameter { .. } => Reply::UNSUPPORTED_PARAMETER,
-                    _ => Reply::SYNTAX_ERROR,
-                };
-                return Ok(self.reject(reply));
+            // An error before the end of the line has arrived: its rest is not a new command.
+            Err(e) if line_end.is_none() => {
+                st.mode = Input::SkipLine;
+                return Ok(self.reject(proto_error_reply(e)));
             }
+            Err(e) => return Ok(self.reject(proto_error_reply(e))),
         };
         debug!(command = request.name(), "command");
         self.handle(request).await
@@ -394,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.st.helo = Some(host);
         self.st.esmtp = esmtp;
         let cfg = self.st.ctx.config();
-        let greeting = Reply::helo(&cfg.hostname, &format!("[{}]", self.st.peer.ip()));
+        let greeting = Reply::helo(&cfg.hostname, &pipeline::address_literal(crate::config::canonical_ip(self.st.peer.ip())));
         if !esmtp {
             greeting.write_to(&mut self.st.out);
             return Flow::Continue;
@@ -728,6 +729,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 impl SessionState {
     pub fn set_peer(&mut self, peer: SocketAddr) {
         self.peer = peer;
+    }
+}
+
+/// The reply for a command smtp-proto could not parse.
+fn proto_error_reply(e: ProtoError) -> Reply {
+    match e {
+        ProtoError::UnknownCommand => Reply::SYNTAX_ERROR,
+        ProtoError::InvalidSenderAddress => Reply::BAD_SENDER_SYNTAX,
+        ProtoError::InvalidRecipientAddress => Reply::BAD_RECIPIENT_SYNTAX,
+        ProtoError::SyntaxError { syntax } => Reply {
+            code: 501,
+            enhanced: "5.5.4",
+            text: format!("Syntax: {syntax}").into(),
+        },
+        ProtoError::InvalidParameter { param } => Reply {
+            code: 501,
+            enhanced: "5.5.4",
+            text: format!("Invalid parameter: {param}").into(),
+        },
+        ProtoError::UnsupportedParameter { .. } => Reply::UNSUPPORTED_PARAMETER,
+        _ => Reply::SYNTAX_ERROR,
     }
 }
 
