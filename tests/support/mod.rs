@@ -170,10 +170,7 @@ impl TestServer {
 
 fn is_locked(dir: &Path) -> bool {
     let cfg = inbound::config::Config::embedded_default().store;
-    match inbound::store::Store::open(dir, &cfg) {
-        Ok(_) => false,
-        Err(_) => true,
-    }
+    inbound::store::Store::open(dir, &cfg).is_err()
 }
 
 /// A line-oriented SMTP client: `c.send("MAIL FROM:<a@b>").await; c.expect("250").await;`
