@@ -45,8 +45,60 @@ enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Look at conversations (threads of messages, with assignee and ticket).
+    Conversations {
+        #[command(subcommand)]
+        command: ConversationsCommand,
+    },
+    /// Show how a message would be attributed, threaded and routed, without storing it.
+    Route {
+        /// Explain the decisions (required: routing without storing is only ever an explanation).
+        #[arg(long)]
+        explain: bool,
+        /// Config whose inboxes and rules to use (default: the embedded config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Envelope sender (matters for SRS and Gmail +caf_ forwarders); default: the From
+        /// address. Use `--mail-from ''` for a null sender (bounce).
+        #[arg(long)]
+        mail_from: Option<String>,
+        /// Envelope recipient (default: the first inbox's address).
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// The message (RFC 5322 .eml file).
+        message: PathBuf,
+    },
     /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConversationsCommand {
+    /// List conversations, oldest first.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this inbox.
+        #[arg(long)]
+        inbox: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one conversation: its messages in order, sender, assignee, ticket.
+    Show {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -89,7 +141,13 @@ enum MessagesCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // The server logs what it does; the other commands print results and log only problems.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_json, default_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -99,9 +157,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("INBOUND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("INBOUND_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -188,7 +247,237 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Messages { command } => messages(command),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Conversations { command } => conversations(command),
+        Command::Route {
+            explain,
+            config,
+            json,
+            mail_from,
+            rcpt,
+            message,
+        } => {
+            if !explain {
+                bail!("`inbound route` only explains: add --explain");
+            }
+            route_explain(
+                config.as_ref(),
+                json,
+                mail_from.as_deref(),
+                rcpt.as_deref(),
+                &message,
+            )
+        }
     }
+}
+
+fn conversations(command: ConversationsCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ConversationsCommand::List {
+            store,
+            inbox,
+            limit,
+            after,
+            json,
+        } => {
+            let (resp, _) = admin_request(
+                &store,
+                Request::ConversationsList {
+                    inbox,
+                    after,
+                    limit,
+                },
+            )?;
+            let list: Vec<crate::store::model::Conversation> = decode(resp)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &list)?;
+                writeln!(out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(
+                out,
+                "{:<26}  {:<12}  {:<6}  {:>4}  {:<12}  {:<8}  {:<28}  SUBJECT",
+                "CONVERSATION", "INBOX", "STATUS", "MSGS", "ASSIGNEE", "TICKET", "CONTACT"
+            )?;
+            for c in &list {
+                writeln!(
+                    out,
+                    "{:<26}  {:<12}  {:<6}  {:>4}  {:<12}  {:<8}  {:<28}  {}",
+                    c.id,
+                    truncate(&c.inbox, 12),
+                    c.status,
+                    c.messages.len(),
+                    c.assignee.as_deref().unwrap_or("-"),
+                    c.ticket.as_deref().unwrap_or("-"),
+                    truncate(&c.contact, 28),
+                    truncate(&c.subject, 60)
+                )?;
+            }
+            writeln!(
+                out,
+                "{} conversation{}",
+                list.len(),
+                if list.len() == 1 { "" } else { "s" }
+            )?;
+        }
+        ConversationsCommand::Show { id, store, json } => {
+            let (resp, _) = admin_request(&store, Request::ConversationsShow { id })?;
+            let view: admin::ConversationView = decode(resp)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &view)?;
+                writeln!(out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let c = &view.conversation;
+            writeln!(out, "conversation: {}", c.id)?;
+            writeln!(out, "inbox:        {}", c.inbox)?;
+            writeln!(out, "subject:      {}", c.subject)?;
+            writeln!(out, "status:       {}", c.status)?;
+            let name = view
+                .contact
+                .as_ref()
+                .and_then(|k| k.name.clone())
+                .unwrap_or_default();
+            writeln!(out, "contact:      {name} <{}>", c.contact)?;
+            writeln!(
+                out,
+                "assignee:     {}",
+                c.assignee.as_deref().unwrap_or("(unassigned)")
+            )?;
+            if let Some(team) = &c.team {
+                writeln!(out, "team:         {team}")?;
+            }
+            match &view.ticket {
+                Some(t) => writeln!(
+                    out,
+                    "ticket:       {} (pipeline {}, stage {}, priority {}, owner {})",
+                    t.id,
+                    t.pipeline,
+                    t.stage,
+                    t.priority,
+                    t.owner.as_deref().unwrap_or("-")
+                )?,
+                None => writeln!(out, "ticket:       (none)")?,
+            }
+            writeln!(out, "messages:")?;
+            for m in &view.messages {
+                let who = m
+                    .attribution
+                    .as_ref()
+                    .map(|a| a.email.as_str())
+                    .unwrap_or(&m.from);
+                let how = m
+                    .attribution
+                    .as_ref()
+                    .map(|a| a.method.as_str())
+                    .unwrap_or("");
+                let flags = [
+                    m.quarantined.then_some("quarantined"),
+                    m.automatic.as_ref().map(|_| "automatic"),
+                    m.routing
+                        .iter()
+                        .any(|r| r.thread == "duplicate")
+                        .then_some("duplicate"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(",");
+                writeln!(
+                    out,
+                    "  {}  {}  {} ({how})  {}{}",
+                    m.queue_id,
+                    rfc3339(m.received_at),
+                    who,
+                    truncate(&m.subject, 50),
+                    if flags.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{flags}]")
+                    }
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn route_explain(
+    config: Option<&PathBuf>,
+    json: bool,
+    mail_from: Option<&str>,
+    rcpt: Option<&str>,
+    message: &PathBuf,
+) -> Result<ExitCode> {
+    let cfg = std::sync::Arc::new(load_config(config)?);
+    let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;
+    let header_from = crate::pipeline::parse::summarize(&raw).from;
+    let mail_from = mail_from.unwrap_or(&header_from);
+    let e = runtime()?
+        .block_on(crate::pipeline::explain(cfg, &raw, mail_from, rcpt))
+        .context("explaining the message")?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &e)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let a = &e.attribution;
+    writeln!(out, "inbox:        {}", e.inbox)?;
+    writeln!(out, "subject:      {}", e.subject)?;
+    writeln!(
+        out,
+        "attributed:   {}{} (method: {})",
+        a.name
+            .as_deref()
+            .map(|n| format!("{n} "))
+            .unwrap_or_default(),
+        format_args!("<{}>", a.email),
+        a.method
+    )?;
+    if let Some(f) = &a.forwarded_by {
+        writeln!(out, "forwarded by: {f}")?;
+    }
+    writeln!(
+        out,
+        "thread:       {} ({})",
+        e.thread["decision"].as_str().unwrap_or(""),
+        e.thread["reason"].as_str().unwrap_or("")
+    )?;
+    writeln!(
+        out,
+        "rule:         {}",
+        e.rule.as_deref().unwrap_or("(none matched: unassigned)")
+    )?;
+    writeln!(
+        out,
+        "assignment:   {} ({})",
+        e.assignment["assignee"].as_str().unwrap_or("(unassigned)"),
+        e.assignment["how"].as_str().unwrap_or("")
+    )?;
+    match &e.ticket {
+        Some(t) => writeln!(
+            out,
+            "ticket:       yes: pipeline {}, stage {}, priority {}, owner {}",
+            t.pipeline,
+            t.stage,
+            t.priority,
+            t.owner.as_deref().unwrap_or("-")
+        )?,
+        None => writeln!(out, "ticket:       no")?,
+    }
+    if let Some(reason) = &e.automatic {
+        writeln!(out, "automatic:    {reason}")?;
+    }
+    writeln!(
+        out,
+        "verification: {}",
+        e.verification
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "none".into())
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run one admin request: through the running server's socket when there is one, else on the

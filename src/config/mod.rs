@@ -224,6 +224,14 @@ impl Inboxes {
     /// case-sensitive local parts, but no operator wants `Support@` bounced); `local+tag@domain`
     /// reaches `local@domain` and keeps the tag.
     pub fn resolve(&self, address: &str) -> Recipient<'_> {
+        // RFC 5321 §4.5.1: `postmaster` (bare, or at any domain we host) must be accepted; it
+        // reaches the first inbox of that domain unless an inbox claims the address itself.
+        if address.eq_ignore_ascii_case("postmaster") {
+            return match self.list.first() {
+                Some(inbox) => Recipient::Hosted { inbox, tag: None },
+                None => Recipient::UnknownMailbox,
+            };
+        }
         let Some((local, domain)) = split_address(address) else {
             return Recipient::UnknownMailbox;
         };
@@ -244,6 +252,16 @@ impl Inboxes {
                     inbox: &self.list[i],
                     tag: Some(tag.to_string()),
                 };
+            }
+        }
+        if local == "postmaster" {
+            let first = self.list.iter().find(|i| {
+                std::iter::once(&i.address)
+                    .chain(&i.aliases)
+                    .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+            });
+            if let Some(inbox) = first {
+                return Recipient::Hosted { inbox, tag: None };
             }
         }
         Recipient::UnknownMailbox
@@ -981,6 +999,60 @@ mod tests {
         assert_eq!(r("sales@demo.inbound.test"), Recipient::UnknownMailbox);
         assert_eq!(r("support@example.com"), Recipient::ForeignDomain);
         assert_eq!(r("nobody"), Recipient::UnknownMailbox);
+        assert!(matches!(r("postmaster"), Recipient::Hosted { .. }));
+        assert!(matches!(
+            r("PostMaster@demo.inbound.test"),
+            Recipient::Hosted { .. }
+        ));
+        assert_eq!(r("postmaster@example.com"), Recipient::ForeignDomain);
+    }
+
+    #[test]
+    fn routing_references_and_reachability_are_checked() {
+        let text = r#"
+            [[listener]]
+            addr = "127.0.0.1:0"
+            [[user]]
+            id = "alice"
+            [[team]]
+            id = "t1"
+            members = ["alice", "ghost"]
+            [[contact]]
+            domain = "bigcorp.example"
+            owner = "nobody"
+            [[inbox]]
+            id = "a"
+            address = "a@x.example"
+            from_name = "ACME Support"
+            [[inbox.rule]]
+            name = "all"
+            assign = { users = ["alice"] }
+            [[inbox.rule]]
+            name = "never"
+            match.subject = ["x"]
+            assign = { users = ["bob"], teams = ["t9"], strategy = "random" }
+            [[inbox]]
+            id = "b"
+            address = "b@x.example"
+            from_name = "acme support"
+        "#;
+        let errs = parse(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "team[0].members[1]",
+            "contact[0].owner",
+            "inbox[0].rule[1]",
+            "inbox[0].rule[1].assign.users[0]",
+            "inbox[0].rule[1].assign.teams[0]",
+            "inbox[0].rule[1].assign.strategy",
+            "inbox[1].from_name",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+        assert!(
+            errs.iter().any(|e| e.message.contains("unreachable")),
+            "{errs:#?}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! started at MAIL FROM; DKIM, ARC and DMARC here), parse (header summary), then the durable
 //! commit. Each stage is a module named after what it does; this file only sequences them.
 
+pub mod attribution;
 pub mod auth;
 pub mod parse;
 pub mod routing;
@@ -101,11 +102,19 @@ pub fn received_header(hostname: &str, env: &Envelope, queue_id: &str, now_ms: u
         env.helo.as_str()
     };
     format!(
-        "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (inbound) with {proto} id {queue_id}{for_clause};\r\n\t{date}\r\n",
-        ip = env.client_ip,
+        "Received: from {helo} ({ip}){tls}\r\n\tby {hostname} (inbound) with {proto} id {queue_id}{for_clause};\r\n\t{date}\r\n",
+        ip = address_literal(env.client_ip),
         proto = env.protocol(),
         date = rfc5322_date(now_ms),
     )
+}
+
+/// RFC 5321 §4.1.3 address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
+pub fn address_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    }
 }
 
 /// Build the record for a finished message.
@@ -370,4 +379,119 @@ pub async fn process(
             Err(Refusal::Local)
         }
     }
+}
+
+/// What `inbound route --explain` reports for one message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explanation {
+    pub inbox: String,
+    pub attribution: AttributionRecord,
+    /// Thread decision: `decision` (new, joined, duplicate), `reason`, `conversation`.
+    pub thread: serde_json::Value,
+    /// The matched rule's name, or null when no rule matched.
+    pub rule: Option<String>,
+    /// `assignee`, `team`, `how`.
+    pub assignment: serde_json::Value,
+    pub ticket: Option<crate::store::model::Ticket>,
+    pub automatic: Option<String>,
+    /// Provider confirmation recognised in the message (verification-code flow), or null.
+    pub verification: Option<serde_json::Value>,
+    pub subject: String,
+    pub attachments: Vec<crate::store::model::AttachmentInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{0} is not a hosted address in this config")]
+    NotHosted(String),
+    #[error("the config has no inbox")]
+    NoInbox,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Run attribution, threading and routing on `raw` as if it had arrived for `rcpt` (default:
+/// the first inbox), against an empty throw-away store: nothing is kept. Sender authentication
+/// is not evaluated (there is no SMTP session to evaluate it on).
+pub async fn explain(
+    config: Arc<Config>,
+    raw: &[u8],
+    mail_from: &str,
+    rcpt: Option<&str>,
+) -> Result<Explanation, ExplainError> {
+    let rcpt = match rcpt {
+        Some(r) => r.to_string(),
+        None => config
+            .inboxes
+            .list
+            .first()
+            .ok_or(ExplainError::NoInbox)?
+            .address
+            .clone(),
+    };
+    let (inbox, tag) = match config.inboxes.resolve(&rcpt) {
+        crate::config::Recipient::Hosted { inbox, tag } => (inbox.id.clone(), tag),
+        _ => return Err(ExplainError::NotHosted(rcpt)),
+    };
+    let env = Envelope {
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+        client_port: 0,
+        helo: "explain".into(),
+        esmtp: true,
+        tls: None,
+        mail_from: mail_from.to_string(),
+        rcpt: vec![RcptRecord {
+            address: rcpt.clone(),
+            inbox: inbox.clone(),
+            tag,
+        }],
+        body_type: "8BITMIME",
+        smtputf8: false,
+    };
+    let assessment = Assessment::skipped("route --explain does not run sender authentication");
+    let parsed = parse::parse(raw, mail_from);
+    let attribution = attribute(&parsed, &env);
+    let now = crate::store::keys::now_ms();
+    let sha = crate::util::sha256_hex(raw);
+    let input = thread_input(&config, &env, &parsed, &attribution, &sha, &assessment, now);
+    let store = crate::store::Store::open_temporary(&config.store)?;
+    let queue_id = crate::store::keys::new_queue_id();
+    let finished = Finished::inline(queue_id, raw.to_vec());
+    let record = prepare(
+        &config.hostname,
+        &env,
+        &finished,
+        now,
+        &assessment,
+        &parsed,
+        &attribution,
+    );
+    let record = store
+        .commit(record, finished.body, Some(threading::plan(input)))
+        .await?;
+    let routing = record.routing.first().cloned().unwrap_or_default();
+    let ticket = match &routing.ticket {
+        Some(t) => store.ticket(t)?,
+        None => None,
+    };
+    Ok(Explanation {
+        inbox,
+        attribution,
+        thread: serde_json::json!({
+            "decision": routing.thread,
+            "reason": routing.thread_reason,
+            "conversation": routing.conversation,
+        }),
+        rule: routing.rule.clone(),
+        assignment: serde_json::json!({
+            "assignee": routing.assignee,
+            "team": routing.team,
+            "how": routing.assignment,
+        }),
+        ticket,
+        automatic: parsed.automatic.clone(),
+        verification: None,
+        subject: parsed.subject.clone(),
+        attachments: parsed.attachments.clone(),
+    })
 }

@@ -22,8 +22,33 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    MessagesList { after: Option<String>, limit: usize },
-    MessagesShow { queue_id: String, raw: bool },
+    MessagesList {
+        after: Option<String>,
+        limit: usize,
+    },
+    MessagesShow {
+        queue_id: String,
+        raw: bool,
+    },
+    ConversationsList {
+        inbox: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    },
+    ConversationsShow {
+        id: String,
+    },
+}
+
+/// A conversation with everything `conversations show` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationView {
+    pub conversation: crate::store::model::Conversation,
+    pub messages: Vec<crate::store::MessageRecord>,
+    #[serde(default)]
+    pub ticket: Option<crate::store::model::Ticket>,
+    #[serde(default)]
+    pub contact: Option<crate::store::model::Contact>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,7 +115,58 @@ pub fn execute(store: &Store, req: &Request) -> (Response, Vec<u8>) {
             Ok(None) => Response::err(format!("no message with queue id {queue_id}")),
             Err(e) => Response::err(e),
         },
+        Request::ConversationsList {
+            inbox,
+            after,
+            limit,
+        } => match store.conversations(inbox.as_deref(), after.as_deref(), *limit) {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
+        Request::ConversationsShow { id } => match conversation_view(store, id) {
+            Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
+            Ok(None) => Response::err(format!("no conversation with id {id}")),
+            Err(e) => Response::err(e),
+        },
     }
+}
+
+fn ok(data: Option<serde_json::Value>) -> (Response, Vec<u8>) {
+    (
+        Response {
+            ok: true,
+            error: None,
+            data,
+            raw_len: 0,
+        },
+        Vec::new(),
+    )
+}
+
+fn conversation_view(
+    store: &Store,
+    id: &str,
+) -> Result<Option<ConversationView>, crate::store::StoreError> {
+    let Some(conversation) = store.conversation(id)? else {
+        return Ok(None);
+    };
+    let mut messages = Vec::new();
+    for q in &conversation.messages {
+        if let Some(m) = store.get(q)? {
+            messages.push(m);
+        }
+    }
+    let ticket = match &conversation.ticket {
+        Some(t) => store.ticket(t)?,
+        None => None,
+    };
+    let contact = store.contact(&conversation.contact)?;
+    Ok(Some(ConversationView {
+        conversation,
+        messages,
+        ticket,
+        contact,
+    }))
 }
 
 /// Bind the socket, replacing a stale one left by a crashed server (the store lock, taken

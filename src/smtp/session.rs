@@ -395,7 +395,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.st.helo = Some(host);
         self.st.esmtp = esmtp;
         let cfg = self.st.ctx.config();
-        let greeting = Reply::helo(&cfg.hostname, &pipeline::address_literal(crate::config::canonical_ip(self.st.peer.ip())));
+        let greeting = Reply::helo(
+            &cfg.hostname,
+            &pipeline::address_literal(crate::config::canonical_ip(self.st.peer.ip())),
+        );
         if !esmtp {
             greeting.write_to(&mut self.st.out);
             return Flow::Continue;

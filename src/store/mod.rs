@@ -213,7 +213,24 @@ impl Tx<'_> {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    commits: mpsc::Sender<CommitRequest>,
+    committer: Arc<Committer>,
+}
+
+/// The committer thread's handle. When the last `Store` clone goes, the queue closes, the thread
+/// finishes what it was sent, and `drop` waits for it: so when a `Store` is gone, the database
+/// is closed and its lock released (a restart in the same process can open it at once).
+struct Committer {
+    commits: Option<mpsc::Sender<CommitRequest>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.commits.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Inner {
@@ -248,6 +265,26 @@ impl Store {
                 sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked,
                 other => StoreError::Db(other),
             })?;
+        Self::with_db(db, &data_dir.join("spool"), cfg)
+    }
+
+    /// A throw-away store (in memory, spool in a temporary directory) for `route --explain`:
+    /// the same commit path as the server, with nothing kept.
+    pub fn open_temporary(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        let dir = std::env::temp_dir().join(format!(
+            "inbound-explain-{}-{}",
+            std::process::id(),
+            keys::new_queue_id()
+        ));
+        let db = sled::Config::new().temporary(true).open()?;
+        let store = Self::with_db(db, &dir, cfg)?;
+        // Nothing is ever published there: the spool directory can go at once (open files and
+        // later writes only happen for spooled bodies, which explain never makes).
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(store)
+    }
+
+    fn with_db(db: sled::Db, spool_dir: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
         let trees = TREE_NAMES
             .iter()
             .map(|n| db.open_tree(n))
@@ -256,19 +293,23 @@ impl Store {
             messages: trees[TreeId::Messages as usize].clone(),
             bodies: trees[TreeId::Bodies as usize].clone(),
             trees,
-            spool: Spool::open(&data_dir.join("spool"))?,
+            spool: Spool::open(spool_dir)?,
             db,
             inline_max: cfg.inline_body_max_bytes as usize,
         };
         inner.recover()?;
         let inner = Arc::new(inner);
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-        let committer = inner.clone();
+        let worker = inner.clone();
         let max_batch = cfg.max_commit_batch;
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("inbound-commit".into())
-            .spawn(move || committer.run(rx, max_batch))?;
-        Ok(Store { inner, commits: tx })
+            .spawn(move || worker.run(rx, max_batch))?;
+        let committer = Arc::new(Committer {
+            commits: Some(tx),
+            thread: Some(thread),
+        });
+        Ok(Store { inner, committer })
     }
 
     pub fn spool(&self) -> &Spool {
@@ -287,7 +328,8 @@ impl Store {
         plan: Option<Plan>,
     ) -> Result<MessageRecord, StoreError> {
         let (done, wait) = oneshot::channel();
-        self.commits
+        let commits = self.committer.commits.as_ref().ok_or(StoreError::Closed)?;
+        commits
             .send(CommitRequest {
                 record,
                 body,
@@ -330,6 +372,57 @@ impl Store {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Conversations, oldest first, optionally of one inbox, after a conversation id.
+    pub fn conversations(
+        &self,
+        inbox: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<model::Conversation>, StoreError> {
+        let tree = &self.inner.trees[TreeId::Conversations as usize];
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let c: model::Conversation = serde_json::from_slice(&kv?.1)?;
+            if inbox.is_none_or(|i| c.inbox == i) {
+                out.push(c);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.inner.trees[tree as usize].get(key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn conversation(&self, id: &str) -> Result<Option<model::Conversation>, StoreError> {
+        self.get_json(TreeId::Conversations, id)
+    }
+
+    pub fn contact(&self, email: &str) -> Result<Option<model::Contact>, StoreError> {
+        self.get_json(TreeId::Contacts, &email.to_lowercase())
+    }
+
+    pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {
+        self.get_json(TreeId::Tickets, id)
     }
 
     /// The body exactly as the client sent it.

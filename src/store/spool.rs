@@ -118,6 +118,19 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// A body already complete in memory (tools that bypass SMTP, such as `route --explain`).
+    pub fn inline(queue_id: String, bytes: Vec<u8>) -> Finished {
+        let sha256 = crate::util::sha256_hex(&bytes);
+        let len = bytes.len() as u64;
+        Finished {
+            queue_id,
+            body: Body::Inline(bytes),
+            len,
+            sha256,
+            head: Vec::new(),
+        }
+    }
+
     /// The start of the message (all of it when inline): enough for its header section.
     pub fn head(&self) -> &[u8] {
         match &self.body {
