@@ -168,8 +168,10 @@ fn apply(
             contact.name = input.contact_name.clone();
         }
         contact.last_seen = now;
-        if !contact.conversations.contains(&conv.id) {
-            contact.conversations.push(conv.id.clone());
+        let link = [input.contact_email.as_bytes(), &[0], conv.id.as_bytes()].concat();
+        if tx.get(TreeId::ContactConversations, &link)?.is_none() {
+            tx.insert(TreeId::ContactConversations, &link, b"")?;
+            contact.conversation_count += 1;
         }
         contact.owner = owner.clone().or(contact.owner);
         tx.put_json(TreeId::Contacts, input.contact_email.as_bytes(), &contact)?;

@@ -135,9 +135,12 @@ pub enum TreeId {
     Counters = 6,
     /// Runtime user state (availability set through the API).
     Users = 7,
+    /// `contact \0 conversation id` -> empty: a contact's conversations, without growing the
+    /// contact record with every new one.
+    ContactConversations = 8,
 }
 
-const TREE_NAMES: [&str; 8] = [
+const TREE_NAMES: [&str; 9] = [
     "messages",
     "bodies",
     "conversations",
@@ -146,6 +149,7 @@ const TREE_NAMES: [&str; 8] = [
     "tickets",
     "counters",
     "users",
+    "contact_conversations",
 ];
 
 /// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
@@ -345,6 +349,21 @@ impl Store {
         }
     }
 
+    /// Run `plan` and write the record in one transaction on the calling thread, without a
+    /// flush: for tools on throw-away stores (`route --explain`, benchmarks). The server uses
+    /// `commit`, which is durable.
+    pub fn apply_volatile(
+        &self,
+        record: &MessageRecord,
+        body: &Body,
+        plan: Option<&Plan>,
+    ) -> Result<MessageRecord, StoreError> {
+        self.inner
+            .transact_items(&[(record, body, plan)])
+            .map(|mut v| v.remove(0))
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+    }
+
     /// Messages, oldest first, starting after `after` (a queue id), at most `limit`.
     pub fn list(
         &self,
@@ -419,6 +438,16 @@ impl Store {
 
     pub fn contact(&self, email: &str) -> Result<Option<model::Contact>, StoreError> {
         self.get_json(TreeId::Contacts, &email.to_lowercase())
+    }
+
+    /// Conversation ids of a contact, oldest first.
+    pub fn contact_conversations(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = email.to_lowercase().into_bytes();
+        prefix.push(0);
+        let tree = &self.inner.trees[TreeId::ContactConversations as usize];
+        tree.scan_prefix(&prefix)
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
+            .collect()
     }
 
     pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {
@@ -575,16 +604,27 @@ impl Inner {
         &self,
         reqs: &[CommitRequest],
     ) -> Result<Vec<MessageRecord>, TransactionError<String>> {
+        let items: Vec<_> = reqs
+            .iter()
+            .map(|r| (&r.record, &r.body, r.plan.as_ref()))
+            .collect();
+        self.transact_items(&items)
+    }
+
+    fn transact_items(
+        &self,
+        items: &[(&MessageRecord, &Body, Option<&Plan>)],
+    ) -> Result<Vec<MessageRecord>, TransactionError<String>> {
         self.trees.as_slice().transaction(|views| {
             let tx = Tx { views };
-            let mut out = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                let mut record = req.record.clone();
-                if let Some(plan) = &req.plan {
+            let mut out = Vec::with_capacity(items.len());
+            for (record, body, plan) in items {
+                let mut record = (*record).clone();
+                if let Some(plan) = plan {
                     plan(&tx, &mut record)?;
                 }
                 let key = record.queue_id.as_bytes();
-                if let Body::Inline(bytes) = &req.body {
+                if let Body::Inline(bytes) = body {
                     tx.insert(TreeId::Bodies, key, bytes)?;
                 }
                 tx.put_json(TreeId::Messages, key, &record)?;

@@ -32,8 +32,10 @@ pub struct Contact {
     pub name: Option<String>,
     pub first_seen: u64,
     pub last_seen: u64,
-    /// Conversation ids, oldest first.
-    pub conversations: Vec<String>,
+    /// How many conversations they started or took part in (the ids are in the store's
+    /// contact-conversations index: `Store::contact_conversations`).
+    #[serde(default)]
+    pub conversation_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }

@@ -1,0 +1,116 @@
+//! Criterion benchmark of the per-message work after SMTP: parse + attribute + thread + route
+//! (the commit plan run in a transaction on an in-memory store, without the flush), at 4 KiB,
+//! 100 KiB and 1 MiB. Run: `cargo bench --bench pipeline`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use inbound::config;
+use inbound::pipeline::{self, auth::Assessment, parse, threading, Envelope};
+use inbound::store::{keys, spool::Finished, RcptRecord, Store};
+
+const CONFIG: &str = r#"
+[[listener]]
+addr = "127.0.0.1:0"
+[[user]]
+id = "alice"
+[[user]]
+id = "bob"
+[[team]]
+id = "t"
+members = ["alice", "bob"]
+[[inbox]]
+id = "sales"
+address = "sales@acme.inbound.test"
+[[inbox.rule]]
+name = "invoices"
+match.subject = ["invoice"]
+assign = { users = ["alice"] }
+[[inbox.rule]]
+name = "everyone"
+assign = { teams = ["t"] }
+"#;
+
+/// A manually forwarded message (the attribution has to read the body) of about `size` bytes.
+fn message(size: usize, n: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Team Member <member@acme.example>\r\nTo: sales@acme.inbound.test\r\nSubject: Fwd: question {n}\r\nMessage-ID: <bench-{n}@acme.example>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nFYI\r\n\r\n---------- Forwarded message ---------\r\nFrom: Carol Customer <carol@customer.example>\r\nDate: Sat, 21 Nov 2026 at 09:00\r\nSubject: question\r\nTo: <member@acme.example>\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n";
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+fn bench(c: &mut Criterion) {
+    let cfg = Arc::new(config::parse(CONFIG).expect("bench config"));
+    let store = Store::open_temporary(&cfg.store).expect("temporary store");
+    let env = Envelope {
+        client_ip: "192.0.2.1".parse().unwrap(),
+        client_port: 25,
+        helo: "mail.acme.example".into(),
+        esmtp: true,
+        tls: None,
+        mail_from: "member@acme.example".into(),
+        rcpt: vec![RcptRecord {
+            address: "sales@acme.inbound.test".into(),
+            inbox: "sales".into(),
+            tag: None,
+        }],
+        body_type: "8BITMIME",
+        smtputf8: false,
+    };
+    let assessment = Assessment::skipped("bench");
+    let mut group = c.benchmark_group("parse_attribute_thread_route");
+    for (label, size) in [
+        ("4KiB", 4 * 1024),
+        ("100KiB", 100 * 1024),
+        ("1MiB", 1024 * 1024),
+    ] {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut n = 0usize;
+        group.bench_with_input(BenchmarkId::from_parameter(label), &size, |b, &size| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    message(size, n)
+                },
+                |raw| {
+                    let parsed = parse::parse(&raw, &env.mail_from);
+                    let attribution = pipeline::attribute(&parsed, &env);
+                    let now = keys::now_ms();
+                    let sha = inbound::util::sha256_hex(&raw);
+                    let input = pipeline::thread_input(
+                        &cfg,
+                        &env,
+                        &parsed,
+                        &attribution,
+                        &sha,
+                        &assessment,
+                        now,
+                    );
+                    let finished = Finished::inline(keys::new_queue_id(), Vec::new());
+                    let record = pipeline::prepare(
+                        &cfg.hostname,
+                        &env,
+                        &finished,
+                        now,
+                        &assessment,
+                        &parsed,
+                        &attribution,
+                    );
+                    store
+                        .apply_volatile(&record, &finished.body, Some(&threading::plan(input)))
+                        .expect("plan applies")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
