@@ -229,6 +229,29 @@ async fn serve_overrides_messages_through_socket_and_store_and_sigterm() {
     let data_arg = s(&data);
     check_messages_cli(&data_arg, &expected, "server running");
 
+    // Garbage on the admin socket gets an error answer, and the server keeps answering.
+    for garbage in [
+        &b"not json\n"[..],
+        b"{\"op\":\"messages_show\"}\n",
+        &[0xff; 70_000],
+    ] {
+        use std::io::{Read, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(data.join("admin.sock"))
+            .expect("connect to the admin socket");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = sock.write_all(garbage);
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = sock.read_to_string(&mut answer);
+        assert!(
+            answer.contains("\"ok\":false") && answer.contains("bad request"),
+            "admin socket answer to {:?}: {answer:?}",
+            String::from_utf8_lossy(&garbage[..garbage.len().min(40)])
+        );
+    }
+    assert_eq!(list_json(&data_arg).len(), expected.len());
+
     // A second server on the same data directory refuses to start, clearly, and the first one
     // keeps serving.
     let port2 = free_port();

@@ -207,9 +207,11 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>, path: PathBuf) {
 async fn answer(stream: UnixStream, ctx: &Ctx) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let (resp, raw) = match serde_json::from_str::<Request>(&line) {
+    // Bytes, not a String: a request that is not UTF-8 gets a "bad request" answer like any
+    // other malformed one, instead of a closed connection.
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).await?;
+    let (resp, raw) = match serde_json::from_slice::<Request>(&line) {
         Ok(req) => {
             let store = ctx.store.clone();
             // Store reads touch disk: keep them off the async workers.
