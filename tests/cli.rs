@@ -363,3 +363,32 @@ fn serve_refuses_a_bad_config_or_a_taken_port_with_a_clear_error() {
     inbound(&["serve", "--config", &s(&good), "--listen", &addr])
         .assert_fails_with("serve on a port in use", "cannot listen on");
 }
+
+/// `inbound serve --listen ADDR --data-dir DIR` with no config file: the embedded default config
+/// with both overridden. Only EHLO/QUIT is exchanged: the embedded config checks senders against
+/// the system resolver, and tests send no traffic off the machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_without_config_uses_the_overrides() {
+    let root = TempDir::new("cliemb");
+    let data = root.path().join("d");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut srv = ServerProcess::spawn(
+        &["--listen", &listen, "--data-dir", &s(&data)],
+        listen.parse().unwrap(),
+        &root.path().join("server.log"),
+    );
+    srv.wait_ready();
+    let mut c = Client::connect(srv.addr).await;
+    let ehlo = c.hello().await;
+    assert!(
+        ehlo.lines[0].starts_with("mx.demo.inbound.test"),
+        "{ehlo:?}"
+    );
+    c.cmd("QUIT", "221").await;
+    assert!(data.join("db").exists() && data.join("admin.sock").exists());
+    let (status, took) = srv.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", srv.log_text());
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert!(list_json(&s(&data)).is_empty());
+}
