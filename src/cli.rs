@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Hosted inboxes: setup state, forwarding address, counts, latest verification request.
+    Inboxes {
+        #[command(subcommand)]
+        command: InboxesCommand,
+    },
     /// Look at conversations (threads of messages, with assignee and ticket).
     Conversations {
         #[command(subcommand)]
@@ -73,6 +78,31 @@ enum Command {
     },
     /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum InboxesCommand {
+    /// Every configured inbox with its state.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One inbox: state, address, evidence, latest provider confirmation (code and link).
+    Show {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an inbox connected by hand (the team confirmed their forwarding works).
+    Confirm {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +255,25 @@ fn run(command: Command) -> Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             match config::parse(&text) {
                 Ok(cfg) => {
+                    // A connected inbox's address is locked: check against the store this
+                    // config points at, when there is one.
+                    let store = StoreArgs {
+                        data_dir: None,
+                        config: Some(file.clone()),
+                    };
+                    if let Ok((resp, _)) = admin_request(&store, Request::InboxesList) {
+                        let states: Vec<crate::store::model::InboxState> = decode(resp)?;
+                        let locked = cfg.check_locked_addresses(
+                            states
+                                .iter()
+                                .filter(|s| s.state == "connected")
+                                .map(|s| (s.id.as_str(), s.address.as_str())),
+                        );
+                        if !locked.is_empty() {
+                            eprint!("{}: {}", file.display(), config::ConfigErrors(locked));
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
                     println!(
                         "{}: OK ({} listener{}, {} inbox{})",
                         file.display(),
@@ -248,6 +297,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Messages { command } => messages(command),
         Command::Bench(args) => crate::bench::run(args),
         Command::Conversations { command } => conversations(command),
+        Command::Inboxes { command } => inboxes(command),
         Command::Route {
             explain,
             config,
@@ -268,6 +318,151 @@ fn run(command: Command) -> Result<ExitCode> {
             )
         }
     }
+}
+
+/// A configured inbox joined with its stored state.
+#[derive(serde::Serialize)]
+struct InboxView {
+    id: String,
+    name: Option<String>,
+    address: String,
+    aliases: Vec<String>,
+    state: String,
+    connected_at: Option<String>,
+    evidence: Option<String>,
+    messages: u64,
+    latest_verification: Option<crate::store::model::VerificationRecord>,
+}
+
+fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
+    let cfg = load_config(store.config.as_ref())?;
+    let states: Vec<crate::store::model::InboxState> =
+        match admin_request(store, Request::InboxesList) {
+            Ok((resp, _)) => decode(resp)?,
+            // No store yet (the server never ran): every inbox is pending.
+            Err(e) if e.to_string().contains("no store in") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    Ok(cfg
+        .inboxes
+        .list
+        .iter()
+        .map(|i| {
+            let st = states.iter().find(|s| s.id == i.id);
+            InboxView {
+                id: i.id.clone(),
+                name: i.name.clone(),
+                address: i.address.clone(),
+                aliases: i.aliases.clone(),
+                state: st
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| "pending".into()),
+                connected_at: st.and_then(|s| s.connected_at).map(rfc3339),
+                evidence: st.and_then(|s| s.evidence.clone()),
+                messages: st.map(|s| s.messages).unwrap_or(0),
+                latest_verification: st.and_then(|s| s.latest_verification.clone()),
+            }
+        })
+        .collect())
+}
+
+fn inboxes(command: InboxesCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        InboxesCommand::List { store, json } => {
+            let views = inbox_views(&store)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &views)?;
+                writeln!(out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(
+                out,
+                "{:<16}  {:<10}  {:>8}  {:<40}  VERIFICATION",
+                "INBOX", "STATE", "MESSAGES", "ADDRESS"
+            )?;
+            for v in &views {
+                let verification = v
+                    .latest_verification
+                    .as_ref()
+                    .map(|x| format!("{} code {}", x.provider, x.code.as_deref().unwrap_or("-")))
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:<16}  {:<10}  {:>8}  {:<40}  {verification}",
+                    v.id, v.state, v.messages, v.address
+                )?;
+            }
+        }
+        InboxesCommand::Show { id, store, json } => {
+            let views = inbox_views(&store)?;
+            let Some(v) = views.into_iter().find(|v| v.id == id) else {
+                bail!("no inbox {id:?} in this config");
+            };
+            if json {
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                writeln!(out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(
+                out,
+                "inbox:        {}{}",
+                v.id,
+                v.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            )?;
+            writeln!(out, "address:      {}", v.address)?;
+            if !v.aliases.is_empty() {
+                writeln!(out, "aliases:      {}", v.aliases.join(", "))?;
+            }
+            writeln!(out, "state:        {}", v.state)?;
+            if let Some(t) = &v.connected_at {
+                writeln!(out, "connected at: {t}")?;
+            }
+            if let Some(e) = &v.evidence {
+                writeln!(out, "evidence:     {e}")?;
+            }
+            writeln!(out, "messages:     {}", v.messages)?;
+            match &v.latest_verification {
+                Some(x) => {
+                    writeln!(
+                        out,
+                        "verification: {} (message {}, {})",
+                        x.provider,
+                        x.queue_id,
+                        rfc3339(x.received_at)
+                    )?;
+                    writeln!(out, "  code:       {}", x.code.as_deref().unwrap_or("-"))?;
+                    writeln!(out, "  link:       {}", x.link.as_deref().unwrap_or("-"))?;
+                    writeln!(out, "  confirms:   {}", x.address.as_deref().unwrap_or("-"))?;
+                }
+                None => writeln!(out, "verification: none received")?,
+            }
+        }
+        InboxesCommand::Confirm { id, store } => {
+            let cfg = load_config(store.config.as_ref())?;
+            let Some(inbox) = cfg.inboxes.get(&id) else {
+                bail!("no inbox {id:?} in this config");
+            };
+            let (resp, _) = admin_request(
+                &store,
+                Request::InboxConfirm {
+                    id: id.clone(),
+                    address: inbox.address.clone(),
+                },
+            )?;
+            let st: crate::store::model::InboxState = decode(resp)?;
+            writeln!(
+                out,
+                "{id}: {} ({})",
+                st.state,
+                st.evidence.unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn conversations(command: ConversationsCommand) -> Result<ExitCode> {

@@ -194,6 +194,8 @@ pub struct InboxConfig {
     pub aliases: Vec<String>,
     pub auth: AuthPolicy,
     pub from_name: Option<String>,
+    /// The team's mailbox (or `@domain`) whose forwarded mail connects the inbox.
+    pub connected_address: Option<String>,
     pub tickets: routes::TicketDefaults,
     pub rules: Vec<routes::Rule>,
 }
@@ -611,6 +613,30 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     };
     let auth = compile_auth(&auth, &mut errors);
     let directory = routes::compile_directory(&users, &teams, &contacts, &mut errors);
+    let pattern = server
+        .address_pattern
+        .clone()
+        .unwrap_or_else(|| "{local}@{tenant}.{hosted_domain}".into());
+    for (path, inbox) in &mut inboxes {
+        if inbox.address.is_some() {
+            continue;
+        }
+        match (&inbox.tenant, &server.hosted_domain) {
+            (Some(tenant), Some(hosted)) => {
+                let local = inbox.local.clone().unwrap_or_else(|| inbox.id.clone());
+                inbox.address = Some(
+                    pattern
+                        .replace("{local}", &local)
+                        .replace("{tenant}", tenant)
+                        .replace("{hosted_domain}", hosted),
+                );
+            }
+            _ => errors.push(
+                format!("{path}.address"),
+                "give an address, or a tenant (with server.hosted_domain) to generate one",
+            ),
+        }
+    }
     let inboxes = compile_inboxes(&inboxes, &auth.policy, &directory, &mut errors);
 
     if errors.0.is_empty() {
@@ -823,7 +849,8 @@ fn compile_inboxes(
         }
         let index = out.list.len();
         let mut addresses = Vec::new();
-        let all = std::iter::once((format!("{path}.address"), &inbox.address)).chain(
+        let primary = inbox.address.clone().unwrap_or_default();
+        let all = std::iter::once((format!("{path}.address"), &primary)).chain(
             inbox
                 .aliases
                 .iter()
@@ -863,6 +890,10 @@ fn compile_inboxes(
             aliases: addresses.collect(),
             auth: inbox_auth(global_auth, inbox.auth.as_ref(), path, errors),
             from_name: inbox.from_name.clone(),
+            connected_address: inbox
+                .connected_address
+                .as_ref()
+                .map(|a| a.trim().to_lowercase()),
             tickets: routes::compile_tickets(inbox.tickets.as_ref()),
             rules: routes::compile_rules(&inbox.rule, directory, path, errors),
         });
@@ -885,6 +916,43 @@ impl Config {
     /// The embedded default config (always valid: a unit test proves it).
     pub fn embedded_default() -> Config {
         parse(DEFAULT_TOML).expect("the embedded default config is valid (tested)")
+    }
+
+    /// A connected inbox's forwarding address is locked: the team's provider forwards to it, and
+    /// changing it would silently break their setup. `connected` gives (inbox id, address) of
+    /// every connected inbox in the store; an error for each one this config would break.
+    pub fn check_locked_addresses<'a>(
+        &self,
+        connected: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        for (id, address) in connected {
+            let index = self.inboxes.list.iter().position(|i| i.id == id);
+            let keeps = index.is_some_and(|i| {
+                let inbox = &self.inboxes.list[i];
+                inbox.address == address || inbox.aliases.iter().any(|a| a == address)
+            });
+            if keeps {
+                continue;
+            }
+            let path = match index {
+                Some(i) => format!("inbox[{i}].address"),
+                None => "inbox".to_string(),
+            };
+            let what = if index.is_some() {
+                "changes the address of"
+            } else {
+                "removes"
+            };
+            out.push(ConfigError {
+                path,
+                message: format!(
+                    "this config {what} inbox {id:?}, which is connected: the team's provider forwards to {address}. \
+                     To migrate, keep {id:?} with {address} (as its address or an alias) and add a new inbox for the new address"
+                ),
+            });
+        }
+        out
     }
 
     /// `--data-dir`: data (and the default admin socket) move to `dir`.

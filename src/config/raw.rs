@@ -14,6 +14,11 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     /// Unix socket the CLI uses to reach a running server; default `<data_dir>/admin.sock`.
     pub admin_socket: Option<String>,
+    /// Domain under which inbox addresses are generated, e.g. "inbound.example".
+    pub hosted_domain: Option<String>,
+    /// How an inbox address is generated when `address` is not given; default
+    /// "{local}@{tenant}.{hosted_domain}".
+    pub address_pattern: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -64,7 +69,15 @@ pub struct RawStore {
 #[serde(deny_unknown_fields)]
 pub struct RawInbox {
     pub id: String,
-    pub address: String,
+    /// The forwarding address. Absent: generated from `server.address_pattern`.
+    pub address: Option<String>,
+    /// Tenant label for generated addresses (`support@<tenant>.<hosted_domain>`).
+    pub tenant: Option<String>,
+    /// Local part for generated addresses (default: the inbox id).
+    pub local: Option<String>,
+    /// The team's own mailbox (or `@domain`) that forwards here: its first forwarded message
+    /// marks the inbox connected.
+    pub connected_address: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     pub name: Option<String>,

@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{self, Config};
-use crate::pipeline::{self, auth, parse, threading, Envelope};
+use crate::pipeline::{self, auth, threading, Envelope};
 use crate::store::{keys, spool::Finished, RcptRecord, Store};
 
 const CONFIG: &str = r#"
@@ -77,20 +77,11 @@ pub fn message(data: &[u8]) -> usize {
         body_type: "8BITMIME",
         smtputf8: true,
     };
-    let parsed = parse::parse(data, &env.mail_from);
-    let attribution = pipeline::attribute(&parsed, &env);
+    let analysis = pipeline::analyse(data, &env, &st.config);
     let assessment = auth::Assessment::skipped("fuzz");
     let now = keys::now_ms();
     let sha = crate::util::sha256_hex(data);
-    let input = pipeline::thread_input(
-        &st.config,
-        &env,
-        &parsed,
-        &attribution,
-        &sha,
-        &assessment,
-        now,
-    );
+    let input = pipeline::thread_input(&st.config, &env, &analysis, &sha, &assessment, now);
     let finished = Finished::inline(keys::new_queue_id(), Vec::new());
     let record = pipeline::prepare(
         &st.config.hostname,
@@ -98,8 +89,7 @@ pub fn message(data: &[u8]) -> usize {
         &finished,
         now,
         &assessment,
-        &parsed,
-        &attribution,
+        &analysis,
     );
     st.store
         .apply_volatile(&record, &finished.body, Some(&threading::plan(input)))

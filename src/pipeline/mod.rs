@@ -4,9 +4,11 @@
 
 pub mod attribution;
 pub mod auth;
+pub mod fuzzing;
 pub mod parse;
 pub mod routing;
 pub mod threading;
+pub mod verification;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::{AuthPolicy, Config};
 use crate::server::Ctx;
-use crate::store::model::AttributionRecord;
+use crate::store::model::{AttributionRecord, VerificationRecord};
 use crate::store::spool::Finished;
 use crate::store::{Body, MessageRecord, RcptRecord};
 use crate::util::rfc5322_date;
@@ -124,9 +126,9 @@ pub fn prepare(
     body: &Finished,
     now_ms: u64,
     assessment: &Assessment,
-    parsed: &parse::Parsed,
-    attribution: &AttributionRecord,
+    analysis: &Analysis,
 ) -> MessageRecord {
+    let (parsed, attribution) = (&analysis.parsed, &analysis.attribution);
     MessageRecord {
         queue_id: body.queue_id.clone(),
         received_at: now_ms,
@@ -160,18 +162,135 @@ pub fn prepare(
         attachments: parsed.attachments.clone(),
         in_reply_to: parsed.in_reply_to.clone(),
         references: parsed.references.clone(),
+        verification: analysis.verification.clone(),
         routing: Vec::new(),
     }
 }
 
 /// The original sender of a parsed message.
-pub fn attribute(parsed: &parse::Parsed, _env: &Envelope) -> AttributionRecord {
+/// The content stages in one place: parse the message once, then attribute it to its original
+/// sender (for the first recipient's address, which SRS/`+caf_` decoding compares against).
+pub fn analyse(raw: &[u8], env: &Envelope, config: &Config) -> Analysis {
+    // Parsers of hostile input are where a panic would come from; one must cost this message
+    // its analysis, never the session (the message is still stored as received).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        analyse_unguarded(raw, env, config)
+    }))
+    .unwrap_or_else(|_| {
+        warn!("message analysis panicked; storing it unparsed");
+        Analysis {
+            parsed: parse::Parsed::default(),
+            attribution: envelope_attribution(env),
+            verification: None,
+        }
+    })
+}
+
+/// What the content stages found in a message.
+pub struct Analysis {
+    pub parsed: parse::Parsed,
+    pub attribution: AttributionRecord,
+    /// A provider's forwarding/verification confirmation, if the message is one.
+    pub verification: Option<VerificationRecord>,
+}
+
+fn envelope_attribution(env: &Envelope) -> AttributionRecord {
     AttributionRecord {
-        email: parsed.from_email.to_lowercase(),
-        name: parsed.from_name.clone(),
-        method: "header_from".into(),
+        email: env.mail_from.clone(),
+        name: None,
+        method: "envelope_mail_from".into(),
         forwarded_by: None,
     }
+}
+
+fn analyse_unguarded(raw: &[u8], env: &Envelope, config: &Config) -> Analysis {
+    let rcpt = env.rcpt.first();
+    let rcpt_address = rcpt.map(|r| r.address.as_str()).unwrap_or("");
+    // A generic "your verification code" mail counts only from the team's own provider.
+    let hint = rcpt
+        .and_then(|r| config.inboxes.get(&r.inbox))
+        .and_then(|i| i.connected_address.as_deref());
+    match mail_parser::MessageParser::new().parse(raw) {
+        Some(msg) => {
+            let parsed = parse::parse_message(&msg, &env.mail_from);
+            let a = attribution::attribute(&msg, &env.mail_from, rcpt_address);
+            let attribution = AttributionRecord {
+                email: a.email,
+                name: a.name,
+                method: a.method.as_str().to_string(),
+                forwarded_by: a.forwarded_by,
+            };
+            let verification =
+                verification::recognise(&msg, &env.mail_from, hint).map(|v| VerificationRecord {
+                    provider: v.provider,
+                    code: v.code,
+                    link: v.link,
+                    address: v.address,
+                    queue_id: String::new(),
+                    received_at: 0,
+                });
+            Analysis {
+                parsed,
+                attribution,
+                verification,
+            }
+        }
+        None => Analysis {
+            parsed: parse::parse(raw, &env.mail_from),
+            attribution: envelope_attribution(env),
+            verification: None,
+        },
+    }
+}
+
+/// Whether this message shows that the team's forwarding to `inbox` works: it came from (or was
+/// forwarded by) the inbox's `connected_address` (an address, or `@domain`). Without one
+/// configured, any forwarded message counts.
+pub fn connect_evidence(
+    inbox: &crate::config::InboxConfig,
+    env: &Envelope,
+    parsed: &parse::Parsed,
+    attribution: &AttributionRecord,
+) -> Option<String> {
+    if parsed.automatic.is_some() {
+        return None;
+    }
+    let Some(connected) = &inbox.connected_address else {
+        return attribution
+            .forwarded_by
+            .as_ref()
+            .map(|f| format!("forwarded by {f}"));
+    };
+    let matches = |address: &str| {
+        let a = address.trim().trim_matches(['<', '>']).to_lowercase();
+        match connected.strip_prefix('@') {
+            Some(domain) => a
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d == domain || d.ends_with(&format!(".{domain}"))),
+            None => a == *connected,
+        }
+    };
+    if let Some(f) = attribution.forwarded_by.as_deref().filter(|f| matches(f)) {
+        return Some(format!("forwarded by {f}"));
+    }
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-to",
+        "x-original-to",
+        "delivered-to",
+        "resent-from",
+        "sender",
+    ] {
+        if let Some(value) = parsed.header(name) {
+            let hit = value
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .find(|t| t.contains('@') && matches(t));
+            if let Some(t) = hit {
+                return Some(format!("{name}: {}", t.trim_matches(['<', '>'])));
+            }
+        }
+    }
+    matches(&env.mail_from).then(|| format!("envelope sender {}", env.mail_from))
 }
 
 /// The routing decisions that do not depend on stored state (attribution, matched rule per
@@ -179,13 +298,13 @@ pub fn attribute(parsed: &parse::Parsed, _env: &Envelope) -> AttributionRecord {
 pub fn thread_input(
     config: &Arc<Config>,
     env: &Envelope,
-    parsed: &parse::Parsed,
-    attribution: &AttributionRecord,
+    analysis: &Analysis,
     body_sha256: &str,
     assessment: &Assessment,
     now_ms: u64,
 ) -> ThreadInput {
     let (auth_verdict, dmarc) = (assessment.verdict.name(), assessment.record.dmarc.as_str());
+    let (parsed, attribution) = (&analysis.parsed, &analysis.attribution);
     let message_id = if parsed.message_id.is_empty() {
         // No Message-ID: derive a stable one, so a re-delivery is still recognised.
         let basis = format!("{}|{}|{}", parsed.from_email, parsed.subject, body_sha256);
@@ -218,8 +337,15 @@ pub fn thread_input(
         };
         inboxes.push(InboxInput {
             inbox: inbox.id.clone(),
+            address: inbox.address.clone(),
             rule: routing::select(inbox, &facts).cloned(),
             tickets: inbox.tickets.clone(),
+            connect_evidence: match analysis.verification {
+                // The provider's own confirmation proves nothing about the forwarding yet.
+                Some(_) => None,
+                None => connect_evidence(inbox, env, parsed, attribution),
+            },
+            verification: analysis.verification.clone(),
         });
     }
     ThreadInput {
@@ -228,11 +354,11 @@ pub fn thread_input(
         in_reply_to: parsed.in_reply_to.clone(),
         references: parsed.references.clone(),
         subject: parsed.subject.clone(),
-        contact_email: attribution.email.clone(),
+        contact_email: attribution.email.to_lowercase(),
         contact_name: attribution.name.clone(),
         is_forward: attribution.method.starts_with("forwarded"),
         automatic: parsed.automatic.is_some(),
-        verification: false,
+        verification: analysis.verification.is_some(),
         received_at: now_ms,
         inboxes,
     }
@@ -336,27 +462,20 @@ pub async fn process(
         }
         Verdict::Accept | Verdict::Quarantine(_) => {}
     }
-    let parsed = parse::parse(raw, &env.mail_from);
-    let attribution = attribute(&parsed, env);
+    let mut analysis = analyse(raw, env, &config);
+    // A confirmation's code and link are shown to the team as the provider's: only believe a
+    // message that authenticates as coming from the provider (DMARC pass for its From domain).
+    // Without checks (trusted network, disabled) the operator has chosen to trust the source.
+    if analysis.verification.is_some()
+        && assessment.record.status == "checked"
+        && assessment.record.dmarc != "pass"
+    {
+        warn!(dmarc = %assessment.record.dmarc, "provider confirmation without DMARC pass ignored");
+        analysis.verification = None;
+    }
     let now = crate::store::keys::now_ms();
-    let input = thread_input(
-        &config,
-        env,
-        &parsed,
-        &attribution,
-        &body.sha256,
-        &assessment,
-        now,
-    );
-    let record = prepare(
-        &config.hostname,
-        env,
-        &body,
-        now,
-        &assessment,
-        &parsed,
-        &attribution,
-    );
+    let input = thread_input(&config, env, &analysis, &body.sha256, &assessment, now);
+    let record = prepare(&config.hostname, env, &body, now, &assessment, &analysis);
     match ctx
         .store
         .commit(record, body.body, Some(threading::plan(input)))
@@ -368,7 +487,8 @@ pub async fn process(
                     inbox = %r.inbox, conversation = %r.conversation, thread = %r.thread,
                     rule = r.rule.as_deref().unwrap_or(""), assignee = r.assignee.as_deref().unwrap_or(""),
                     assignment = %r.assignment, ticket = r.ticket.as_deref().unwrap_or(""),
-                    attributed_to = %attribution.email, method = %attribution.method,
+                    attributed_to = %analysis.attribution.email, method = %analysis.attribution.method,
+                    verification = analysis.verification.as_ref().map(|v| v.provider.as_str()).unwrap_or(""),
                     "routed"
                 );
             }
@@ -449,11 +569,10 @@ pub async fn explain(
         smtputf8: false,
     };
     let assessment = Assessment::skipped("route --explain does not run sender authentication");
-    let parsed = parse::parse(raw, mail_from);
-    let attribution = attribute(&parsed, &env);
+    let analysis = analyse(raw, &env, &config);
     let now = crate::store::keys::now_ms();
     let sha = crate::util::sha256_hex(raw);
-    let input = thread_input(&config, &env, &parsed, &attribution, &sha, &assessment, now);
+    let input = thread_input(&config, &env, &analysis, &sha, &assessment, now);
     let store = crate::store::Store::open_temporary(&config.store)?;
     let queue_id = crate::store::keys::new_queue_id();
     let finished = Finished::inline(queue_id, raw.to_vec());
@@ -463,17 +582,19 @@ pub async fn explain(
         &finished,
         now,
         &assessment,
-        &parsed,
-        &attribution,
+        &analysis,
     );
-    let record = store
-        .commit(record, finished.body, Some(threading::plan(input)))
-        .await?;
+    let record = store.apply_volatile(&record, &finished.body, Some(&threading::plan(input)))?;
     let routing = record.routing.first().cloned().unwrap_or_default();
     let ticket = match &routing.ticket {
         Some(t) => store.ticket(t)?,
         None => None,
     };
+    let Analysis {
+        parsed,
+        attribution,
+        verification,
+    } = analysis;
     Ok(Explanation {
         inbox,
         attribution,
@@ -490,7 +611,14 @@ pub async fn explain(
         }),
         ticket,
         automatic: parsed.automatic.clone(),
-        verification: None,
+        verification: verification.map(|v| {
+            serde_json::json!({
+                "provider": v.provider,
+                "code": v.code,
+                "link": v.link,
+                "address": v.address,
+            })
+        }),
         subject: parsed.subject.clone(),
         attachments: parsed.attachments.clone(),
     })

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use crate::config::routes::{Rule, TicketDefaults};
 use crate::config::Config;
-use crate::store::model::{Contact, Conversation, RoutingRecord, Ticket};
+use crate::store::model::{
+    Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
+};
 use crate::store::{keys, MessageRecord, Plan, TreeId, Tx, TxResult};
 
 use super::routing;
@@ -45,8 +47,14 @@ pub struct ThreadInput {
 #[derive(Debug, Clone)]
 pub struct InboxInput {
     pub inbox: String,
+    /// The inbox's forwarding address (recorded when it becomes connected).
+    pub address: String,
     pub rule: Option<Rule>,
     pub tickets: TicketDefaults,
+    /// Why this message shows the team's forwarding works, if it does.
+    pub connect_evidence: Option<String>,
+    /// A provider confirmation recognised in this message.
+    pub verification: Option<VerificationRecord>,
 }
 
 fn id_key(inbox: &str, message_id: &str) -> Vec<u8> {
@@ -61,7 +69,9 @@ pub fn plan(input: ThreadInput) -> Plan {
     Box::new(move |tx, record| {
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
-            routing.push(apply(tx, &input, inbox, record)?);
+            let r = apply(tx, &input, inbox, record)?;
+            update_inbox(tx, &input, inbox, record, r.thread == "duplicate")?;
+            routing.push(r);
         }
         record.routing = routing;
         Ok(())
@@ -247,6 +257,43 @@ fn apply(
         assignment: assignment.into(),
         ticket: conv.ticket.clone(),
     })
+}
+
+/// The inbox's lifecycle: count the message, keep the newest provider confirmation, and mark the
+/// inbox connected on the first message that shows the team's forwarding works.
+fn update_inbox(
+    tx: &Tx<'_>,
+    input: &ThreadInput,
+    inbox: &InboxInput,
+    record: &MessageRecord,
+    duplicate: bool,
+) -> TxResult<()> {
+    let mut st: InboxState = tx
+        .get_json(TreeId::Inboxes, inbox.inbox.as_bytes())?
+        .unwrap_or_else(|| InboxState {
+            id: inbox.inbox.clone(),
+            state: "pending".into(),
+            address: inbox.address.clone(),
+            ..Default::default()
+        });
+    if !duplicate {
+        st.messages += 1;
+    }
+    if let Some(v) = &inbox.verification {
+        let mut v = v.clone();
+        v.queue_id = record.queue_id.clone();
+        v.received_at = input.received_at;
+        st.latest_verification = Some(v);
+    }
+    if st.state == "pending" {
+        if let Some(evidence) = &inbox.connect_evidence {
+            st.state = "connected".into();
+            st.address = inbox.address.clone();
+            st.connected_at = Some(input.received_at);
+            st.evidence = Some(format!("{evidence} (message {})", record.queue_id));
+        }
+    }
+    tx.put_json(TreeId::Inboxes, inbox.inbox.as_bytes(), &st)
 }
 
 fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {

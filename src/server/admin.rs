@@ -38,6 +38,12 @@ pub enum Request {
     ConversationsShow {
         id: String,
     },
+    InboxesList,
+    /// An operator confirms that the team's forwarding works.
+    InboxConfirm {
+        id: String,
+        address: String,
+    },
 }
 
 /// A conversation with everything `conversations show` prints.
@@ -123,6 +129,34 @@ pub fn execute(store: &Store, req: &Request) -> (Response, Vec<u8>) {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
+        Request::InboxesList => match store.inbox_states() {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
+        Request::InboxConfirm { id, address } => {
+            let now = crate::store::keys::now_ms();
+            let result = store.update(|tx| {
+                use crate::store::{model::InboxState, TreeId};
+                let mut st: InboxState = tx
+                    .get_json(TreeId::Inboxes, id.as_bytes())?
+                    .unwrap_or_else(|| InboxState {
+                        id: id.clone(),
+                        ..Default::default()
+                    });
+                if st.state != "connected" {
+                    st.state = "connected".into();
+                    st.address = address.clone();
+                    st.connected_at = Some(now);
+                    st.evidence = Some("confirmed by an operator".into());
+                }
+                tx.put_json(TreeId::Inboxes, id.as_bytes(), &st)?;
+                Ok(st)
+            });
+            match result {
+                Ok(st) => ok(serde_json::to_value(st).ok()),
+                Err(e) => Response::err(e),
+            }
+        }
         Request::ConversationsShow { id } => match conversation_view(store, id) {
             Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
             Ok(None) => Response::err(format!("no conversation with id {id}")),

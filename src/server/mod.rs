@@ -33,6 +33,8 @@ pub enum ServerError {
     Store { dir: String, source: StoreError },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    LockedAddress(crate::config::ConfigErrors),
     #[error("DNS resolver: {0}")]
     Dns(#[from] DnsSetupError),
     #[error("admin socket {path}: {source}")]
@@ -110,6 +112,21 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+    let states = store.inbox_states().map_err(|source| ServerError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let locked = config.check_locked_addresses(
+        states
+            .iter()
+            .filter(|s| s.state == "connected")
+            .map(|s| (s.id.as_str(), s.address.as_str())),
+    );
+    if !locked.is_empty() {
+        return Err(ServerError::LockedAddress(crate::config::ConfigErrors(
+            locked,
+        )));
+    }
     let tls = tls::acceptor(&config.tls, &config.hostname)?;
     let mut listeners = Vec::new();
     for l in &config.listeners {

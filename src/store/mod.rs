@@ -103,6 +103,9 @@ pub struct MessageRecord {
     pub in_reply_to: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,
+    /// A provider's forwarding confirmation (code, link) recognised in this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<model::VerificationRecord>,
     /// Per inbox: conversation, thread decision, rule, assignee, ticket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routing: Vec<model::RoutingRecord>,
@@ -138,9 +141,11 @@ pub enum TreeId {
     /// `contact \0 conversation id` -> empty: a contact's conversations, without growing the
     /// contact record with every new one.
     ContactConversations = 8,
+    /// Inbox id -> lifecycle state (pending/connected, evidence, latest verification request).
+    Inboxes = 9,
 }
 
-const TREE_NAMES: [&str; 9] = [
+const TREE_NAMES: [&str; 10] = [
     "messages",
     "bodies",
     "conversations",
@@ -150,6 +155,7 @@ const TREE_NAMES: [&str; 9] = [
     "counters",
     "users",
     "contact_conversations",
+    "inboxes",
 ];
 
 /// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
@@ -347,6 +353,32 @@ impl Store {
             Ok(Err(e)) => Err(StoreError::Io(std::io::Error::other(e))),
             Err(_) => Err(StoreError::Closed),
         }
+    }
+
+    /// An operator action (confirm an inbox, assign a conversation): one transaction over every
+    /// tree, made durable before it returns. It may run concurrently with the committer: sled
+    /// transactions are serializable, and a conflicting one is retried, so `f` may run twice.
+    pub fn update<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let out = self
+            .inner
+            .trees
+            .as_slice()
+            .transaction(|views| f(&Tx { views }))
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        self.inner.db.flush()?;
+        Ok(out)
+    }
+
+    /// Every inbox state recorded, by id.
+    pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
+        self.inner.trees[TreeId::Inboxes as usize]
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn inbox_state(&self, id: &str) -> Result<Option<model::InboxState>, StoreError> {
+        self.get_json(TreeId::Inboxes, id)
     }
 
     /// Run `plan` and write the record in one transaction on the calling thread, without a

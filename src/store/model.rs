@@ -103,3 +103,38 @@ pub struct AttributionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_by: Option<String>,
 }
+
+/// An inbox's setup state. `pending` until the team's first forwarded message arrives (or an
+/// operator confirms), then `connected`: from then on its forwarding address is locked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboxState {
+    pub id: String,
+    /// "pending" or "connected".
+    pub state: String,
+    /// The forwarding address the team's provider sends to (locked once connected).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<u64>,
+    /// What showed the connection: "forwarded message <queue id> from ..." or "confirmed by operator".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    pub messages: u64,
+    /// The newest provider confirmation (code, link) received, for the team to finish setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_verification: Option<VerificationRecord>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerificationRecord {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub queue_id: String,
+    #[serde(default)]
+    pub received_at: u64,
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use inbound::config;
-use inbound::pipeline::{self, auth::Assessment, parse, threading, Envelope};
+use inbound::pipeline::{self, auth::Assessment, threading, Envelope};
 use inbound::store::{keys, spool::Finished, RcptRecord, Store};
 
 const CONFIG: &str = r#"
@@ -78,19 +78,11 @@ fn bench(c: &mut Criterion) {
                     message(size, n)
                 },
                 |raw| {
-                    let parsed = parse::parse(&raw, &env.mail_from);
-                    let attribution = pipeline::attribute(&parsed, &env);
+                    let analysis = pipeline::analyse(&raw, &env, &cfg);
                     let now = keys::now_ms();
                     let sha = inbound::util::sha256_hex(&raw);
-                    let input = pipeline::thread_input(
-                        &cfg,
-                        &env,
-                        &parsed,
-                        &attribution,
-                        &sha,
-                        &assessment,
-                        now,
-                    );
+                    let input =
+                        pipeline::thread_input(&cfg, &env, &analysis, &sha, &assessment, now);
                     let finished = Finished::inline(keys::new_queue_id(), Vec::new());
                     let record = pipeline::prepare(
                         &cfg.hostname,
@@ -98,8 +90,7 @@ fn bench(c: &mut Criterion) {
                         &finished,
                         now,
                         &assessment,
-                        &parsed,
-                        &attribution,
+                        &analysis,
                     );
                     store
                         .apply_volatile(&record, &finished.body, Some(&threading::plan(input)))
