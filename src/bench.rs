@@ -10,6 +10,8 @@
 //! What a mode may change is confined to `Mode`: the message bytes (`Messages`) and the extra
 //! server configuration (`Mode::server_toml`). A DKIM/SPF/DMARC mode adds a variant there.
 
+mod dns;
+
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -84,12 +86,17 @@ pub enum Mode {
     /// Unsigned RFC 5322 messages to a server with sender authentication off: the ingest path
     /// (session, parse, durable commit) alone, with no DNS.
     Plain,
+    /// The same messages, each DKIM-signed (RSA-2048) by a sender domain with SPF, DKIM and
+    /// DMARC (p=reject) records on a loopback DNS server started by the bench: every message
+    /// goes through full SPF, DKIM, ARC and DMARC checks, with DNS answers cached.
+    Auth,
 }
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Plain => "plain",
+            Mode::Auth => "auth",
         }
     }
 
@@ -98,6 +105,11 @@ impl Mode {
     fn messages(self, size: u64, rcpt: &str) -> Result<Arc<dyn Messages>> {
         match self {
             Mode::Plain => Ok(Arc::new(PlainMessages::new(size, rcpt, now_ms())?)),
+            Mode::Auth => Ok(Arc::new(SignedMessages::new(PlainMessages::new(
+                size,
+                rcpt,
+                now_ms(),
+            )?)?)),
         }
     }
 
@@ -108,7 +120,124 @@ impl Mode {
             // Loopback has no resolver here: with checks on, every message would wait for DNS
             // timeouts and end 451. Measuring SPF/DKIM/DMARC is a mode of its own.
             Mode::Plain => Ok("[auth]\nenabled = false\n".into()),
+            Mode::Auth => {
+                let dns = auth_dns()?;
+                Ok(format!(
+                    "[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\nattempts = 1\n"
+                ))
+            }
         }
+    }
+}
+
+/// The DKIM selector of the bench sender domain.
+const DKIM_SELECTOR: &str = "bench";
+/// A test key (also tests/fixtures/keys): RSA-2048, PKCS#8. Never used outside benchmarks and tests.
+const DKIM_KEY_PEM: &[u8] = include_bytes!("../tests/fixtures/keys/dkim-rsa2048.pem");
+
+fn dkim_key() -> Result<mail_auth::common::crypto::RsaKey<mail_auth::common::crypto::Sha256>> {
+    use rustls_pki_types::pem::PemObject;
+    let der =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(DKIM_KEY_PEM).context("bench DKIM key")?;
+    mail_auth::common::crypto::RsaKey::<mail_auth::common::crypto::Sha256>::from_key_der(der)
+        .map_err(|e| anyhow::anyhow!("bench DKIM key: {e}"))
+}
+
+/// The loopback DNS server of `--mode auth` (started once per process): SPF authorises
+/// 127.0.0.1 for the sender domain, its DKIM key, and DMARC p=reject.
+fn auth_dns() -> Result<SocketAddr> {
+    static DNS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+    if let Some(a) = DNS.get() {
+        return Ok(*a);
+    }
+    let public = dkim_key()?.public_key();
+    let mut zone = dns::Zone::new();
+    zone.insert(
+        PLAIN_FROM_DOMAIN.into(),
+        vec!["v=spf1 ip4:127.0.0.1 -all".into()],
+    );
+    zone.insert(
+        format!("_dmarc.{PLAIN_FROM_DOMAIN}"),
+        vec!["v=DMARC1; p=reject".into()],
+    );
+    zone.insert(
+        format!("{DKIM_SELECTOR}._domainkey.{PLAIN_FROM_DOMAIN}"),
+        vec![format!(
+            "v=DKIM1; k=rsa; p={}",
+            crate::util::base64(&public)
+        )],
+    );
+    let addr = dns::start(zone).context("starting the bench DNS server")?;
+    Ok(*DNS.get_or_init(|| addr))
+}
+
+/// Plain messages with a DKIM-Signature of the sender domain. The signature covers From, To,
+/// Subject and Date and the body, not the Message-ID, so one signature per sender serves every
+/// message: the server verifies each one in full while the client signs once.
+struct SignedMessages {
+    plain: PlainMessages,
+    signatures: std::sync::Mutex<std::collections::HashMap<u32, Vec<u8>>>,
+}
+
+impl SignedMessages {
+    fn new(plain: PlainMessages) -> Result<SignedMessages> {
+        dkim_key()?;
+        Ok(SignedMessages {
+            plain,
+            signatures: Default::default(),
+        })
+    }
+
+    fn signature(&self, sender: u32) -> Vec<u8> {
+        let mut map = self.signatures.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(sender)
+            .or_insert_with(|| {
+                let mut template = Vec::new();
+                self.plain.render(
+                    MessageId {
+                        run: 0,
+                        client: 0,
+                        seq: 0,
+                        sender,
+                    },
+                    &mut template,
+                );
+                // The rendered message is dot-stuffed and terminated; sign the message itself.
+                let unstuffed = template
+                    .strip_suffix(b".\r\n")
+                    .map(|m| m.to_vec())
+                    .unwrap_or_default()
+                    .split(|&b| b == b'\n')
+                    .map(|line| {
+                        line.strip_prefix(b"..")
+                            .map(|l| [b".", l].concat())
+                            .unwrap_or(line.to_vec())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(&b'\n');
+                // dkim_key() succeeded in `new`; signing a well-formed message cannot fail.
+                let key = dkim_key().expect("bench DKIM key (checked in new)");
+                let sig = mail_auth::dkim::DkimSigner::from_key(key)
+                    .domain(PLAIN_FROM_DOMAIN)
+                    .selector(DKIM_SELECTOR)
+                    .headers(["From", "To", "Subject", "Date"])
+                    .sign(&unstuffed)
+                    .expect("DKIM signing of the bench message");
+                mail_auth::common::headers::HeaderWriter::to_header(&sig).into_bytes()
+            })
+            .clone()
+    }
+}
+
+impl Messages for SignedMessages {
+    fn mail_from(&self, sender: u32) -> String {
+        self.plain.mail_from(sender)
+    }
+
+    fn render(&self, id: MessageId, out: &mut Vec<u8>) {
+        let sig = self.signature(id.sender);
+        self.plain.render(id, out);
+        out.splice(0..0, sig);
     }
 }
 

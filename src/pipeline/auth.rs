@@ -390,9 +390,12 @@ pub async fn assess(
         if from_domain.is_empty() {
             return None;
         }
+        // Through the record cache, keyed as mail-auth's own DMARC lookup: when DNS works this
+        // fetch (or cache hit) is the one verify_dmarc then finds in the cache.
+        let name = format!("_dmarc.{from_domain}.");
         match dns
             .authenticator
-            .txt_raw_lookup(format!("_dmarc.{from_domain}."))
+            .txt_lookup::<mail_auth::dmarc::Dmarc>(name, Some(&dns.txt))
             .await
         {
             Err(e @ mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))) => Some(e),
