@@ -6,8 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{self, Config};
-use crate::pipeline::{self, auth, threading, Envelope};
-use crate::store::{keys, spool::Finished, RcptRecord, Store};
+use crate::pipeline::{self, auth, Envelope};
+use crate::store::{RcptRecord, Store};
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -77,22 +77,8 @@ pub fn message(data: &[u8]) -> usize {
         body_type: "8BITMIME",
         smtputf8: true,
     };
-    let analysis = pipeline::analyse(data, &env, &st.config);
     let assessment = auth::Assessment::skipped("fuzz");
-    let now = keys::now_ms();
-    let sha = crate::util::sha256_hex(data);
-    let input = pipeline::thread_input(&st.config, &env, &analysis, &sha, &assessment, now);
-    let finished = Finished::inline(keys::new_queue_id(), Vec::new());
-    let record = pipeline::prepare(
-        &st.config.hostname,
-        &env,
-        &finished,
-        now,
-        &assessment,
-        &analysis,
-    );
-    st.store
-        .apply_volatile(&record, &finished.body, Some(&threading::plan(input)))
-        .map(|r| r.routing.len())
+    pipeline::route_volatile(&st.config, &st.store, &env, data, &assessment)
+        .map(|(r, _)| r.routing.len())
         .unwrap_or(0)
 }

@@ -501,6 +501,29 @@ pub async fn process(
     }
 }
 
+/// Every stage after authentication, on a store that keeps nothing durable: analyse, match
+/// rules, run the commit plan in a transaction without a flush. What `route --explain`, the
+/// fuzz target and the pipeline benchmark run, so they all measure the server's own path. The
+/// body itself is not stored. Returns the routed record and the analysis.
+pub fn route_volatile(
+    config: &Arc<Config>,
+    store: &crate::store::Store,
+    env: &Envelope,
+    raw: &[u8],
+    assessment: &Assessment,
+) -> Result<(MessageRecord, Analysis), crate::store::StoreError> {
+    let analysis = analyse(raw, env, config);
+    let now = crate::store::keys::now_ms();
+    let sha = crate::util::sha256_hex(raw);
+    let input = thread_input(config, env, &analysis, &sha, assessment, now);
+    let mut finished = Finished::inline(crate::store::keys::new_queue_id(), Vec::new());
+    finished.sha256 = sha;
+    finished.len = raw.len() as u64;
+    let record = prepare(&config.hostname, env, &finished, now, assessment, &analysis);
+    let record = store.apply_volatile(&record, &finished.body, Some(&threading::plan(input)))?;
+    Ok((record, analysis))
+}
+
 /// What `inbound route --explain` reports for one message.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Explanation {
@@ -569,22 +592,8 @@ pub async fn explain(
         smtputf8: false,
     };
     let assessment = Assessment::skipped("route --explain does not run sender authentication");
-    let analysis = analyse(raw, &env, &config);
-    let now = crate::store::keys::now_ms();
-    let sha = crate::util::sha256_hex(raw);
-    let input = thread_input(&config, &env, &analysis, &sha, &assessment, now);
     let store = crate::store::Store::open_temporary(&config.store)?;
-    let queue_id = crate::store::keys::new_queue_id();
-    let finished = Finished::inline(queue_id, raw.to_vec());
-    let record = prepare(
-        &config.hostname,
-        &env,
-        &finished,
-        now,
-        &assessment,
-        &analysis,
-    );
-    let record = store.apply_volatile(&record, &finished.body, Some(&threading::plan(input)))?;
+    let (record, analysis) = route_volatile(&config, &store, &env, raw, &assessment)?;
     let routing = record.routing.first().cloned().unwrap_or_default();
     let ticket = match &routing.ticket {
         Some(t) => store.ticket(t)?,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use inbound::config;
-use inbound::pipeline::{self, auth::Assessment, threading, Envelope};
-use inbound::store::{keys, spool::Finished, RcptRecord, Store};
+use inbound::pipeline::{self, auth::Assessment, Envelope};
+use inbound::store::{RcptRecord, Store};
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -78,22 +78,7 @@ fn bench(c: &mut Criterion) {
                     message(size, n)
                 },
                 |raw| {
-                    let analysis = pipeline::analyse(&raw, &env, &cfg);
-                    let now = keys::now_ms();
-                    let sha = inbound::util::sha256_hex(&raw);
-                    let input =
-                        pipeline::thread_input(&cfg, &env, &analysis, &sha, &assessment, now);
-                    let finished = Finished::inline(keys::new_queue_id(), Vec::new());
-                    let record = pipeline::prepare(
-                        &cfg.hostname,
-                        &env,
-                        &finished,
-                        now,
-                        &assessment,
-                        &analysis,
-                    );
-                    store
-                        .apply_volatile(&record, &finished.body, Some(&threading::plan(input)))
+                    pipeline::route_volatile(&cfg, &store, &env, &raw, &assessment)
                         .expect("plan applies")
                 },
                 criterion::BatchSize::SmallInput,
