@@ -531,14 +531,18 @@ impl Inner {
                 orphans += 1;
             }
         }
-        // Inline bodies are written in the same transaction as their record, so an orphan here
-        // means a damaged database rather than a crash; remove it all the same.
+        // Inline bodies are written in the same transaction as their record, so an orphan can
+        // only come from a damaged database. Looking for one reads every body (sled loads values
+        // with their keys), which on a large store costs seconds and hundreds of MiB at every
+        // start; so it is done only when the spool shows the last run did not end cleanly.
         let mut orphan_bodies = 0;
-        for kv in self.bodies.iter() {
-            let (k, _) = kv?;
-            if !self.messages.contains_key(&k)? {
-                self.bodies.remove(&k)?;
-                orphan_bodies += 1;
+        if removed_tmp + orphans > 0 {
+            for kv in self.bodies.iter() {
+                let (k, _) = kv?;
+                if !self.messages.contains_key(&k)? {
+                    self.bodies.remove(&k)?;
+                    orphan_bodies += 1;
+                }
             }
         }
         if removed_tmp + orphans + orphan_bodies > 0 {
@@ -546,7 +550,6 @@ impl Inner {
             self.db.flush()?;
         }
         tracing::info!(
-            messages = self.messages.len(),
             removed_partial = removed_tmp,
             removed_unacknowledged = orphans,
             removed_orphan_bodies = orphan_bodies,
