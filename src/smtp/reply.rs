@@ -92,7 +92,6 @@ impl Reply {
     pub const BAD_PARAMETER: Reply = r(501, "5.5.4", "Invalid command parameter");
     pub const HELO_REQUIRES_DOMAIN: Reply =
         r(501, "5.5.4", "EHLO/HELO requires a domain or address");
-    pub const BDAT_NOT_LAST_EMPTY: Reply = r(501, "5.5.4", "Empty BDAT chunk must be LAST");
     pub const UNSUPPORTED_PARAMETER: Reply =
         r(555, "5.5.4", "Parameter not recognized or not implemented");
     pub const SMTPUTF8_REQUIRED: Reply = r(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
@@ -109,7 +108,6 @@ impl Reply {
         "5.3.4",
         "Message size exceeds fixed maximum message size",
     );
-    pub const EMPTY_MESSAGE: Reply = r(554, "5.6.0", "Empty message");
 
     pub const GOODBYE: Reply = r(221, "2.0.0", "Bye");
 
@@ -166,15 +164,6 @@ impl Reply {
             enhanced: "2.0.0",
             text: format!("{hostname} closing connection").into(),
         }
-    }
-
-    pub fn with_text(mut self, text: impl Into<Cow<'static, str>>) -> Reply {
-        self.text = text.into();
-        self
-    }
-
-    pub fn is_success(&self) -> bool {
-        self.code < 400
     }
 
     /// Whether the server closes the connection after sending this reply (RFC 5321 §3.8).

@@ -729,12 +729,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-impl SessionState {
-    pub fn set_peer(&mut self, peer: SocketAddr) {
-        self.peer = peer;
-    }
-}
-
 /// The reply for a command smtp-proto could not parse.
 fn proto_error_reply(e: ProtoError) -> Reply {
     match e {

@@ -414,10 +414,6 @@ impl Store {
             .collect()
     }
 
-    pub fn count(&self) -> usize {
-        self.inner.messages.len()
-    }
-
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
         match self.inner.messages.get(queue_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
