@@ -681,11 +681,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tls: self.st.tls.clone(),
             mail_from: txn.mail_from,
             rcpt: txn.rcpt,
-            body_type: if txn.used_bdat && txn.body_type == "7BIT" {
-                "7BIT"
-            } else {
-                txn.body_type
-            },
+            body_type: txn.body_type,
             smtputf8: txn.smtputf8,
         };
         let span =
