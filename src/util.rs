@@ -57,6 +57,19 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Whether `domain` is `parent` or one of its subdomains, ignoring case and a final dot:
+/// `mx.google.com` is within `google.com`; `evilgoogle.com` is not.
+pub fn domain_within(domain: &str, parent: &str) -> bool {
+    let d = domain.trim_end_matches('.');
+    let p = parent.trim_end_matches('.');
+    if d.len() == p.len() {
+        return d.eq_ignore_ascii_case(p);
+    }
+    d.len() > p.len()
+        && d.as_bytes()[d.len() - p.len() - 1] == b'.'
+        && d[d.len() - p.len()..].eq_ignore_ascii_case(p)
+}
+
 /// Standard base64 with padding (RFC 4648 §4).
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -106,6 +119,14 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
+    }
+
+    #[test]
+    fn domains() {
+        assert!(domain_within("mx.Google.com.", "google.com"));
+        assert!(domain_within("google.com", "GOOGLE.COM"));
+        assert!(!domain_within("evilgoogle.com", "google.com"));
+        assert!(!domain_within("com", "google.com"));
     }
 
     #[test]

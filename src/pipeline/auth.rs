@@ -224,11 +224,6 @@ fn relaxed_aligned(a: &str, b: &str) -> bool {
     !a.is_empty() && !b.is_empty() && org(a) == org(b)
 }
 
-fn domain_matches(domain: &str, trusted: &str) -> bool {
-    let d = domain.trim_end_matches('.').to_ascii_lowercase();
-    d == trusted || d.ends_with(&format!(".{trusted}"))
-}
-
 /// In an ARC-Authentication-Results value, did the original message authenticate for `from`?
 /// Returns the method that says so (`dmarc`, `dkim` or `spf`).
 pub fn recorded_pass(aar: &str, from_domain: &str) -> Option<&'static str> {
@@ -334,7 +329,7 @@ impl Facts<'_> {
                 if policy
                     .trusted_arc_sealers
                     .iter()
-                    .any(|t| domain_matches(sealer, t))
+                    .any(|t| crate::util::domain_within(sealer, t))
                 {
                     return Some(format!("arc:{sealer} ({method}=pass recorded)"));
                 }
@@ -354,9 +349,9 @@ impl Facts<'_> {
             }
             Forwarder::Domain(d) => {
                 let envelope = self.spf.mail_from.result() == SpfResult::Pass
-                    && domain_matches(self.spf.mail_from.domain(), d);
-                let helo =
-                    self.spf.helo.result() == SpfResult::Pass && domain_matches(self.helo, d);
+                    && crate::util::domain_within(self.spf.mail_from.domain(), d);
+                let helo = self.spf.helo.result() == SpfResult::Pass
+                    && crate::util::domain_within(self.helo, d);
                 (envelope || helo).then(|| format!("trusted-forwarder:{d}"))
             }
             _ => None,
@@ -637,7 +632,7 @@ mod tests {
     fn alignment_and_domains() {
         assert!(relaxed_aligned("mail.acme.example", "acme.example"));
         assert!(!relaxed_aligned("acme.example", "other.example"));
-        assert!(domain_matches("mx.google.com", "google.com"));
-        assert!(!domain_matches("evilgoogle.com", "google.com"));
+        assert!(crate::util::domain_within("mx.google.com", "google.com"));
+        assert!(!crate::util::domain_within("evilgoogle.com", "google.com"));
     }
 }

@@ -266,7 +266,7 @@ pub fn connect_evidence(
         match connected.strip_prefix('@') {
             Some(domain) => a
                 .rsplit_once('@')
-                .is_some_and(|(_, d)| d == domain || d.ends_with(&format!(".{domain}"))),
+                .is_some_and(|(_, d)| crate::util::domain_within(d, domain)),
             None => a == *connected,
         }
     };

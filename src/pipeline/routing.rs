@@ -42,7 +42,7 @@ pub fn matches(m: &Match, f: &Facts<'_>) -> bool {
         && (m.from_domain.is_empty()
             || m.from_domain
                 .iter()
-                .any(|d| from_domain == d || from_domain.ends_with(&format!(".{d}"))))
+                .any(|d| crate::util::domain_within(from_domain, d)))
         && any_contains(f.subject, &m.subject)
         && (m.recipient.is_empty() || m.recipient.iter().any(|r| r == f.recipient))
         && (m.tag.is_empty()
