@@ -67,6 +67,12 @@ fn id_key(inbox: &str, message_id: &str) -> Vec<u8> {
 /// The plan for one message.
 pub fn plan(input: ThreadInput) -> Plan {
     Box::new(move |tx, record| {
+        // Held back by policy: kept, but not part of any conversation (no contact, assignment or
+        // ticket) until an operator releases it (`pipeline::release`, which runs this plan again).
+        if record.quarantined {
+            record.routing = Vec::new();
+            return Ok(());
+        }
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
             let r = apply(tx, &input, inbox, record)?;

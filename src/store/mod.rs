@@ -68,7 +68,8 @@ pub struct MessageRecord {
     pub size: u64,
     /// SHA-256 of the body as received, hex.
     pub sha256: String,
-    /// "inline" (inside the database) or "spool" (`spool/msg/<queue_id>.eml`).
+    /// "inline" (inside the database), "spool" (`spool/msg/<queue_id>.eml`) or "expired" (removed
+    /// by retention; the record stays).
     pub body_location: String,
     /// TLS protocol used by the session, if any ("TLSv1_3").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,9 +144,14 @@ pub enum TreeId {
     ContactConversations = 8,
     /// Inbox id -> lifecycle state (pending/connected, evidence, latest verification request).
     Inboxes = 9,
+    /// Outbox item id -> what must be delivered (notification mail, webhook call), written in
+    /// the same transaction as the event that causes it (`notify`).
+    Outbox = 10,
+    /// `due (u64 BE, unix ms) ‖ item id` -> empty: the outbox in delivery order.
+    OutboxDue = 11,
 }
 
-const TREE_NAMES: [&str; 10] = [
+const TREE_NAMES: [&str; 12] = [
     "messages",
     "bodies",
     "conversations",
@@ -156,7 +162,12 @@ const TREE_NAMES: [&str; 10] = [
     "users",
     "contact_conversations",
     "inboxes",
+    "outbox",
+    "outbox_due",
 ];
+
+/// `MessageRecord::body_location` of a message whose body retention removed.
+pub const BODY_EXPIRED: &str = "expired";
 
 /// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
 pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
@@ -482,9 +493,15 @@ impl Store {
         self.get_json(TreeId::Tickets, id)
     }
 
-    /// The body exactly as the client sent it.
+    /// The body exactly as the client sent it. An expired body (retention) is an error of kind
+    /// `NotFound`.
     pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-        if record.body_location == "inline" {
+        if record.body_location == BODY_EXPIRED {
+            Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the message body has expired (retention)",
+            )))
+        } else if record.body_location == "inline" {
             Ok(self
                 .inner
                 .bodies
@@ -503,6 +520,73 @@ impl Store {
         out.extend_from_slice(record.trace_headers.as_bytes());
         out.extend_from_slice(&body);
         Ok(out)
+    }
+
+    /// Remove a message entirely: record, body (inline or spool file), its Message-ID index entry
+    /// and its place in its conversations. One transaction, flushed, then the spool file goes
+    /// (a crash between the two leaves a spool file without a record, which recovery removes).
+    /// Returns the removed record, or `None` if there was none.
+    pub fn delete_message(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let removed = self.update(|tx| {
+            let key = queue_id.as_bytes();
+            let Some(record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                return Ok(None);
+            };
+            tx.remove(TreeId::Messages, key)?;
+            tx.remove(TreeId::Bodies, key)?;
+            for r in &record.routing {
+                if !record.message_id.is_empty() {
+                    let idx = [r.inbox.as_bytes(), &[0], record.message_id.as_bytes()].concat();
+                    if let Some(v) = tx.get(TreeId::MessageIds, &idx)? {
+                        // `conversation \0 first queue id`: only the first copy owns the entry.
+                        if v.split(|&b| b == 0).nth(1) == Some(key) {
+                            tx.remove(TreeId::MessageIds, &idx)?;
+                        }
+                    }
+                }
+                let conv_key = r.conversation.as_bytes();
+                if let Some(mut c) =
+                    tx.get_json::<model::Conversation>(TreeId::Conversations, conv_key)?
+                {
+                    c.messages.retain(|m| m != queue_id);
+                    tx.put_json(TreeId::Conversations, conv_key, &c)?;
+                }
+            }
+            Ok(Some(record))
+        })?;
+        if let Some(r) = &removed {
+            if r.body_location == "spool" {
+                self.inner.spool.remove(queue_id)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drop a message's body but keep its record (metadata, routing), marked
+    /// `body_location = "expired"`. Returns false if the message is unknown or already expired.
+    pub fn expire_body(&self, queue_id: &str) -> Result<bool, StoreError> {
+        let location = self.update(|tx| {
+            let key = queue_id.as_bytes();
+            let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                return Ok(None);
+            };
+            if record.body_location == BODY_EXPIRED {
+                return Ok(None);
+            }
+            let was = std::mem::replace(&mut record.body_location, BODY_EXPIRED.into());
+            tx.remove(TreeId::Bodies, key)?;
+            tx.put_json(TreeId::Messages, key, &record)?;
+            Ok(Some(was))
+        })?;
+        match location {
+            None => Ok(false),
+            Some(was) => {
+                if was == "spool" {
+                    self.inner.spool.remove(queue_id)?;
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// Path of the database, for messages.
