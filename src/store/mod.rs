@@ -166,6 +166,24 @@ const TREE_NAMES: [&str; 12] = [
     "outbox_due",
 ];
 
+/// One page of `Store::page`.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The key to continue after; `None` at the end.
+    pub next: Option<Vec<u8>>,
+}
+
+/// What `Store::delete_message_if` did.
+#[derive(Debug, Clone)]
+pub enum Deletion {
+    Deleted(MessageRecord),
+    /// There is no such message.
+    Missing,
+    /// The condition refused this record; nothing was changed.
+    Refused(MessageRecord),
+}
+
 /// `MessageRecord::body_location` of a message whose body retention removed.
 pub const BODY_EXPIRED: &str = "expired";
 
@@ -380,6 +398,63 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads over several trees that must agree with each other (a user's availability and open
+    /// count): one transaction, not flushed. `f` must only read; it may run more than once.
+    pub fn view<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        self.inner
+            .trees
+            .as_slice()
+            .transaction(|views| f(&Tx { views }))
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+    }
+
+    /// One page of a tree's records in key order, for cursor pagination: the records after key
+    /// `after` that `keep` accepts, at most `limit`. At most `max_scan` records are read, so a
+    /// filter that matches little costs a bounded amount per page: a page may then hold fewer
+    /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
+    /// `after` for the following page; `None` only when nothing after this page matches.
+    pub fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Page<T>, StoreError> {
+        let tree = &self.inner.trees[tree as usize];
+        let iter = match after {
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => tree.iter(),
+        };
+        let mut items = Vec::new();
+        // The key of the last record this page has consumed (kept or skipped).
+        let mut last: Option<sled::IVec> = None;
+        for (scanned, kv) in iter.enumerate() {
+            let (key, value) = kv?;
+            if scanned >= max_scan.max(1) {
+                return Ok(Page {
+                    items,
+                    next: last.map(|k| k.to_vec()),
+                });
+            }
+            let record: T = serde_json::from_slice(&value)?;
+            if keep(&record) {
+                if items.len() >= limit {
+                    // Another match exists: the next page starts right before it.
+                    return Ok(Page {
+                        items,
+                        next: last.map(|k| k.to_vec()),
+                    });
+                }
+                items.push(record);
+            }
+            last = Some(key);
+        }
+        Ok(Page { items, next: None })
+    }
+
     /// Every inbox state recorded, by id.
     pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
         self.inner.trees[TreeId::Inboxes as usize]
@@ -527,11 +602,28 @@ impl Store {
     /// (a crash between the two leaves a spool file without a record, which recovery removes).
     /// Returns the removed record, or `None` if there was none.
     pub fn delete_message(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        match self.delete_message_if(queue_id, |_| true)? {
+            Deletion::Deleted(r) => Ok(Some(r)),
+            Deletion::Missing | Deletion::Refused(_) => Ok(None),
+        }
+    }
+
+    /// `delete_message`, but only if `allow` accepts the record as it is inside the deleting
+    /// transaction: a check made before (is it still quarantined?) cannot race with a concurrent
+    /// change.
+    pub fn delete_message_if(
+        &self,
+        queue_id: &str,
+        allow: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Deletion, StoreError> {
         let removed = self.update(|tx| {
             let key = queue_id.as_bytes();
             let Some(record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
-                return Ok(None);
+                return Ok(Deletion::Missing);
             };
+            if !allow(&record) {
+                return Ok(Deletion::Refused(record));
+            }
             tx.remove(TreeId::Messages, key)?;
             tx.remove(TreeId::Bodies, key)?;
             for r in &record.routing {
@@ -552,9 +644,9 @@ impl Store {
                     tx.put_json(TreeId::Conversations, conv_key, &c)?;
                 }
             }
-            Ok(Some(record))
+            Ok(Deletion::Deleted(record))
         })?;
-        if let Some(r) = &removed {
+        if let Deletion::Deleted(r) = &removed {
             if r.body_location == "spool" {
                 self.inner.spool.remove(queue_id)?;
             }
@@ -747,5 +839,71 @@ impl Inner {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walk `Store::page` to the end; every page's items and whether it set `next`.
+    fn walk(
+        store: &Store,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Contact) -> bool + Copy,
+    ) -> Vec<Vec<String>> {
+        let mut pages = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let p = store
+                .page(TreeId::Contacts, after.as_deref(), limit, max_scan, keep)
+                .unwrap();
+            pages.push(p.items.into_iter().map(|c| c.email).collect());
+            match p.next {
+                Some(n) => after = Some(n),
+                None => return pages,
+            }
+            assert!(pages.len() < 100, "no end");
+        }
+    }
+
+    #[test]
+    fn pages_have_no_gaps_or_duplicates_and_a_bounded_scan() {
+        let cfg = crate::config::Config::embedded_default().store;
+        let store = Store::open_temporary(&cfg).unwrap();
+        let emails: Vec<String> = (0..10).map(|i| format!("c{i}@x.example")).collect();
+        store
+            .update(|tx| {
+                for e in &emails {
+                    let c = model::Contact {
+                        email: e.clone(),
+                        ..Default::default()
+                    };
+                    tx.put_json(TreeId::Contacts, e.as_bytes(), &c)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let flat = |pages: &[Vec<String>]| pages.concat();
+        let all = walk(&store, 3, 1000, |_| true);
+        assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(flat(&all), emails);
+        // Exactly full: the last page says there is nothing more.
+        let exact = walk(&store, 5, 1000, |_| true);
+        assert_eq!(exact.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5]);
+        // A sparse filter with a small scan budget: short (even empty) pages, still everything once.
+        let even = |c: &model::Contact| c.email[1..2].parse::<u32>().unwrap() % 2 == 0;
+        let sparse = walk(&store, 2, 3, even);
+        let want: Vec<String> = emails
+            .iter()
+            .filter(|e| e[1..2].parse::<u32>().unwrap() % 2 == 0)
+            .cloned()
+            .collect();
+        assert_eq!(flat(&sparse), want);
+        assert!(sparse.iter().all(|p| p.len() <= 2));
+        let none = walk(&store, 5, 4, |_| false);
+        assert!(flat(&none).is_empty());
+        assert_eq!(none.len(), 3, "10 records read 4 at a time");
     }
 }
