@@ -98,26 +98,7 @@ pub fn parse_message(msg: &Message<'_>, mail_from: &str) -> Parsed {
             .map(|l| l.iter().map(|s| s.trim().to_string()).collect())
             .unwrap_or_default()
     };
-    let attachments = msg
-        .attachments()
-        .map(|part| {
-            let content_type = part
-                .content_type()
-                .map(|c| match c.subtype() {
-                    Some(sub) => format!("{}/{}", c.ctype(), sub),
-                    None => c.ctype().to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into())
-                .to_ascii_lowercase();
-            let contents = part.contents();
-            AttachmentInfo {
-                name: part.attachment_name().unwrap_or_default().to_string(),
-                content_type,
-                size: contents.len() as u64,
-                sha256: sha256_hex(contents),
-            }
-        })
-        .collect();
+    let attachments = attachments(msg).map(|(info, _)| info).collect();
     let is_report = msg.content_type().is_some_and(|c| {
         c.ctype().eq_ignore_ascii_case("multipart")
             && c.subtype()
@@ -135,6 +116,46 @@ pub fn parse_message(msg: &Message<'_>, mail_from: &str) -> Parsed {
         headers,
         attachments,
     }
+}
+
+/// The attachments of a message, in the one order every user of an attachment index relies on:
+/// the record's list (`MessageRecord::attachments`) and the API's download by index both come
+/// from here. Each with its decoded content.
+pub fn attachments<'m>(
+    msg: &'m Message<'_>,
+) -> impl Iterator<Item = (AttachmentInfo, &'m [u8])> + 'm {
+    msg.attachments().map(|part| {
+        let content_type = part
+            .content_type()
+            .map(|c| match c.subtype() {
+                Some(sub) => format!("{}/{}", c.ctype(), sub),
+                None => c.ctype().to_string(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        let contents = part.contents();
+        let info = AttachmentInfo {
+            name: part.attachment_name().unwrap_or_default().to_string(),
+            content_type,
+            size: contents.len() as u64,
+            sha256: sha256_hex(contents),
+        };
+        (info, contents)
+    })
+}
+
+/// Attachment number `index` (from 0, as listed on the record) of a stored body, with its
+/// decoded bytes; `None` when the message has fewer attachments or does not parse. Like
+/// `pipeline::analyse`, a parser panic on hostile input costs only this answer.
+pub fn attachment(raw: &[u8], index: usize) -> Option<(AttachmentInfo, Vec<u8>)> {
+    std::panic::catch_unwind(|| {
+        let msg = MessageParser::new().parse(raw)?;
+        let found = attachments(&msg)
+            .nth(index)
+            .map(|(info, bytes)| (info, bytes.to_vec()));
+        found
+    })
+    .unwrap_or(None)
 }
 
 fn unfold(v: &str) -> String {
