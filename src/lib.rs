@@ -8,8 +8,10 @@
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //!
 //! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
+//! [`actions`] (what every operator action changes in the store, one transaction each),
 //! [`bench`] (the load generator behind `inbound bench`).
 
+pub mod actions;
 pub mod bench;
 pub mod cli;
 pub mod config;

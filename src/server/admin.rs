@@ -134,25 +134,7 @@ pub fn execute(store: &Store, req: &Request) -> (Response, Vec<u8>) {
             Err(e) => Response::err(e),
         },
         Request::InboxConfirm { id, address } => {
-            let now = crate::store::keys::now_ms();
-            let result = store.update(|tx| {
-                use crate::store::{model::InboxState, TreeId};
-                let mut st: InboxState = tx
-                    .get_json(TreeId::Inboxes, id.as_bytes())?
-                    .unwrap_or_else(|| InboxState {
-                        id: id.clone(),
-                        ..Default::default()
-                    });
-                if st.state != "connected" {
-                    st.state = "connected".into();
-                    st.address = address.clone();
-                    st.connected_at = Some(now);
-                    st.evidence = Some("confirmed by an operator".into());
-                }
-                tx.put_json(TreeId::Inboxes, id.as_bytes(), &st)?;
-                Ok(st)
-            });
-            match result {
+            match crate::actions::confirm_inbox(store, id, address) {
                 Ok(st) => ok(serde_json::to_value(st).ok()),
                 Err(e) => Response::err(e),
             }

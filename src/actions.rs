@@ -1,0 +1,234 @@
+//! Operator actions -> one durable store transaction each: confirm an inbox, assign, unassign or
+//! close a conversation, set a user's availability, release or delete a quarantined message.
+//! Every front end (HTTP API, admin socket, CLI) calls these functions, never the store directly,
+//! so an action means the same thing wherever it comes from, and whatever must happen with it
+//! (an outbox item for a webhook or a notification mail) is written inside the same transaction.
+//!
+//! Invariant kept here: the counter `routing::open_key(user)` is the number of open conversations
+//! assigned to `user` (what `least_open` assignment compares).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pipeline::routing;
+use crate::store::model::{Conversation, InboxState};
+use crate::store::{keys, Deletion, MessageRecord, Store, StoreError, TreeId, Tx, TxResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The thing acted on does not exist (`what` names it: "conversation 01H…").
+    #[error("no {0}")]
+    NotFound(String),
+    /// The request is malformed; `field` names the input at fault.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The action does not apply to the current state (a message that is not quarantined).
+    #[error("{0}")]
+    Conflict(String),
+    /// The message body the action needs was removed by retention.
+    #[error("{0}")]
+    BodyExpired(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ActionError {
+    fn invalid(field: &str, message: impl Into<String>) -> ActionError {
+        ActionError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An operator confirms that the team's forwarding to `address` works: the inbox becomes
+/// connected (its address locked) with this as its evidence. Confirming a connected inbox
+/// changes nothing. What the admin socket's `InboxConfirm` and the API's confirm both run.
+pub fn confirm_inbox(store: &Store, id: &str, address: &str) -> Result<InboxState, StoreError> {
+    let now = keys::now_ms();
+    store.update(|tx| {
+        let mut st: InboxState =
+            tx.get_json(TreeId::Inboxes, id.as_bytes())?
+                .unwrap_or_else(|| InboxState {
+                    id: id.to_string(),
+                    ..Default::default()
+                });
+        if st.state != "connected" {
+            st.state = "connected".into();
+            st.address = address.to_string();
+            st.connected_at = Some(now);
+            st.evidence = Some("confirmed by an operator".into());
+        }
+        tx.put_json(TreeId::Inboxes, id.as_bytes(), &st)?;
+        Ok(st)
+    })
+}
+
+/// Who a conversation is assigned to: a user, a team (its queue), or a user on behalf of a team.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignee {
+    pub user: Option<String>,
+    pub team: Option<String>,
+}
+
+/// Assign a conversation. The user and team must exist in `config.directory`, and a user given
+/// with a team must be one of its members. Open-conversation counters follow the change.
+pub fn assign(
+    store: &Store,
+    config: &Config,
+    conversation: &str,
+    to: &Assignee,
+) -> Result<Conversation, ActionError> {
+    let dir = &config.directory;
+    if to.user.is_none() && to.team.is_none() {
+        return Err(ActionError::invalid("user", "give a user, a team, or both"));
+    }
+    if let Some(u) = &to.user {
+        if !dir.users.contains_key(u) {
+            return Err(ActionError::invalid("user", format!("no user {u:?}")));
+        }
+    }
+    if let Some(t) = &to.team {
+        let Some(team) = dir.teams.get(t) else {
+            return Err(ActionError::invalid("team", format!("no team {t:?}")));
+        };
+        if let Some(u) = &to.user {
+            if !team.members.contains(u) {
+                return Err(ActionError::invalid(
+                    "user",
+                    format!("{u:?} is not a member of team {t:?}"),
+                ));
+            }
+        }
+    }
+    change_conversation(store, conversation, |tx, c| {
+        move_open(tx, c, c.assignee.clone(), to.user.clone())?;
+        c.assignee = to.user.clone();
+        c.team = to.team.clone();
+        Ok(())
+    })
+}
+
+/// Take a conversation off its user and team.
+pub fn unassign(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+    change_conversation(store, conversation, |tx, c| {
+        move_open(tx, c, c.assignee.clone(), None)?;
+        c.assignee = None;
+        c.team = None;
+        Ok(())
+    })
+}
+
+/// Close a conversation. It keeps its assignee, who has one open conversation fewer. Closing a
+/// closed conversation changes nothing.
+pub fn close(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+    change_conversation(store, conversation, |tx, c| {
+        if c.status != "closed" {
+            if let Some(user) = &c.assignee {
+                decrement_open(tx, user)?;
+            }
+            c.status = "closed".into();
+        }
+        Ok(())
+    })
+}
+
+/// Set a configured user's availability at run time (what `routing::available` reads before the
+/// config's `available`). Returns the value stored.
+pub fn set_availability(
+    store: &Store,
+    config: &Config,
+    user: &str,
+    available: bool,
+) -> Result<bool, ActionError> {
+    if !config.directory.users.contains_key(user) {
+        return Err(ActionError::NotFound(format!("user {user:?}")));
+    }
+    store.update(|tx| {
+        // Keep whatever else a later version stores for the user.
+        let mut state = match tx.get_json::<serde_json::Value>(TreeId::Users, user.as_bytes())? {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        state.insert("available".into(), serde_json::Value::Bool(available));
+        tx.put_json(TreeId::Users, user.as_bytes(), &state)?;
+        Ok(available)
+    })?;
+    Ok(available)
+}
+
+/// Release a quarantined message into its inboxes (`pipeline::release`: analysed and routed
+/// again, in one transaction).
+pub fn release_quarantined(
+    config: &Arc<Config>,
+    store: &Store,
+    queue_id: &str,
+) -> Result<MessageRecord, ActionError> {
+    use crate::pipeline::ReleaseError;
+    crate::pipeline::release(config, store, queue_id).map_err(|e| match e {
+        ReleaseError::NotFound(id) => ActionError::NotFound(format!("message {id}")),
+        e @ ReleaseError::NotQuarantined(_) => ActionError::Conflict(e.to_string()),
+        e @ ReleaseError::BodyExpired(_) => ActionError::BodyExpired(e.to_string()),
+        ReleaseError::Store(e) => ActionError::Store(e),
+    })
+}
+
+/// Delete a quarantined message for good. A message that is not (or no longer) quarantined is
+/// left alone: the check is made inside the deleting transaction.
+pub fn delete_quarantined(store: &Store, queue_id: &str) -> Result<MessageRecord, ActionError> {
+    match store.delete_message_if(queue_id, |r| r.quarantined)? {
+        Deletion::Deleted(r) => Ok(r),
+        Deletion::Missing => Err(ActionError::NotFound(format!("message {queue_id}"))),
+        Deletion::Refused(_) => Err(ActionError::Conflict(format!(
+            "message {queue_id} is not quarantined"
+        ))),
+    }
+}
+
+/// Load a conversation, let `change` edit it, store it with a new `updated_at`: one transaction.
+fn change_conversation(
+    store: &Store,
+    id: &str,
+    change: impl Fn(&Tx<'_>, &mut Conversation) -> TxResult<()>,
+) -> Result<Conversation, ActionError> {
+    let now = keys::now_ms();
+    let changed = store.update(|tx| {
+        let Some(mut c) = tx.get_json::<Conversation>(TreeId::Conversations, id.as_bytes())? else {
+            return Ok(None);
+        };
+        change(tx, &mut c)?;
+        c.updated_at = now;
+        tx.put_json(TreeId::Conversations, id.as_bytes(), &c)?;
+        Ok(Some(c))
+    })?;
+    changed.ok_or_else(|| ActionError::NotFound(format!("conversation {id}")))
+}
+
+/// The assignee of `c` changes from `from` to `to`: while it is open, the open count moves with it.
+fn move_open(
+    tx: &Tx<'_>,
+    c: &Conversation,
+    from: Option<String>,
+    to: Option<String>,
+) -> TxResult<()> {
+    if c.status == "closed" || from == to {
+        return Ok(());
+    }
+    if let Some(user) = &from {
+        decrement_open(tx, user)?;
+    }
+    if let Some(user) = &to {
+        tx.add(&routing::open_key(user), 1)?;
+    }
+    Ok(())
+}
+
+/// One open conversation fewer, never below zero (a counter from before this invariant was kept
+/// must not make `least_open` prefer someone forever).
+fn decrement_open(tx: &Tx<'_>, user: &str) -> TxResult<()> {
+    let key = routing::open_key(user);
+    if tx.counter(&key)? > 0 {
+        tx.add(&key, -1)?;
+    }
+    Ok(())
+}
