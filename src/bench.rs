@@ -952,6 +952,10 @@ connections_per_ip_per_minute = 1000000
 messages_per_ip_per_minute = 1000000000
 max_transactions_per_connection = 1000000000
 
+# The benchmark measures SMTP; an API on a fixed port would collide with another server.
+[api]
+enabled = false
+
 [[inbox]]
 id = "bench"
 address = "{local}@{domain}"

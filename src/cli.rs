@@ -37,6 +37,9 @@ enum Command {
         /// Keep data in this directory instead of the config's server.data_dir.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve the HTTP API on this address instead of the config's api.listen.
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
     },
     /// Validate a config file and print every error with its key path.
     CheckConfig { file: PathBuf },
@@ -228,6 +231,7 @@ fn run(command: Command) -> Result<ExitCode> {
             config,
             listen,
             data_dir,
+            api_listen,
         } => {
             let mut cfg = load_config(config.as_ref())?;
             if config.is_none() {
@@ -238,6 +242,9 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             if let Some(dir) = data_dir {
                 cfg.override_data_dir(dir);
+            }
+            if let Some(addr) = api_listen {
+                cfg.override_api_listen(addr);
             }
             runtime()?.block_on(async {
                 let bound = crate::server::bind(cfg)

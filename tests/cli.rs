@@ -374,7 +374,14 @@ async fn serve_without_config_uses_the_overrides() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut srv = ServerProcess::spawn(
-        &["--listen", &listen, "--data-dir", &s(&data)],
+        &[
+            "--listen",
+            &listen,
+            "--data-dir",
+            &s(&data),
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
         listen.parse().unwrap(),
         &root.path().join("server.log"),
     );

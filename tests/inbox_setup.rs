@@ -20,6 +20,10 @@ hosted_domain = "inbound.test"
 [[listener]]
 addr = "127.0.0.1:0"
 
+# `start` binds this config itself (not only through TestServer): no fixed API port.
+[api]
+listen = "127.0.0.1:0"
+
 [auth]
 trusted_networks = ["127.0.0.0/8"]
 

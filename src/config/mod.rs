@@ -75,6 +75,107 @@ pub struct Config {
     pub auth: AuthConfig,
     pub directory: routes::Directory,
     pub inboxes: Inboxes,
+    pub api: ApiConfig,
+}
+
+/// Where the HTTP API listens unless `api.listen` says otherwise: loopback, so a default install
+/// exposes nothing.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8025";
+
+/// `[api]`, validated. Tokens are kept only as SHA-256 digests, so `Debug` (and any log of the
+/// config) cannot show them and `api::auth` compares values of one fixed size.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// SHA-256 of each accepted bearer token (`api.tokens` and `api.token_files`). Empty: every
+    /// protected endpoint answers 401.
+    pub token_digests: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("tokens", &self.token_digests.len())
+            .finish()
+    }
+}
+
+/// Shortest bearer token accepted: guessing one must be hopeless.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// SHA-256 of a bearer token, as `ApiConfig::token_digests` keeps it.
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
+}
+
+/// Why `token` cannot be a bearer token, if it cannot: RFC 6750 §2.1 `b64token` characters only
+/// (anything else could not be sent in an `Authorization` header), and not short.
+fn token_problem(token: &str) -> Option<String> {
+    let body = token.trim_end_matches('=');
+    if let Some(c) = body
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~+/".contains(*c)))
+    {
+        return Some(format!(
+            "a token may contain only letters, digits and -._~+/ (found {c:?})"
+        ));
+    }
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Some(format!(
+            "a token must be at least {MIN_TOKEN_CHARS} characters (e.g. the output of `openssl rand -hex 32`)"
+        ));
+    }
+    None
+}
+
+fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
+    let listen = match &raw.listen {
+        None => DEFAULT_API_LISTEN
+            .parse()
+            .expect("the default API address parses"),
+        Some(s) => s.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(
+                "api.listen",
+                format!("invalid socket address {s:?} (use \"IP:PORT\", e.g. \"127.0.0.1:8025\")"),
+            );
+            DEFAULT_API_LISTEN
+                .parse()
+                .expect("the default API address parses")
+        }),
+    };
+    let mut token_digests = Vec::new();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        match token_problem(t) {
+            Some(problem) => errors.push(format!("api.tokens[{i}]"), problem),
+            None => token_digests.push(token_digest(t.as_bytes())),
+        }
+    }
+    for (i, path) in raw.token_files.iter().enumerate() {
+        let key = format!("api.token_files[{i}]");
+        match std::fs::read_to_string(path) {
+            Err(e) => errors.push(key, format!("cannot read {path}: {e}")),
+            Ok(text) => {
+                let t = text.trim();
+                if t.is_empty() {
+                    errors.push(key, format!("{path} is empty"));
+                } else if let Some(problem) = token_problem(t) {
+                    errors.push(key, format!("{path}: {problem}"));
+                } else {
+                    token_digests.push(token_digest(t.as_bytes()));
+                }
+            }
+        }
+    }
+    ApiConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        listen,
+        token_digests,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -393,7 +494,8 @@ impl Errors {
 
 /// Parse and validate a whole config text. `base` resolves relative paths (the config file's
 /// directory is not used: paths are relative to the working directory, as operators expect from
-/// `data_dir = "./data"`).
+/// `data_dir = "./data"`). `api.token_files` are read here, so `check-config` reports a missing
+/// or malformed token file like any other error.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Errors::default();
     let doc: toml::Table = toml::from_str(text).map_err(|e| {
@@ -410,6 +512,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut store = RawStore::default();
     let mut dns = RawDns::default();
     let mut auth = RawAuth::default();
+    let mut api = RawApi::default();
     let mut inboxes: Vec<(String, RawInbox)> = Vec::new();
     let mut users: Vec<(String, RawUser)> = Vec::new();
     let mut teams: Vec<(String, RawTeam)> = Vec::new();
@@ -423,6 +526,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "store" => store = errors.section("store", value).unwrap_or_default(),
             "dns" => dns = errors.section("dns", value).unwrap_or_default(),
             "auth" => auth = errors.section("auth", value).unwrap_or_default(),
+            "api" => api = errors.section("api", value).unwrap_or_default(),
             "listener" | "inbox" | "user" | "team" | "contact" => {
                 let toml::Value::Array(items) = value else {
                     errors.push(&key, format!("must be an array of tables ([[{key}]])"));
@@ -612,6 +716,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         cache_entries: dns.cache_entries.unwrap_or(10_000) as usize,
     };
     let auth = compile_auth(&auth, &mut errors);
+    let api = compile_api(&api, &mut errors);
     let directory = routes::compile_directory(&users, &teams, &contacts, &mut errors);
     let pattern = server
         .address_pattern
@@ -654,6 +759,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             auth,
             directory,
             inboxes,
+            api,
         })
     } else {
         Err(ConfigErrors(errors.0))
@@ -975,6 +1081,12 @@ impl Config {
             .collect();
     }
 
+    /// `--api-listen`: serve the HTTP API on this address instead of `api.listen` (tests use
+    /// port 0).
+    pub fn override_api_listen(&mut self, addr: SocketAddr) {
+        self.api.listen = addr;
+    }
+
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
@@ -1121,6 +1233,62 @@ mod tests {
             errs.iter().any(|e| e.message.contains("unreachable")),
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn api_section_is_validated_with_key_paths() {
+        let c = Config::embedded_default();
+        assert!(c.api.enabled);
+        assert_eq!(c.api.listen, DEFAULT_API_LISTEN.parse().unwrap());
+        assert!(c.api.token_digests.is_empty(), "the demo has no token");
+
+        let dir = std::env::temp_dir().join(format!("inbound-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  from-a-file-0123456789\n\n").unwrap();
+        let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[inbox]]\nid = \"a\"\naddress = \"a@x.example\"\n";
+        let good = format!(
+            "{base}[api]\nlisten = \"127.0.0.1:0\"\ntokens = [\"inline-token-0123456789\"]\ntoken_files = [\"{}\"]\n",
+            file.display()
+        );
+        let c = parse(&good).unwrap();
+        assert_eq!(c.api.listen.port(), 0);
+        assert_eq!(
+            c.api.token_digests,
+            [
+                token_digest(b"inline-token-0123456789"),
+                token_digest(b"from-a-file-0123456789")
+            ],
+            "a token file is trimmed"
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("inline-token") && !shown.contains("from-a-file"),
+            "Debug must not show tokens: {shown}"
+        );
+
+        let bad = format!(
+            "{base}[api]\nlisten = \"localhost\"\ntokens = [\"short\", \"has space in it 0123456789\"]\ntoken_files = [\"{}\"]\n",
+            dir.join("missing").display()
+        );
+        let errs = parse(&bad).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "api.listen",
+                "api.tokens[0]",
+                "api.tokens[1]",
+                "api.token_files[0]"
+            ],
+            "{errs:#?}"
+        );
+        let errs = parse(&format!("{base}[api]\nport = 8025\n")).unwrap_err().0;
+        assert!(
+            errs[0].path == "api" && errs[0].message.contains("port"),
+            "{errs:#?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

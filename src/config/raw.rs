@@ -21,6 +21,23 @@ pub struct RawServer {
     pub address_pattern: Option<String>,
 }
 
+/// `[api]`: the HTTP API.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// Serve the API at all (default true).
+    pub enabled: Option<bool>,
+    /// Address to listen on; default "127.0.0.1:8025".
+    pub listen: Option<String>,
+    /// Bearer tokens, each accepted on its own.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Files holding one token each (surrounding whitespace trimmed), so secrets can stay out of
+    /// the config file.
+    #[serde(default)]
+    pub token_files: Vec<String>,
+}
+
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {

@@ -54,6 +54,10 @@ attempts = 1
 [auth]
 trusted_networks = ["127.0.0.0/8", "::1"]
 
+# A fixed API port would collide between servers running side by side.
+[api]
+listen = "127.0.0.1:0"
+
 [[inbox]]
 id = "demo"
 address = "support@demo.inbound.test"
