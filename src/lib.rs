@@ -8,10 +8,12 @@
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //!
 //! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
-//! [`actions`] (what every operator action changes in the store, one transaction each),
-//! [`bench`] (the load generator behind `inbound bench`).
+//! [`api`] (the HTTP API: reads and operator actions), [`actions`] (what every operator action
+//! changes in the store, one transaction each), [`bench`] (the load generator behind
+//! `inbound bench`).
 
 pub mod actions;
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -37,6 +37,11 @@ pub enum ServerError {
     LockedAddress(crate::config::ConfigErrors),
     #[error("DNS resolver: {0}")]
     Dns(#[from] DnsSetupError),
+    #[error("API: cannot listen on {addr}: {source}")]
+    ApiBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -101,6 +106,8 @@ pub fn auth_budget_kib(bytes: u64) -> u32 {
 pub struct Bound {
     ctx: Arc<Ctx>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
+    /// The HTTP API's socket and the address it got; `None` when `api.enabled = false`.
+    api: Option<(TcpListener, SocketAddr)>,
     admin: tokio::net::UnixListener,
     trigger: shutdown::Trigger,
 }
@@ -143,6 +150,18 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         })?;
         listeners.push((socket, l));
     }
+    let api = if config.api.enabled {
+        let addr = config.api.listen;
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::ApiBind { addr, source })?;
+        let bound = socket
+            .local_addr()
+            .map_err(|source| ServerError::ApiBind { addr, source })?;
+        Some((socket, bound))
+    } else {
+        None
+    };
     let admin = admin::bind(&config.admin_socket).map_err(|source| ServerError::Admin {
         path: config.admin_socket.display().to_string(),
         source,
@@ -152,6 +171,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     Ok(Bound {
         ctx,
         listeners,
+        api,
         admin,
         trigger,
     })
@@ -161,6 +181,11 @@ impl Bound {
     /// The addresses actually bound (port 0 in config gets a real port here).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().map(|(_, l)| l.addr).collect()
+    }
+
+    /// Where the HTTP API listens (port 0 in config gets a real port here); `None` when disabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|(_, a)| *a)
     }
 
     pub fn ctx(&self) -> Arc<Ctx> {
@@ -176,6 +201,7 @@ impl Bound {
         let Bound {
             ctx,
             listeners,
+            api,
             admin,
             trigger,
         } = self;
@@ -192,6 +218,24 @@ impl Bound {
                 done_tx.clone(),
             )));
         }
+        let api_task = api.map(|(socket, addr)| {
+            let tokens = config.api.token_digests.len();
+            tracing::info!(addr = %addr, tokens, "API listening");
+            if tokens == 0 {
+                tracing::warn!(
+                    "the API has no tokens (api.tokens, api.token_files): every endpoint but /healthz and /openapi.json answers 401"
+                );
+            }
+            if !addr.ip().is_loopback() {
+                tracing::warn!(addr = %addr, "the API serves plain HTTP beyond loopback: put a TLS-terminating proxy in front of it");
+            }
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::api::serve(socket, ctx).await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            })
+        });
         let admin_task = tokio::spawn(admin::serve(
             admin,
             ctx.clone(),
@@ -220,13 +264,25 @@ impl Bound {
             let _ = t.await;
         }
         let deadline = config.shutdown_timeout;
-        match tokio::time::timeout(deadline, done_rx.recv()).await {
+        let stop_by = tokio::time::Instant::now() + deadline;
+        match tokio::time::timeout_at(stop_by, done_rx.recv()).await {
             Ok(_) => tracing::info!("shutdown: all sessions finished"),
             Err(_) => tracing::warn!(
                 open_sessions = ctx.limits.open_sessions(),
                 deadline_ms = deadline.as_millis() as u64,
                 "shutdown deadline reached; closing remaining sessions (their messages were not acknowledged)"
             ),
+        }
+        if let Some(mut api_task) = api_task {
+            // It stopped accepting at the trigger; requests in progress get what is left of the
+            // same deadline, then their connections are dropped.
+            if tokio::time::timeout_at(stop_by, &mut api_task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown deadline reached; closing API connections");
+                api_task.abort();
+            }
         }
         admin_task.abort();
         housekeeping.abort();

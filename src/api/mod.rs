@@ -1,0 +1,133 @@
+//! HTTP requests -> JSON answers: reads of inboxes, conversations, messages, contacts, quarantine
+//! and users, and operator actions (whose store changes live in `crate::actions`). Served with
+//! axum on the server's own runtime (`server::Bound::run`), on `api.listen`.
+//!
+//! Every route except `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`
+//! (`auth`). Answers that are not successes share one JSON shape (`error`). The document at
+//! `/openapi.json` describes every route; the API tests validate each answer against it.
+
+mod auth;
+mod error;
+mod handlers;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::server::Ctx;
+
+/// The OpenAPI 3.0 description of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest request body read (they are small JSON objects). Past it: 413 `payload_too_large`.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Requests handled at once. Past it a request is answered 503 `overloaded` at once instead of
+/// queueing store work behind the others (every request may read the disk on the blocking pool,
+/// and `/raw` or an attachment holds one message body, at most `limits.max_message_bytes`).
+pub const MAX_INFLIGHT: usize = 64;
+
+/// What every handler shares.
+pub struct ApiState {
+    pub ctx: Arc<Ctx>,
+    inflight: Semaphore,
+}
+
+/// The whole API, in one place. Routes in `public` answer without a token; routes in
+/// `protected` pass the bearer-token check first. Endpoints that other parts of the server own
+/// (`/readyz`, `/metrics`, `/admin/reload`) are added here, to the group that fits, with
+/// handlers taking `State<Arc<ApiState>>` (which holds the `Ctx`).
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let state = Arc::new(ApiState {
+        ctx,
+        inflight: Semaphore::new(MAX_INFLIGHT),
+    });
+    let public = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/openapi.json", get(handlers::openapi));
+    let protected = Router::new()
+        .route("/v1/inboxes", get(handlers::inboxes))
+        .route("/v1/inboxes/{id}", get(handlers::inbox))
+        .route("/v1/inboxes/{id}/confirm", post(handlers::inbox_confirm))
+        .route("/v1/conversations", get(handlers::conversations))
+        .route("/v1/conversations/{id}", get(handlers::conversation))
+        .route(
+            "/v1/conversations/{id}/assign",
+            post(handlers::conversation_assign),
+        )
+        .route(
+            "/v1/conversations/{id}/unassign",
+            post(handlers::conversation_unassign),
+        )
+        .route(
+            "/v1/conversations/{id}/close",
+            post(handlers::conversation_close),
+        )
+        .route("/v1/messages", get(handlers::messages))
+        .route("/v1/messages/{id}", get(handlers::message))
+        .route("/v1/messages/{id}/raw", get(handlers::message_raw))
+        .route(
+            "/v1/messages/{id}/attachments/{index}",
+            get(handlers::message_attachment),
+        )
+        .route("/v1/contacts", get(handlers::contacts))
+        .route("/v1/contacts/{email}", get(handlers::contact))
+        .route("/v1/quarantine", get(handlers::quarantine))
+        .route(
+            "/v1/quarantine/{id}",
+            axum::routing::delete(handlers::quarantine_delete),
+        )
+        .route(
+            "/v1/quarantine/{id}/release",
+            post(handlers::quarantine_release),
+        )
+        .route("/v1/users", get(handlers::users))
+        .route(
+            "/v1/users/{id}/availability",
+            put(handlers::user_availability),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    public
+        .merge(protected)
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_inflight,
+        ))
+        .with_state(state)
+}
+
+async fn limit_inflight(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.inflight.try_acquire() else {
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in progress; retry shortly",
+        )
+        .into_response();
+    };
+    next.run(req).await
+}
+
+/// Serve the API on `listener` until the server's shutdown begins; then stop accepting, let
+/// requests in progress finish and close idle connections. `Bound::run` bounds the wait.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    let mut shutdown = ctx.shutdown.clone();
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}

@@ -1,0 +1,504 @@
+//! Stored records -> the JSON the API answers with. The API's shapes are its own, so the store's
+//! records can change without breaking clients: every field is always present (`null` when there
+//! is no value), times are Unix milliseconds (`_ms`), sizes bytes (`_bytes`). Each struct here
+//! has a schema of the same name in `openapi.json`; the API tests validate every answer against
+//! it.
+
+use serde::Serialize;
+
+use crate::config::routes::User;
+use crate::config::InboxConfig;
+use crate::pipeline::auth::AuthRecord;
+use crate::store::model::{
+    AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
+};
+use crate::store::{MessageRecord, BODY_EXPIRED};
+
+/// A list, with the cursor of the next page (`null` on the last page).
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A list that is never paged (it comes from the config).
+#[derive(Serialize)]
+pub struct List<T> {
+    pub items: Vec<T>,
+}
+
+#[derive(Serialize)]
+pub struct Inbox {
+    pub id: String,
+    pub name: Option<String>,
+    pub address: String,
+    pub aliases: Vec<String>,
+    /// The team's own mailbox (or `@domain`) whose forwarded mail connects the inbox.
+    pub connected_address: Option<String>,
+    /// "pending" or "connected".
+    pub state: String,
+    /// The address the team's provider forwards to (locked once connected).
+    pub forwarding_address: String,
+    pub message_count: u64,
+    pub connected_at_ms: Option<u64>,
+    pub evidence: Option<String>,
+    pub latest_verification: Option<Verification>,
+}
+
+impl Inbox {
+    pub fn new(cfg: &InboxConfig, state: Option<InboxState>) -> Inbox {
+        let st = state.unwrap_or_default();
+        Inbox {
+            id: cfg.id.clone(),
+            name: cfg.name.clone(),
+            address: cfg.address.clone(),
+            aliases: cfg.aliases.clone(),
+            connected_address: cfg.connected_address.clone(),
+            state: if st.state == "connected" {
+                "connected".into()
+            } else {
+                "pending".into()
+            },
+            forwarding_address: if st.address.is_empty() {
+                cfg.address.clone()
+            } else {
+                st.address
+            },
+            message_count: st.messages,
+            connected_at_ms: st.connected_at,
+            evidence: st.evidence,
+            latest_verification: st.latest_verification.map(Verification::from),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Verification {
+    pub provider: String,
+    pub code: Option<String>,
+    pub link: Option<String>,
+    /// The address the provider asks to confirm.
+    pub address: Option<String>,
+    /// The message that carried it.
+    pub message: Option<String>,
+    pub received_at_ms: Option<u64>,
+}
+
+impl From<VerificationRecord> for Verification {
+    fn from(v: VerificationRecord) -> Verification {
+        Verification {
+            provider: v.provider,
+            code: v.code,
+            link: v.link,
+            address: v.address,
+            message: Some(v.queue_id).filter(|q| !q.is_empty()),
+            received_at_ms: Some(v.received_at).filter(|&t| t > 0),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub inbox: String,
+    pub subject: String,
+    /// The original sender who started it.
+    pub contact: String,
+    /// "open" or "closed".
+    pub status: String,
+    pub assignee: Option<String>,
+    pub team: Option<String>,
+    pub ticket: Option<String>,
+    pub message_count: usize,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl From<Conversation> for ConversationSummary {
+    fn from(c: Conversation) -> ConversationSummary {
+        ConversationSummary {
+            message_count: c.messages.len(),
+            id: c.id,
+            inbox: c.inbox,
+            subject: c.subject,
+            contact: c.contact,
+            status: c.status,
+            assignee: c.assignee,
+            team: c.team,
+            ticket: c.ticket,
+            created_at_ms: c.created_at,
+            updated_at_ms: c.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ConversationDetail {
+    pub conversation: ConversationSummary,
+    /// In arrival order.
+    pub messages: Vec<MessageSummary>,
+    pub ticket: Option<TicketView>,
+    pub contact: Option<ContactSummary>,
+}
+
+#[derive(Serialize)]
+pub struct TicketView {
+    pub id: String,
+    pub conversation: String,
+    pub inbox: String,
+    pub pipeline: String,
+    pub stage: String,
+    pub priority: String,
+    /// The assignee when the ticket was opened.
+    pub owner: Option<String>,
+    pub created_at_ms: u64,
+}
+
+impl From<Ticket> for TicketView {
+    fn from(t: Ticket) -> TicketView {
+        TicketView {
+            id: t.id,
+            conversation: t.conversation,
+            inbox: t.inbox,
+            pipeline: t.pipeline,
+            stage: t.stage,
+            priority: t.priority,
+            owner: t.owner,
+            created_at_ms: t.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ContactSummary {
+    pub email: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub conversation_count: u64,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+impl From<Contact> for ContactSummary {
+    fn from(c: Contact) -> ContactSummary {
+        ContactSummary {
+            email: c.email,
+            name: c.name,
+            owner: c.owner,
+            conversation_count: c.conversation_count,
+            first_seen_ms: c.first_seen,
+            last_seen_ms: c.last_seen,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ContactDetail {
+    #[serde(flatten)]
+    pub contact: ContactSummary,
+    /// Conversation ids, oldest first.
+    pub conversations: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Attribution {
+    pub email: String,
+    pub name: Option<String>,
+    /// How it was decided: "header_from", "forwarded_inline", "x_original_from", ...
+    pub method: String,
+    pub forwarded_by: Option<String>,
+}
+
+impl From<AttributionRecord> for Attribution {
+    fn from(a: AttributionRecord) -> Attribution {
+        Attribution {
+            email: a.email,
+            name: a.name,
+            method: a.method,
+            forwarded_by: a.forwarded_by,
+        }
+    }
+}
+
+/// What lists show of a message.
+#[derive(Serialize)]
+pub struct MessageSummary {
+    pub id: String,
+    pub received_at_ms: u64,
+    pub mail_from: String,
+    pub from: String,
+    pub subject: String,
+    /// The inboxes it was sent to.
+    pub inboxes: Vec<String>,
+    pub attribution: Option<Attribution>,
+    pub quarantined: bool,
+    pub automatic: Option<String>,
+    pub size_bytes: u64,
+    pub attachment_count: usize,
+    /// "available" or "expired" (removed by retention).
+    pub body: &'static str,
+}
+
+fn body_state(r: &MessageRecord) -> &'static str {
+    if r.body_location == BODY_EXPIRED {
+        "expired"
+    } else {
+        "available"
+    }
+}
+
+fn inboxes_of(r: &MessageRecord) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for rc in &r.rcpt {
+        if !out.contains(&rc.inbox) {
+            out.push(rc.inbox.clone());
+        }
+    }
+    out
+}
+
+impl From<MessageRecord> for MessageSummary {
+    fn from(r: MessageRecord) -> MessageSummary {
+        MessageSummary {
+            body: body_state(&r),
+            inboxes: inboxes_of(&r),
+            attachment_count: r.attachments.len(),
+            id: r.queue_id,
+            received_at_ms: r.received_at,
+            mail_from: r.mail_from,
+            from: r.from,
+            subject: r.subject,
+            attribution: r.attribution.map(Attribution::from),
+            quarantined: r.quarantined,
+            automatic: r.automatic,
+            size_bytes: r.size,
+        }
+    }
+}
+
+/// Everything the API tells about one message.
+#[derive(Serialize)]
+pub struct MessageDetail {
+    pub id: String,
+    pub received_at_ms: u64,
+    pub client_ip: String,
+    pub client_port: u16,
+    pub helo: String,
+    /// The envelope sender; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub rcpt: Vec<Recipient>,
+    pub size_bytes: u64,
+    /// SHA-256 of the body as received, hex.
+    pub sha256: String,
+    /// "available" or "expired".
+    pub body: &'static str,
+    pub tls: Option<String>,
+    pub body_type: String,
+    pub smtputf8: bool,
+    pub subject: String,
+    pub from: String,
+    pub message_id: String,
+    pub in_reply_to: Vec<String>,
+    pub references: Vec<String>,
+    pub quarantined: bool,
+    pub automatic: Option<String>,
+    pub attribution: Option<Attribution>,
+    pub auth: Option<Auth>,
+    pub attachments: Vec<Attachment>,
+    pub routing: Vec<Routing>,
+    pub verification: Option<Verification>,
+}
+
+impl From<MessageRecord> for MessageDetail {
+    fn from(r: MessageRecord) -> MessageDetail {
+        MessageDetail {
+            body: body_state(&r),
+            id: r.queue_id,
+            received_at_ms: r.received_at,
+            client_ip: r.client_ip,
+            client_port: r.client_port,
+            helo: r.helo,
+            mail_from: r.mail_from,
+            rcpt: r
+                .rcpt
+                .into_iter()
+                .map(|rc| Recipient {
+                    address: rc.address,
+                    inbox: rc.inbox,
+                    tag: rc.tag,
+                })
+                .collect(),
+            size_bytes: r.size,
+            sha256: r.sha256,
+            tls: r.tls,
+            body_type: r.body_type,
+            smtputf8: r.smtputf8,
+            subject: r.subject,
+            from: r.from,
+            message_id: r.message_id,
+            in_reply_to: r.in_reply_to,
+            references: r.references,
+            quarantined: r.quarantined,
+            automatic: r.automatic,
+            attribution: r.attribution.map(Attribution::from),
+            auth: r.auth.map(Auth::from),
+            attachments: r
+                .attachments
+                .into_iter()
+                .enumerate()
+                .map(|(index, a)| Attachment {
+                    index,
+                    name: a.name,
+                    content_type: a.content_type,
+                    size_bytes: a.size,
+                    sha256: a.sha256,
+                })
+                .collect(),
+            routing: r.routing.into_iter().map(Routing::from).collect(),
+            verification: r.verification.map(Verification::from),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Recipient {
+    pub address: String,
+    pub inbox: String,
+    /// The `+tag` of `local+tag@domain`.
+    pub tag: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Attachment {
+    /// Its number in `GET /v1/messages/{id}/attachments/{index}`.
+    pub index: usize,
+    pub name: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    /// SHA-256 of the decoded content, hex.
+    pub sha256: String,
+}
+
+#[derive(Serialize)]
+pub struct Auth {
+    /// "checked", or "skipped" (trusted network, checks disabled).
+    pub status: String,
+    pub spf_helo: String,
+    pub spf_mail_from: String,
+    pub spf_domain: String,
+    pub dkim: Vec<Dkim>,
+    pub arc: String,
+    pub arc_sealer: Option<String>,
+    pub dmarc: String,
+    pub dmarc_domain: String,
+    pub dmarc_policy: String,
+    pub dmarc_pct: u8,
+    /// accept, quarantine, reject, tempfail.
+    pub verdict: String,
+    pub reason: String,
+    pub override_by: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Dkim {
+    pub result: String,
+    pub domain: String,
+    pub selector: String,
+    pub error: Option<String>,
+}
+
+impl From<AuthRecord> for Auth {
+    fn from(a: AuthRecord) -> Auth {
+        Auth {
+            status: a.status,
+            spf_helo: a.spf_helo,
+            spf_mail_from: a.spf_mail_from,
+            spf_domain: a.spf_domain,
+            dkim: a
+                .dkim
+                .into_iter()
+                .map(|d| Dkim {
+                    result: d.result,
+                    domain: d.domain,
+                    selector: d.selector,
+                    error: Some(d.error).filter(|e| !e.is_empty()),
+                })
+                .collect(),
+            arc: a.arc,
+            arc_sealer: a.arc_sealer,
+            dmarc: a.dmarc,
+            dmarc_domain: a.dmarc_domain,
+            dmarc_policy: a.dmarc_policy,
+            dmarc_pct: a.dmarc_pct,
+            verdict: a.verdict,
+            reason: a.reason,
+            override_by: a.override_by,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Routing {
+    pub inbox: String,
+    pub conversation: String,
+    /// "new", "joined" or "duplicate".
+    pub thread: String,
+    pub thread_reason: String,
+    pub duplicate_of: Option<String>,
+    pub rule: Option<String>,
+    pub assignee: Option<String>,
+    pub team: Option<String>,
+    /// How the assignee was chosen ("round_robin", "owner", "kept", "unassigned", ...).
+    pub assignment: String,
+    pub ticket: Option<String>,
+}
+
+impl From<RoutingRecord> for Routing {
+    fn from(r: RoutingRecord) -> Routing {
+        Routing {
+            inbox: r.inbox,
+            conversation: r.conversation,
+            thread: r.thread,
+            thread_reason: r.thread_reason,
+            duplicate_of: r.duplicate_of,
+            rule: r.rule,
+            assignee: r.assignee,
+            team: r.team,
+            assignment: r.assignment,
+            ticket: r.ticket,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// In force now: the runtime setting if there is one, else the config's.
+    pub available: bool,
+    pub available_configured: bool,
+    /// Set through `PUT /v1/users/{id}/availability`; `null` when never set.
+    pub available_override: Option<bool>,
+    pub open_conversations: i64,
+}
+
+impl UserView {
+    /// `available` is what `routing::available` says; the other two show why.
+    pub fn new(
+        user: &User,
+        available: bool,
+        available_override: Option<bool>,
+        open: i64,
+    ) -> UserView {
+        UserView {
+            id: user.id.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            available,
+            available_configured: user.available,
+            available_override,
+            open_conversations: open,
+        }
+    }
+}
