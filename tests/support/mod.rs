@@ -1,5 +1,6 @@
-//! Test harness: a real server on 127.0.0.1:0 in this process (`TestServer`), a line-oriented
-//! SMTP client that reads like a transcript (`Client`), and temporary directories.
+//! Test harness: a real server on 127.0.0.1:0 in this process (`TestServer`, its HTTP API on
+//! another ephemeral port), a line-oriented SMTP client that reads like a transcript (`Client`),
+//! an HTTP client for the API (`http`), and temporary directories.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -16,7 +17,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod dns;
+pub mod http;
+pub mod schema;
 pub mod sign;
+
+/// The bearer token `config_text` configures for the API.
+pub const API_TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A directory under /tmp removed on drop. Kept short: the admin Unix socket lives inside it and
 /// socket paths are limited to 108 bytes.
@@ -62,6 +68,10 @@ addr = "127.0.0.1:0"
 [auth]
 trusted_networks = ["127.0.0.0/8", "::1"]
 
+[api]
+listen = "127.0.0.1:0"
+tokens = ["{token}"]
+
 [[inbox]]
 id = "demo"
 address = "support@demo.inbound.test"
@@ -73,12 +83,15 @@ address = "sales@acme.inbound.test"
 
 {extra}
 "#,
-        data = data_dir.display()
+        data = data_dir.display(),
+        token = API_TOKEN,
     )
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where the HTTP API listens; `None` when the config disables it.
+    pub api_addr: Option<SocketAddr>,
     pub ctx: Arc<Ctx>,
     pub dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -104,9 +117,13 @@ impl TestServer {
         Self::start_config(dir, cfg).await
     }
 
-    pub async fn start_config(dir: TempDir, cfg: Config) -> TestServer {
+    /// Start on a config. Its API always gets an ephemeral loopback port: tests run side by side,
+    /// and a config of their own that leaves `[api]` out would otherwise take the fixed default.
+    pub async fn start_config(dir: TempDir, mut cfg: Config) -> TestServer {
+        cfg.override_api_listen(SocketAddr::from(([127, 0, 0, 1], 0)));
         let bound = inbound::server::bind(cfg).await.expect("server binds");
         let addr = bound.local_addrs()[0];
+        let api_addr = bound.api_addr();
         let ctx = bound.ctx();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -119,11 +136,18 @@ impl TestServer {
         });
         TestServer {
             addr,
+            api_addr,
             ctx,
             dir,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// A client of this server's API with the test token, checking answers against its
+    /// `/openapi.json`.
+    pub async fn api(&self) -> http::Api {
+        http::Api::new(self.api_addr.expect("the API is enabled"), Some(API_TOKEN)).await
     }
 
     pub async fn connect(&self) -> Client<TcpStream> {
