@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub mod dns;
 pub mod sign;
+pub mod sink;
 
 /// A directory under /tmp removed on drop. Kept short: the admin Unix socket lives inside it and
 /// socket paths are limited to 108 bytes.
