@@ -1077,7 +1077,6 @@ mod tests {
         );
     }
 
-    use super::*;
 
     #[test]
     fn embedded_default_is_valid() {
