@@ -253,3 +253,105 @@ async fn a_dead_receiver_gets_everything_after_a_restart_without_duplicates() {
     assert!(items.is_empty());
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_is_announced_and_release_routes_the_message() {
+    // No trusted networks: mail from loopback is checked, and unauthenticated mail is
+    // quarantined by the default policy.
+    let dns = support::dns::TestDns::start().await;
+    // SPF softfail, no DKIM, no DMARC: unauthenticated.
+    dns.add_txt("customer.example", "v=spf1 ~all");
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-quar");
+    let text = config(dir.path(), sink.addr.port(), "").replace(
+        "[auth]\ntrusted_networks = [\"127.0.0.0/8\"]",
+        &format!(
+            "[auth]\ntrusted_networks = []\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1500ms\"\nattempts = 1",
+            dns.addr()
+        ),
+    );
+    let srv = start(dir, &text).await;
+    let queue_id = send(&srv, ADDRESS, "Suspicious").await;
+    let rec = srv.ctx.store.get(&queue_id).unwrap().unwrap();
+    assert!(rec.quarantined, "{:?}", rec.auth);
+    assert!(
+        rec.routing.is_empty(),
+        "a quarantined message joins no conversation"
+    );
+    assert!(srv
+        .ctx
+        .store
+        .conversations(None, None, 10)
+        .unwrap()
+        .is_empty());
+    let got = sink.wait_accepted(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.requests().len(), 1, "only message.quarantined");
+    let body = json(&got[0]);
+    assert_eq!(body["type"], "message.quarantined");
+    assert_eq!(body["data"]["queue_id"], queue_id.as_str());
+    assert!(!body["data"]["reason"].as_str().unwrap().is_empty());
+
+    // An operator releases it: routed now, with the events of a new message.
+    let config = srv.ctx.config();
+    let released = inbound::pipeline::release(&config, &srv.ctx.store, &queue_id).unwrap();
+    assert!(!released.quarantined);
+    assert_eq!(released.routing.len(), 1);
+    assert_eq!(released.routing[0].assignee.as_deref(), Some("alice"));
+    srv.ctx.outbox_wake.notify_one();
+    let got = sink.wait_accepted(5, Duration::from_secs(10)).await;
+    let types: Vec<_> = got
+        .iter()
+        .map(|r| json(r)["type"].as_str().unwrap().to_string())
+        .collect();
+    for t in [
+        "message.received",
+        "conversation.created",
+        "conversation.assigned",
+        "ticket.created",
+    ] {
+        assert!(types.contains(&t.to_string()), "{t} in {types:?}");
+    }
+    assert!(matches!(
+        inbound::pipeline::release(&config, &srv.ctx.store, &queue_id),
+        Err(inbound::pipeline::ReleaseError::NotQuarantined(_))
+    ));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_confirmation_is_a_verification_event_with_its_code() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-verif");
+    let text = config(
+        dir.path(),
+        sink.addr.port(),
+        "events = [\"verification.received\"]",
+    );
+    let srv = start(dir, &text).await;
+    let body = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/verification/gmail_forwarding_confirmation_en.eml"),
+    )
+    .unwrap();
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let r = c
+        .send_message("forwarding-noreply@google.com", &[ADDRESS], &body)
+        .await;
+    assert_eq!(r.code, 250);
+    let got = sink.wait_accepted(1, Duration::from_secs(10)).await;
+    verify(&got[0]);
+    let data = &json(&got[0])["data"];
+    assert_eq!(data["provider"], "gmail");
+    assert_eq!(data["code"], "418297350");
+    assert_eq!(data["address"], "jane.doe@gmail.com");
+    assert_eq!(data["queue_id"], r.last_word().as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.requests().len(),
+        1,
+        "no conversation/ticket events for a confirmation"
+    );
+    srv.stop().await;
+}
