@@ -1077,7 +1077,6 @@ mod tests {
         );
     }
 
-
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
