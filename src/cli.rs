@@ -79,6 +79,13 @@ enum Command {
         /// The message (RFC 5322 .eml file).
         message: PathBuf,
     },
+    /// Deliveries waiting in the outbox (notification mail, webhook calls), with their retries.
+    Outbox {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
     Bench(crate::bench::BenchArgs),
 }
@@ -103,6 +110,20 @@ enum InboxesCommand {
     /// Mark an inbox connected by hand (the team confirmed their forwarding works).
     Confirm {
         id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Mail a one-time code to ADDRESS, to prove the team may send as it (through [relay]).
+    VerifyFrom {
+        id: String,
+        address: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Confirm the code mailed by verify-from; the address becomes usable as the inbox's from.
+    ConfirmFrom {
+        id: String,
+        code: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -305,6 +326,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Conversations { command } => conversations(command),
         Command::Inboxes { command } => inboxes(command),
+        Command::Outbox { store, json } => outbox(&store, json),
         Command::Route {
             explain,
             config,
@@ -339,6 +361,13 @@ struct InboxView {
     evidence: Option<String>,
     messages: u64,
     latest_verification: Option<crate::store::model::VerificationRecord>,
+    /// The configured from-address, and whether it is verified (only then is it used).
+    from_address: Option<String>,
+    from_address_verified: bool,
+    verified_from: Vec<String>,
+    /// Address a from-verification code was sent to and not yet confirmed.
+    pending_from_verification: Option<String>,
+    admins: Vec<String>,
 }
 
 fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
@@ -368,9 +397,51 @@ fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
                 evidence: st.and_then(|s| s.evidence.clone()),
                 messages: st.map(|s| s.messages).unwrap_or(0),
                 latest_verification: st.and_then(|s| s.latest_verification.clone()),
+                from_address: i.from_address.clone(),
+                from_address_verified: i
+                    .from_address
+                    .as_ref()
+                    .is_some_and(|a| st.is_some_and(|s| s.verified_from.contains(a))),
+                verified_from: st.map(|s| s.verified_from.clone()).unwrap_or_default(),
+                pending_from_verification: st
+                    .and_then(|s| s.from_verification.as_ref())
+                    .filter(|v| !v.code_sha256.is_empty())
+                    .map(|v| v.address.clone()),
+                admins: i.admins.clone(),
             }
         })
         .collect())
+}
+
+fn outbox(store: &StoreArgs, json: bool) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let (resp, _) = admin_request(store, Request::OutboxList)?;
+    let items: Vec<crate::notify::OutboxItem> = decode(resp)?;
+    if json {
+        serde_json::to_writer_pretty(&mut out, &items)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<26}  {:>8}  {:<20}  {:<44}  LAST ERROR",
+        "ID", "ATTEMPTS", "NEXT ATTEMPT", "WHAT"
+    )?;
+    for i in &items {
+        writeln!(
+            out,
+            "{:<26}  {:>8}  {:<20}  {:<44}  {}",
+            i.id,
+            i.attempts,
+            rfc3339(i.next_attempt_at),
+            i.describe(),
+            i.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    if items.is_empty() {
+        writeln!(out, "(the outbox is empty)")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inboxes(command: InboxesCommand) -> Result<ExitCode> {
@@ -447,6 +518,24 @@ fn inboxes(command: InboxesCommand) -> Result<ExitCode> {
                 }
                 None => writeln!(out, "verification: none received")?,
             }
+            if !v.admins.is_empty() {
+                writeln!(out, "admins:       {}", v.admins.join(", "))?;
+            }
+            match &v.from_address {
+                Some(a) if v.from_address_verified => writeln!(out, "from:         {a} (verified)")?,
+                Some(a) => writeln!(
+                    out,
+                    "from:         {a} (NOT verified: not used until `inbound inboxes verify-from {} {a}` and confirm-from)",
+                    v.id
+                )?,
+                None => {}
+            }
+            if !v.verified_from.is_empty() {
+                writeln!(out, "verified:     {}", v.verified_from.join(", "))?;
+            }
+            if let Some(p) = &v.pending_from_verification {
+                writeln!(out, "pending:      code sent to {p}, awaiting confirm-from")?;
+            }
         }
         InboxesCommand::Confirm { id, store } => {
             let cfg = load_config(store.config.as_ref())?;
@@ -466,6 +555,28 @@ fn inboxes(command: InboxesCommand) -> Result<ExitCode> {
                 "{id}: {} ({})",
                 st.state,
                 st.evidence.unwrap_or_default()
+            )?;
+        }
+        InboxesCommand::VerifyFrom { id, address, store } => {
+            let (resp, _) = admin_request(&store, Request::VerifyFrom { id, address })?;
+            let r: crate::notify::verify_from::Requested = decode(resp)?;
+            writeln!(
+                out,
+                "{}: verification code sent to {} (outbox item {}); it expires at {}",
+                r.inbox,
+                r.address,
+                r.outbox_id,
+                rfc3339(r.expires_at)
+            )?;
+        }
+        InboxesCommand::ConfirmFrom { id, code, store } => {
+            let (resp, _) = admin_request(&store, Request::ConfirmFrom { id, code })?;
+            let v: serde_json::Value = decode(resp)?;
+            writeln!(
+                out,
+                "{}: {} verified as a from-address",
+                v["inbox"].as_str().unwrap_or_default(),
+                v["verified"].as_str().unwrap_or_default()
             )?;
         }
     }
@@ -715,7 +826,7 @@ fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)>
             cfg.admin_socket.display()
         )
     })?;
-    Ok(admin::execute(&store, &req))
+    Ok(admin::execute(&store, &cfg, &req))
 }
 
 fn messages(command: MessagesCommand) -> Result<ExitCode> {

@@ -6,6 +6,7 @@
 //! - [`limits`]: connection, rate, size and time caps
 //! - [`pipeline`]: the stages run on a finished message (parse, …)
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
+//! - [`notify`]: the outbox written in those commits, and its worker (relay mail, webhooks)
 //!
 //! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
 //! [`api`] (the HTTP API: reads and operator actions), [`actions`] (what every operator action
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod limits;
+pub mod notify;
 pub mod pipeline;
 pub mod server;
 pub mod smtp;

@@ -805,7 +805,7 @@ async fn inbox_state_and_confirm_shared_with_the_admin_socket() {
         id: "sales".into(),
         address: SALES.into(),
     };
-    let (resp, _) = inbound::server::admin::execute(&srv.ctx.store, &req);
+    let (resp, _) = inbound::server::admin::execute(&srv.ctx.store, &srv.ctx.config(), &req);
     assert!(resp.ok, "{resp:?}");
     let sales = api.ok("/v1/inboxes/sales").await;
     assert_eq!(

@@ -1,6 +1,7 @@
 //! TOML text -> validated `Config`. Raw (serde mirror, `raw.rs`) -> validated (this file, every error
 //! collected with its key path) -> compiled lookup tables (`Inboxes`) that the hot path reads.
 
+pub mod outbound;
 pub mod raw;
 pub mod routes;
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub directory: routes::Directory,
     pub inboxes: Inboxes,
+    /// Relay, outbox, notification links and webhooks.
+    pub outbound: outbound::OutboundConfig,
     pub api: ApiConfig,
 }
 
@@ -299,6 +302,12 @@ pub struct InboxConfig {
     pub connected_address: Option<String>,
     pub tickets: routes::TicketDefaults,
     pub rules: Vec<routes::Rule>,
+    /// Who is told by email about this inbox's setup (provider confirmations): addresses,
+    /// resolved from user ids where configured that way.
+    pub admins: Vec<String>,
+    /// The address this inbox's outbound mail should come from; used only once verified
+    /// (`inbound inboxes verify-from`), until then the relay's `from`.
+    pub from_address: Option<String>,
 }
 
 /// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
@@ -517,6 +526,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut users: Vec<(String, RawUser)> = Vec::new();
     let mut teams: Vec<(String, RawTeam)> = Vec::new();
     let mut contacts: Vec<(String, RawContact)> = Vec::new();
+    let mut relay: Option<outbound::RawRelay> = None;
+    let mut outbox = outbound::RawOutbox::default();
+    let mut notify = outbound::RawNotify::default();
+    let mut webhooks: Vec<(String, outbound::RawWebhook)> = Vec::new();
 
     for (key, value) in doc {
         match key.as_str() {
@@ -527,7 +540,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "dns" => dns = errors.section("dns", value).unwrap_or_default(),
             "auth" => auth = errors.section("auth", value).unwrap_or_default(),
             "api" => api = errors.section("api", value).unwrap_or_default(),
-            "listener" | "inbox" | "user" | "team" | "contact" => {
+            "relay" => relay = errors.section("relay", value),
+            "outbox" => outbox = errors.section("outbox", value).unwrap_or_default(),
+            "notify" => notify = errors.section("notify", value).unwrap_or_default(),
+            "listener" | "inbox" | "user" | "team" | "contact" | "webhook" => {
                 let toml::Value::Array(items) = value else {
                     errors.push(&key, format!("must be an array of tables ([[{key}]])"));
                     continue;
@@ -549,6 +565,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
                         "team" => {
                             if let Some(v) = errors.section::<RawTeam>(&path, item) {
                                 teams.push((path, v));
+                            }
+                        }
+                        "webhook" => {
+                            if let Some(v) = errors.section(&path, item) {
+                                webhooks.push((path, v));
                             }
                         }
                         _ => {
@@ -743,6 +764,15 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     let inboxes = compile_inboxes(&inboxes, &auth.policy, &directory, &mut errors);
+    let inbox_ids: Vec<&str> = inboxes.list.iter().map(|i| i.id.as_str()).collect();
+    let outbound = outbound::compile(
+        relay.as_ref(),
+        &outbox,
+        &notify,
+        &webhooks,
+        &inbox_ids,
+        &mut errors,
+    );
 
     if errors.0.is_empty() {
         Ok(Config {
@@ -759,6 +789,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             auth,
             directory,
             inboxes,
+            outbound,
             api,
         })
     } else {
@@ -926,6 +957,34 @@ fn inbox_auth(
     }
 }
 
+/// Inbox admins: user ids (who must have an email) or addresses.
+fn compile_admins(
+    raw: &[String],
+    directory: &routes::Directory,
+    path: &str,
+    errors: &mut Errors,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let key = format!("{path}.admins[{i}]");
+        if a.contains('@') {
+            match normalize_address(a) {
+                Some(n) => out.push(n),
+                None => errors.push(key, format!("invalid address {a:?}")),
+            }
+        } else {
+            match directory.users.get(a) {
+                None => errors.push(key, format!("unknown user {a:?} (a user id or an address)")),
+                Some(u) => match &u.email {
+                    Some(e) => out.push(e.clone()),
+                    None => errors.push(key, format!("user {a:?} has no email to notify")),
+                },
+            }
+        }
+    }
+    out
+}
+
 fn compile_inboxes(
     raw: &[(String, RawInbox)],
     global_auth: &AuthPolicy,
@@ -1002,6 +1061,17 @@ fn compile_inboxes(
                 .map(|a| a.trim().to_lowercase()),
             tickets: routes::compile_tickets(inbox.tickets.as_ref()),
             rules: routes::compile_rules(&inbox.rule, directory, path, errors),
+            admins: compile_admins(&inbox.admins, directory, path, errors),
+            from_address: inbox.from_address.as_ref().and_then(|a| {
+                let n = normalize_address(a);
+                if n.is_none() {
+                    errors.push(
+                        format!("{path}.from_address"),
+                        format!("invalid address {a:?}"),
+                    );
+                }
+                n
+            }),
         });
         if let Some(name) = &inbox.from_name {
             let key = name.trim().to_lowercase();
@@ -1105,6 +1175,19 @@ pub enum LoadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_production_example_is_valid_but_for_its_secret_files() {
+        // config/inbound.toml names secret files under /etc/inbound, which a test machine has
+        // not: those are the only errors it may have.
+        let errs = parse(include_str!("../../config/inbound.toml")).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["relay.password_file", "webhook[0].secret_file"],
+            "{errs}"
+        );
+    }
 
     #[test]
     fn embedded_default_is_valid() {

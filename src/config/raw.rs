@@ -102,6 +102,12 @@ pub struct RawInbox {
     pub auth: Option<RawInboxAuth>,
     /// Display name of outbound mail from this inbox ("ACME Support").
     pub from_name: Option<String>,
+    /// The team's own address for outbound mail about this inbox; used once verified with
+    /// `inbound inboxes verify-from`.
+    pub from_address: Option<String>,
+    /// User ids or addresses told by email when a provider confirmation arrives.
+    #[serde(default)]
+    pub admins: Vec<String>,
     pub tickets: Option<RawTickets>,
     /// Routing rules, in order; the first that matches decides.
     #[serde(default)]

@@ -473,6 +473,8 @@ pub async fn process(
         .await
     {
         Ok(record) => {
+            // The commit may have queued notifications or webhook calls.
+            ctx.outbox_wake.notify_one();
             for r in &record.routing {
                 info!(
                     inbox = %r.inbox, conversation = %r.conversation, thread = %r.thread,

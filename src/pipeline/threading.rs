@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::config::routes::{Rule, TicketDefaults};
 use crate::config::Config;
+use crate::notify;
 use crate::store::model::{
     Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
 };
@@ -71,12 +72,32 @@ pub fn plan(input: ThreadInput) -> Plan {
         // ticket) until an operator releases it (`pipeline::release`, which runs this plan again).
         if record.quarantined {
             record.routing = Vec::new();
+            for inbox in &input.inboxes {
+                let data = serde_json::json!({
+                    "queue_id": record.queue_id,
+                    "from": record.from,
+                    "subject": record.subject,
+                    "reason": record.auth.as_ref().map(|a| a.reason.as_str()).unwrap_or(""),
+                });
+                notify::queue_event(
+                    tx,
+                    &input.config,
+                    "message.quarantined",
+                    &inbox.inbox,
+                    data,
+                    input.received_at,
+                )?;
+            }
             return Ok(());
         }
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
             let r = apply(tx, &input, inbox, record)?;
-            update_inbox(tx, &input, inbox, record, r.thread == "duplicate")?;
+            let duplicate = r.thread == "duplicate";
+            update_inbox(tx, &input, inbox, record, duplicate)?;
+            if !duplicate {
+                announce(tx, &input, inbox, record, &r)?;
+            }
             routing.push(r);
         }
         record.routing = routing;
@@ -300,6 +321,100 @@ fn update_inbox(
         }
     }
     tx.put_json(TreeId::Inboxes, inbox.inbox.as_bytes(), &st)
+}
+
+/// Assignment outcomes that gave the conversation a (new) assignee by rule.
+const ASSIGNED_BY_RULE: [&str; 4] = ["round_robin", "least_open", "owner", "owner_fallback"];
+
+/// What this message tells the outside, written to the outbox in the same transaction: webhook
+/// events, the provider-confirmation notice to the inbox's admins, and a notice to an assignee
+/// who is away.
+fn announce(
+    tx: &Tx<'_>,
+    input: &ThreadInput,
+    inbox: &InboxInput,
+    record: &MessageRecord,
+    r: &RoutingRecord,
+) -> TxResult<()> {
+    let (config, now, id) = (&input.config, input.received_at, inbox.inbox.as_str());
+    let attribution = record.attribution.as_ref();
+    let message = serde_json::json!({
+        "queue_id": record.queue_id,
+        "message_id": input.message_id,
+        "received_at": crate::util::rfc3339(record.received_at),
+        "subject": record.subject,
+        "from": attribution.map(|a| a.email.as_str()).unwrap_or(&record.from),
+        "from_name": attribution.and_then(|a| a.name.as_deref()),
+        "attribution_method": attribution.map(|a| a.method.as_str()),
+        "forwarded_by": attribution.and_then(|a| a.forwarded_by.as_deref()),
+        "size": record.size,
+        "attachments": record.attachments.len(),
+        "auth_verdict": record.auth.as_ref().map(|a| a.verdict.as_str()),
+        "automatic": record.automatic,
+        "conversation": r.conversation,
+        "thread": r.thread,
+        "assignee": r.assignee,
+        "ticket": r.ticket,
+    });
+    notify::queue_event(tx, config, "message.received", id, message, now)?;
+    if r.thread == "new" {
+        let data = serde_json::json!({
+            "conversation": r.conversation,
+            "subject": input.subject,
+            "contact": input.contact_email,
+            "first_message": record.queue_id,
+        });
+        notify::queue_event(tx, config, "conversation.created", id, data, now)?;
+    }
+    if ASSIGNED_BY_RULE.contains(&r.assignment.as_str()) {
+        let data = serde_json::json!({
+            "conversation": r.conversation,
+            "assignee": r.assignee,
+            "team": r.team,
+            "how": r.assignment,
+            "rule": r.rule,
+            "by": "rule",
+        });
+        notify::queue_event(tx, config, "conversation.assigned", id, data, now)?;
+    }
+    if let (true, Some(ticket)) = (r.thread == "new", &r.ticket) {
+        if let Some(t) = tx.get_json::<Ticket>(TreeId::Tickets, ticket.as_bytes())? {
+            let data = serde_json::to_value(&t).unwrap_or_default();
+            notify::queue_event(tx, config, "ticket.created", id, data, now)?;
+        }
+    }
+    if let Some(v) = &inbox.verification {
+        let mut v = v.clone();
+        v.queue_id = record.queue_id.clone();
+        v.received_at = now;
+        let data = serde_json::to_value(&v).unwrap_or_default();
+        notify::queue_event(tx, config, "verification.received", id, data, now)?;
+        notify::verification_notice(tx, config, id, &v, now)?;
+    }
+    if let Some(user) = &r.assignee {
+        if !input.automatic
+            && !input.verification
+            && !routing::available(tx, &config.directory, user)?
+        {
+            let why = if r.assignment == "kept" {
+                "New message"
+            } else {
+                "Assigned to you"
+            };
+            let notice = notify::AssignmentNotice {
+                inbox: id,
+                conversation: &r.conversation,
+                user,
+                sender: attribution
+                    .map(|a| a.email.as_str())
+                    .unwrap_or(&record.from),
+                subject: &record.subject,
+                why,
+            };
+            notify::assignment_notice(tx, config, &notice, now)?;
+        }
+    }
+    Ok(())
 }
 
 fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::Ctx;
+use crate::config::Config;
 use crate::store::Store;
 
 /// Longest request line accepted on the admin socket.
@@ -44,6 +45,18 @@ pub enum Request {
         id: String,
         address: String,
     },
+    /// Mail a one-time code to a from-address the inbox wants to use.
+    VerifyFrom {
+        id: String,
+        address: String,
+    },
+    /// Check that code.
+    ConfirmFrom {
+        id: String,
+        code: String,
+    },
+    /// Deliveries waiting in the outbox.
+    OutboxList,
 }
 
 /// A conversation with everything `conversations show` prints.
@@ -83,9 +96,29 @@ impl Response {
     }
 }
 
-/// Answer one request from the store.
-pub fn execute(store: &Store, req: &Request) -> (Response, Vec<u8>) {
+/// Answer one request from the store, under `config` (the running server's, or the CLI's own
+/// when it opened the store itself).
+pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<u8>) {
+    let now = crate::store::keys::now_ms();
     match req {
+        Request::VerifyFrom { id, address } => {
+            match crate::notify::verify_from::request(store, config, id, address, now) {
+                Ok(r) => ok(serde_json::to_value(r).ok()),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::ConfirmFrom { id, code } => {
+            match crate::notify::verify_from::confirm(store, config, id, code, now) {
+                Ok(address) => ok(Some(
+                    serde_json::json!({ "inbox": id, "verified": address }),
+                )),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::OutboxList => match store.outbox_items::<crate::notify::OutboxItem>() {
+            Ok(items) => ok(serde_json::to_value(items).ok()),
+            Err(e) => Response::err(e),
+        },
         Request::MessagesList { after, limit } => match store.list(after.as_deref(), *limit) {
             Ok(list) => (
                 Response {
@@ -229,11 +262,14 @@ async fn answer(stream: UnixStream, ctx: &Ctx) -> io::Result<()> {
     reader.read_until(b'\n', &mut line).await?;
     let (resp, raw) = match serde_json::from_slice::<Request>(&line) {
         Ok(req) => {
-            let store = ctx.store.clone();
+            let (store, config) = (ctx.store.clone(), ctx.config());
             // Store reads touch disk: keep them off the async workers.
-            tokio::task::spawn_blocking(move || execute(&store, &req))
+            let answer = tokio::task::spawn_blocking(move || execute(&store, &config, &req))
                 .await
-                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            // An action may have queued mail (verify-from): deliver it now, not at the next poll.
+            ctx.outbox_wake.notify_one();
+            answer
         }
         Err(e) => Response::err(format!("bad request: {e}")),
     };

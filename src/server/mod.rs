@@ -60,6 +60,8 @@ pub struct Ctx {
     /// KiB of message bodies that authentication may hold in memory at once. When used up, the
     /// next large message waits for its check (its client waits for the end-of-data reply).
     pub auth_budget: Arc<Semaphore>,
+    /// Wakes the outbox worker after something was queued.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Ctx {
@@ -84,6 +86,7 @@ impl Ctx {
             shutdown,
             dns,
             auth_budget,
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -134,6 +137,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             locked,
         )));
     }
+    crate::notify::warn_unsendable(&config);
     let tls = tls::acceptor(&config.tls, &config.hostname)?;
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -251,6 +255,11 @@ impl Bound {
                 }
             })
         };
+        let outbox = tokio::spawn(crate::notify::worker::run(
+            ctx.clone(),
+            ctx.outbox_wake.clone(),
+            ctx.shutdown.clone(),
+        ));
         drop(done_tx);
 
         shutdown.await;
@@ -284,6 +293,8 @@ impl Bound {
                 api_task.abort();
             }
         }
+        // The worker saw the trigger too; let it record the deliveries it has in flight.
+        let _ = outbox.await;
         admin_task.abort();
         housekeeping.abort();
         let _ = std::fs::remove_file(&config.admin_socket);

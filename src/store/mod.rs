@@ -455,6 +455,37 @@ impl Store {
         Ok(Page { items, next: None })
     }
 
+    /// Outbox items due by `until_ms`, earliest first, at most `limit`. The item type belongs to
+    /// `notify`; the store only keeps the schedule.
+    pub fn outbox_due<T: serde::de::DeserializeOwned>(
+        &self,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let due = &self.inner.trees[TreeId::OutboxDue as usize];
+        let items = &self.inner.trees[TreeId::Outbox as usize];
+        let mut out = Vec::new();
+        let end = (until_ms.saturating_add(1)).to_be_bytes();
+        for kv in due.range::<&[u8], _>(..&end[..]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv?;
+            if let Some(v) = items.get(&k[8..])? {
+                out.push(serde_json::from_slice(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every outbox item waiting, oldest first.
+    pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.inner.trees[TreeId::Outbox as usize]
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
     /// Every inbox state recorded, by id.
     pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
         self.inner.trees[TreeId::Inboxes as usize]

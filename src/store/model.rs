@@ -122,6 +122,29 @@ pub struct InboxState {
     /// The newest provider confirmation (code, link) received, for the team to finish setup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_verification: Option<VerificationRecord>,
+    /// From-addresses proven by `inboxes confirm-from` (lower case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_from: Vec<String>,
+    /// The pending from-address verification, if one was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_verification: Option<FromVerification>,
+}
+
+/// A one-time code sent to prove the team controls a from-address. Only a salted hash of the
+/// code is stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FromVerification {
+    pub address: String,
+    /// Hex random salt and hex SHA-256(salt ‖ code).
+    pub salt: String,
+    pub code_sha256: String,
+    pub sent_at: u64,
+    pub expires_at: u64,
+    /// Wrong codes tried against this one; at the limit it is void.
+    pub failed_attempts: u32,
+    /// Send times (unix ms) within the rate-limit window, newest last.
+    #[serde(default)]
+    pub recent_sends: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -20,6 +20,7 @@ pub mod dns;
 pub mod http;
 pub mod schema;
 pub mod sign;
+pub mod sink;
 
 /// The bearer token `config_text` configures for the API.
 pub const API_TOKEN: &str = "test-token-0123456789abcdef";

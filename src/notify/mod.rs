@@ -1,0 +1,361 @@
+//! The transactional outbox: everything that must leave the server because something happened
+//! (a provider confirmation arrived, a conversation went to an away user, a webhook event, a
+//! from-address verification code) is written as an outbox item inside the same store
+//! transaction as the event itself, and delivered afterwards by the worker (`worker`) with
+//! retries. So an event without its notification, or a notification without its event, cannot
+//! be committed, and a restart or a dead relay loses nothing.
+//!
+//! Items are resolved against the config at delivery time (the relay, the webhook URL and
+//! secret), so a reload that fixes a relay password also fixes the deliveries already waiting.
+
+pub mod mail;
+pub mod verify_from;
+pub mod webhook;
+pub mod worker;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::store::{keys, TreeId, Tx, TxResult};
+
+/// Counter key (in `Counters`) holding the number of items waiting.
+pub const DEPTH_KEY: &[u8] = b"outbox:depth";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// ULID: creation order. Also the idempotency key a receiver can use.
+    pub id: String,
+    /// Unix ms.
+    pub created_at: u64,
+    pub attempts: u32,
+    /// Unix ms of the next attempt (the key of its `OutboxDue` entry).
+    pub next_attempt_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delivery {
+    /// A mail through the relay. `message` is the complete RFC 5322 text, rendered when the
+    /// event happened (its Message-ID is derived from the item id, so a copy delivered twice is
+    /// recognisably the same message).
+    Mail {
+        /// Why: "verification_notice", "from_verification", "assignment_notice".
+        purpose: String,
+        to: Vec<String>,
+        message: String,
+    },
+    /// A webhook event for one configured endpoint.
+    Webhook {
+        endpoint: String,
+        event: String,
+        /// The event's id: the same for every endpoint and every retry (idempotency key).
+        event_id: String,
+        /// The JSON body, as sent.
+        body: String,
+    },
+}
+
+impl OutboxItem {
+    pub fn describe(&self) -> String {
+        match &self.delivery {
+            Delivery::Mail { purpose, to, .. } => format!("mail {purpose} to {}", to.join(", ")),
+            Delivery::Webhook {
+                endpoint, event, ..
+            } => format!("webhook {event} to {endpoint}"),
+        }
+    }
+}
+
+pub fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = due_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Write an item (due now) inside the caller's transaction.
+pub fn enqueue(tx: &Tx<'_>, delivery: Delivery, now_ms: u64) -> TxResult<String> {
+    let item = OutboxItem {
+        id: keys::new_queue_id(),
+        created_at: now_ms,
+        attempts: 0,
+        next_attempt_at: now_ms,
+        last_error: None,
+        delivery,
+    };
+    tx.put_json(TreeId::Outbox, item.id.as_bytes(), &item)?;
+    tx.insert(TreeId::OutboxDue, &due_key(now_ms, &item.id), b"")?;
+    tx.add(DEPTH_KEY, 1)?;
+    Ok(item.id)
+}
+
+/// A mail to queue: who it is about and for, and what it says.
+pub struct Notice<'a> {
+    /// The inbox it is about (its verified from-address is used), if any.
+    pub inbox: Option<&'a str>,
+    /// Why: "verification_notice", "from_verification", "assignment_notice".
+    pub purpose: &'a str,
+    pub to: &'a [String],
+    pub subject: &'a str,
+    pub text: &'a str,
+}
+
+/// Queue a mail from the server (or from an inbox's verified address). Without a relay
+/// configured, nothing can be sent: the notice is logged instead, and nothing is queued.
+pub fn queue_mail(
+    tx: &Tx<'_>,
+    config: &Config,
+    n: &Notice<'_>,
+    now_ms: u64,
+) -> TxResult<Option<String>> {
+    let Notice {
+        inbox,
+        purpose,
+        to,
+        subject,
+        text,
+    } = *n;
+    let Some(relay) = &config.outbound.relay else {
+        // Warned about once at start (`warn_unsendable`); per notice only at debug.
+        tracing::debug!(purpose, to = %to.join(", "), subject, "no [relay] configured: notification not sent");
+        return Ok(None);
+    };
+    if to.is_empty() {
+        return Ok(None);
+    }
+    let (from_name, from) = sender(tx, config, inbox, relay)?;
+    let id = keys::new_queue_id();
+    let message = mail::render(&mail::Compose {
+        from_name: &from_name,
+        from: &from,
+        to,
+        subject,
+        text,
+        message_id: &format!("{}.{}@{}", purpose, id.to_lowercase(), config.hostname),
+        date_ms: now_ms,
+        purpose,
+    });
+    enqueue(
+        tx,
+        Delivery::Mail {
+            purpose: purpose.into(),
+            to: to.to_vec(),
+            message,
+        },
+        now_ms,
+    )
+    .map(Some)
+}
+
+/// The From of mail about `inbox`: its from-address once verified, else the relay's.
+fn sender(
+    tx: &Tx<'_>,
+    config: &Config,
+    inbox: Option<&str>,
+    relay: &crate::config::outbound::RelayConfig,
+) -> TxResult<(String, String)> {
+    if let Some(cfg) = inbox.and_then(|i| config.inboxes.get(i)) {
+        if let Some(addr) = &cfg.from_address {
+            let st: Option<crate::store::model::InboxState> =
+                tx.get_json(TreeId::Inboxes, cfg.id.as_bytes())?;
+            if st.is_some_and(|s| s.verified_from.iter().any(|v| v == addr)) {
+                let name = cfg
+                    .from_name
+                    .clone()
+                    .or_else(|| cfg.name.clone())
+                    .unwrap_or_else(|| relay.from_name.clone());
+                return Ok((name, addr.clone()));
+            }
+        }
+    }
+    Ok((relay.from_name.clone(), relay.from.clone()))
+}
+
+/// Queue one webhook call per configured endpoint that wants `event` for `inbox`. The body is
+/// the same for every endpoint; `id` in it is the idempotency key.
+pub fn queue_event(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    inbox: &str,
+    data: serde_json::Value,
+    now_ms: u64,
+) -> TxResult<()> {
+    let endpoints: Vec<_> = config
+        .outbound
+        .webhooks
+        .iter()
+        .filter(|w| w.wants(event, inbox))
+        .collect();
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let event_id = format!("evt_{}", keys::new_queue_id());
+    let body = serde_json::json!({
+        "id": event_id,
+        "type": event,
+        "created_at": crate::util::rfc3339(now_ms),
+        "inbox": inbox,
+        "data": data,
+    })
+    .to_string();
+    for w in endpoints {
+        enqueue(
+            tx,
+            Delivery::Webhook {
+                endpoint: w.id.clone(),
+                event: event.into(),
+                event_id: event_id.clone(),
+                body: body.clone(),
+            },
+            now_ms,
+        )?;
+    }
+    Ok(())
+}
+
+/// At start: say once if notices are configured that cannot be sent.
+pub fn warn_unsendable(config: &Config) {
+    if config.outbound.relay.is_some() {
+        return;
+    }
+    let with_admins: Vec<&str> = config
+        .inboxes
+        .list
+        .iter()
+        .filter(|i| !i.admins.is_empty())
+        .map(|i| i.id.as_str())
+        .collect();
+    if !with_admins.is_empty() {
+        tracing::warn!(
+            inboxes = %with_admins.join(", "),
+            "inboxes have admins but no [relay] is configured: provider confirmations and \
+             assignment notices are recorded and logged, not emailed"
+        );
+    }
+}
+
+/// The notice sent to an inbox's admins when a provider's confirmation arrives: the code and the
+/// link for a human to use (the server never opens the link).
+pub fn verification_notice(
+    tx: &Tx<'_>,
+    config: &Config,
+    inbox: &str,
+    v: &crate::store::model::VerificationRecord,
+    now_ms: u64,
+) -> TxResult<()> {
+    let Some(cfg) = config.inboxes.get(inbox) else {
+        return Ok(());
+    };
+    if cfg.admins.is_empty() {
+        tracing::info!(
+            inbox,
+            "provider confirmation received; the inbox has no admins to notify"
+        );
+        return Ok(());
+    }
+    let provider = &v.provider;
+    let subject = match &v.code {
+        Some(code) => format!("{provider} confirmation code {code} for {}", cfg.address),
+        None => format!("{provider} confirmation for {}", cfg.address),
+    };
+    let mut text = format!(
+        "{provider} sent a confirmation request to the inbound address {}{}.\r\n\r\n",
+        cfg.address,
+        cfg.name
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    if let Some(a) = &v.address {
+        text.push_str(&format!("Mailbox being confirmed: {a}\r\n"));
+    }
+    if let Some(c) = &v.code {
+        text.push_str(&format!("Confirmation code: {c}\r\n"));
+    }
+    if let Some(l) = &v.link {
+        text.push_str(&format!("Confirmation link: {l}\r\n"));
+    }
+    text.push_str(
+        "\r\nEnter the code in your mail provider's forwarding settings, or open the link \
+         yourself to finish the setup. inbound never opens confirmation links on its own.\r\n",
+    );
+    text.push_str(&format!(
+        "\r\nReceived as message {} (inbound inboxes show {inbox}).\r\n",
+        v.queue_id
+    ));
+    let notice = Notice {
+        inbox: Some(inbox),
+        purpose: "verification_notice",
+        to: &cfg.admins,
+        subject: &subject,
+        text: &text,
+    };
+    queue_mail(tx, config, &notice, now_ms)?;
+    Ok(())
+}
+
+/// What an away assignee is told about a conversation given to them.
+pub struct AssignmentNotice<'a> {
+    pub inbox: &'a str,
+    pub conversation: &'a str,
+    pub user: &'a str,
+    pub sender: &'a str,
+    pub subject: &'a str,
+    /// "assigned" (newly given to them) or "new message" (in a conversation they hold).
+    pub why: &'a str,
+}
+
+/// Email a user who is marked unavailable about a conversation that is (or stays) theirs, so it
+/// does not wait unseen. Users without an email are logged.
+pub fn assignment_notice(
+    tx: &Tx<'_>,
+    config: &Config,
+    n: &AssignmentNotice<'_>,
+    now_ms: u64,
+) -> TxResult<()> {
+    let Some(email) = config
+        .directory
+        .users
+        .get(n.user)
+        .and_then(|u| u.email.clone())
+    else {
+        tracing::warn!(
+            user = n.user,
+            conversation = n.conversation,
+            "away assignee has no email; not notified"
+        );
+        return Ok(());
+    };
+    let inbox_name = config
+        .inboxes
+        .get(n.inbox)
+        .and_then(|i| i.name.clone())
+        .unwrap_or_else(|| n.inbox.to_string());
+    let subject = format!("[{inbox_name}] {}: {}", n.why, n.subject);
+    let mut text = format!(
+        "You are marked unavailable, and this conversation in {inbox_name} is assigned to you.\r\n\r\n\
+         From: {}\r\nSubject: {}\r\n",
+        n.sender, n.subject
+    );
+    match config
+        .outbound
+        .notify
+        .conversation_link(n.inbox, n.conversation)
+    {
+        Some(link) => text.push_str(&format!("Open: {link}\r\n")),
+        None => text.push_str(&format!("Conversation: {}\r\n", n.conversation)),
+    }
+    text.push_str("\r\nReassign it if someone else should answer while you are away.\r\n");
+    let notice = Notice {
+        inbox: Some(n.inbox),
+        purpose: "assignment_notice",
+        to: &[email],
+        subject: &subject,
+        text: &text,
+    };
+    queue_mail(tx, config, &notice, now_ms)?;
+    Ok(())
+}

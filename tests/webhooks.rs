@@ -1,0 +1,357 @@
+//! Webhooks against a real HTTP receiver on loopback (`support::sink::HttpSink`): events written
+//! with the message, signed with HMAC-SHA256 over timestamp and body, retried on 500 and on a
+//! dead receiver, delivered after a restart, and never accepted twice under one idempotency key.
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::sink::{dead_port, HttpRequest, HttpSink};
+use support::*;
+
+const SECRET: &str = "whsec-test-0123456789abcdef";
+const ADDRESS: &str = "support@acme.inbound.test";
+
+fn config(data: &std::path::Path, port: u16, webhook_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.test.example"
+data_dir = "{data}"
+shutdown_timeout = "5s"
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[auth]
+trusted_networks = ["127.0.0.0/8"]
+
+[outbox]
+retry_initial = "100ms"
+retry_max = "300ms"
+poll_interval = "50ms"
+
+[[webhook]]
+id = "app"
+url = "http://127.0.0.1:{port}/hooks/inbound?src=mx"
+secret = "{SECRET}"
+timeout = "2s"
+{webhook_extra}
+
+[[user]]
+id = "alice"
+
+[[inbox]]
+id = "acme"
+address = "{ADDRESS}"
+tickets = {{ enabled = true, pipeline = "support", stage = "new", priority = "normal" }}
+
+[[inbox.rule]]
+name = "to alice"
+assign = {{ users = ["alice"] }}
+
+[[inbox]]
+id = "other"
+address = "help@other.inbound.test"
+"#,
+        data = data.display()
+    )
+}
+
+async fn start(dir: TempDir, text: &str) -> TestServer {
+    let cfg = inbound::config::parse(text).unwrap_or_else(|e| panic!("config: {e}"));
+    TestServer::start_config(dir, cfg).await
+}
+
+async fn send(srv: &TestServer, rcpt: &str, subject: &str) -> String {
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let body = format!(
+        "From: Carol <carol@customer.example>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\
+         Message-ID: <{}@customer.example>\r\n\r\nHello.\r\n",
+        subject.replace(' ', "-")
+    );
+    let r = c
+        .send_message("carol@customer.example", &[rcpt], body.as_bytes())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    r.last_word()
+}
+
+fn json(r: &HttpRequest) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// What a receiver does: recompute the HMAC over "<t>.<body>" and check freshness.
+fn verify(r: &HttpRequest) {
+    let sig = r.header("inbound-signature").expect("signature header");
+    let (t, v1) = sig
+        .split_once(',')
+        .map(|(t, v)| (t.trim_start_matches("t="), v.trim_start_matches("v1=")))
+        .expect("t=..,v1=..");
+    assert_eq!(Some(t), r.header("inbound-timestamp"));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(&r.body);
+    let expected: Vec<u8> = (0..v1.len() / 2)
+        .map(|i| u8::from_str_radix(&v1[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    ring::hmac::verify(&key, &signed, &expected).expect("signature verifies");
+    // A tampered body does not verify.
+    let mut tampered = signed.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(ring::hmac::verify(&key, &tampered, &expected).is_err());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t: u64 = t.parse().unwrap();
+    assert!(now.abs_diff(t) < 300, "fresh timestamp");
+    assert_eq!(r.header("idempotency-key"), json(r)["id"].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_for_a_new_message_are_signed_and_complete() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-events");
+    let text = config(dir.path(), sink.addr.port(), "");
+    let srv = start(dir, &text).await;
+    let queue_id = send(&srv, ADDRESS, "Broken login").await;
+    let got = sink.wait_accepted(4, Duration::from_secs(10)).await;
+    let mut by_type: HashMap<String, serde_json::Value> = HashMap::new();
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.target, "/hooks/inbound?src=mx");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        verify(r);
+        let body = json(r);
+        assert_eq!(r.header("inbound-event"), body["type"].as_str());
+        assert_eq!(body["inbox"], "acme");
+        by_type.insert(body["type"].as_str().unwrap().to_string(), body);
+    }
+    let received = &by_type["message.received"]["data"];
+    assert_eq!(received["queue_id"], queue_id.as_str());
+    assert_eq!(received["from"], "carol@customer.example");
+    assert_eq!(received["subject"], "Broken login");
+    assert_eq!(received["assignee"], "alice");
+    let conv = received["conversation"].as_str().unwrap();
+    assert_eq!(
+        by_type["conversation.created"]["data"]["conversation"],
+        conv
+    );
+    assert_eq!(
+        by_type["conversation.assigned"]["data"]["assignee"],
+        "alice"
+    );
+    assert_eq!(by_type["conversation.assigned"]["data"]["rule"], "to alice");
+    assert_eq!(by_type["ticket.created"]["data"]["conversation"], conv);
+    assert_eq!(by_type["ticket.created"]["data"]["pipeline"], "support");
+    // Mail to another inbox is announced too (the endpoint takes every inbox by default), but
+    // it has no rule: no conversation.assigned (tickets are on by default).
+    send(&srv, "help@other.inbound.test", "Other").await;
+    let got = sink.wait_accepted(7, Duration::from_secs(10)).await;
+    let other: Vec<_> = got
+        .iter()
+        .map(json)
+        .filter(|b| b["inbox"] == "other")
+        .map(|b| b["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(other.len(), 3, "{other:?}");
+    assert!(!other.contains(&"conversation.assigned".to_string()));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_get_only_the_events_and_inboxes_they_asked_for() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-filter");
+    let text = config(
+        dir.path(),
+        sink.addr.port(),
+        "events = [\"conversation.created\"]\ninboxes = [\"other\"]",
+    );
+    let srv = start(dir, &text).await;
+    send(&srv, ADDRESS, "Not for this endpoint").await;
+    send(&srv, "help@other.inbound.test", "For it").await;
+    let got = sink.wait_accepted(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.requests().len(), 1);
+    let body = json(&got[0]);
+    assert_eq!(body["type"], "conversation.created");
+    assert_eq!(body["inbox"], "other");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_is_retried_with_the_same_idempotency_key() {
+    let sink = HttpSink::start_on(0, &[500, 503]).await;
+    let dir = TempDir::new("wh-retry");
+    let text = config(
+        dir.path(),
+        sink.addr.port(),
+        "events = [\"message.received\"]",
+    );
+    let srv = start(dir, &text).await;
+    send(&srv, ADDRESS, "Retry me").await;
+    sink.wait_accepted(1, Duration::from_secs(10)).await;
+    let all = sink.requests();
+    assert_eq!(all.len(), 3, "two failures then a success");
+    let keys: Vec<_> = all
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+    let bodies: Vec<_> = all.iter().map(|r| r.body.clone()).collect();
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0]),
+        "the same event each time"
+    );
+    for r in &all {
+        verify(r);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sink.requests().len(), 3, "nothing after the success");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_receiver_gets_everything_after_a_restart_without_duplicates() {
+    let port = dead_port().await;
+    let dir = TempDir::new("wh-dead");
+    let text = config(dir.path(), port, "");
+    let srv = start(dir, &text).await;
+    send(&srv, ADDRESS, "First").await;
+    send(&srv, ADDRESS, "Second").await;
+    // 2 messages x (received, created, assigned, ticket) = 8 deliveries, all failing.
+    for _ in 0..200 {
+        let items: Vec<inbound::notify::OutboxItem> = srv.ctx.store.outbox_items().unwrap();
+        if items.len() == 8 && items.iter().all(|i| i.attempts >= 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let items: Vec<inbound::notify::OutboxItem> = srv.ctx.store.outbox_items().unwrap();
+    assert_eq!(items.len(), 8);
+    assert!(items.iter().all(|i| i.attempts >= 1));
+    let dir = srv.stop().await;
+
+    let sink = HttpSink::start_on(port, &[]).await;
+    let srv = start(dir, &text).await;
+    let got = sink.wait_accepted(8, Duration::from_secs(10)).await;
+    let mut keys: Vec<_> = got
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 8, "eight distinct events");
+    let dir = srv.stop().await;
+    let srv = start(dir, &text).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.accepted().len(), 8, "none again after another restart");
+    let items: Vec<inbound::notify::OutboxItem> = srv.ctx.store.outbox_items().unwrap();
+    assert!(items.is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_is_announced_and_release_routes_the_message() {
+    // No trusted networks: mail from loopback is checked, and unauthenticated mail is
+    // quarantined by the default policy.
+    let dns = support::dns::TestDns::start().await;
+    // SPF softfail, no DKIM, no DMARC: unauthenticated.
+    dns.add_txt("customer.example", "v=spf1 ~all");
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-quar");
+    let text = config(dir.path(), sink.addr.port(), "").replace(
+        "[auth]\ntrusted_networks = [\"127.0.0.0/8\"]",
+        &format!(
+            "[auth]\ntrusted_networks = []\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1500ms\"\nattempts = 1",
+            dns.addr()
+        ),
+    );
+    let srv = start(dir, &text).await;
+    let queue_id = send(&srv, ADDRESS, "Suspicious").await;
+    let rec = srv.ctx.store.get(&queue_id).unwrap().unwrap();
+    assert!(rec.quarantined, "{:?}", rec.auth);
+    assert!(
+        rec.routing.is_empty(),
+        "a quarantined message joins no conversation"
+    );
+    assert!(srv
+        .ctx
+        .store
+        .conversations(None, None, 10)
+        .unwrap()
+        .is_empty());
+    let got = sink.wait_accepted(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.requests().len(), 1, "only message.quarantined");
+    let body = json(&got[0]);
+    assert_eq!(body["type"], "message.quarantined");
+    assert_eq!(body["data"]["queue_id"], queue_id.as_str());
+    assert!(!body["data"]["reason"].as_str().unwrap().is_empty());
+
+    // An operator releases it: routed now, with the events of a new message.
+    let config = srv.ctx.config();
+    let released = inbound::pipeline::release(&config, &srv.ctx.store, &queue_id).unwrap();
+    assert!(!released.quarantined);
+    assert_eq!(released.routing.len(), 1);
+    assert_eq!(released.routing[0].assignee.as_deref(), Some("alice"));
+    srv.ctx.outbox_wake.notify_one();
+    let got = sink.wait_accepted(5, Duration::from_secs(10)).await;
+    let types: Vec<_> = got
+        .iter()
+        .map(|r| json(r)["type"].as_str().unwrap().to_string())
+        .collect();
+    for t in [
+        "message.received",
+        "conversation.created",
+        "conversation.assigned",
+        "ticket.created",
+    ] {
+        assert!(types.contains(&t.to_string()), "{t} in {types:?}");
+    }
+    assert!(matches!(
+        inbound::pipeline::release(&config, &srv.ctx.store, &queue_id),
+        Err(inbound::pipeline::ReleaseError::NotQuarantined(_))
+    ));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_confirmation_is_a_verification_event_with_its_code() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-verif");
+    let text = config(
+        dir.path(),
+        sink.addr.port(),
+        "events = [\"verification.received\"]",
+    );
+    let srv = start(dir, &text).await;
+    let body = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/verification/gmail_forwarding_confirmation_en.eml"),
+    )
+    .unwrap();
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let r = c
+        .send_message("forwarding-noreply@google.com", &[ADDRESS], &body)
+        .await;
+    assert_eq!(r.code, 250);
+    let got = sink.wait_accepted(1, Duration::from_secs(10)).await;
+    verify(&got[0]);
+    let data = &json(&got[0])["data"];
+    assert_eq!(data["provider"], "gmail");
+    assert_eq!(data["code"], "418297350");
+    assert_eq!(data["address"], "jane.doe@gmail.com");
+    assert_eq!(data["queue_id"], r.last_word().as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.requests().len(),
+        1,
+        "no conversation/ticket events for a confirmation"
+    );
+    srv.stop().await;
+}
