@@ -164,6 +164,7 @@ pub fn prepare(
         references: parsed.references.clone(),
         verification: analysis.verification.clone(),
         routing: Vec::new(),
+        session_metadata_cleared: false,
     }
 }
 
@@ -305,16 +306,13 @@ pub fn thread_input(
 ) -> ThreadInput {
     let (auth_verdict, dmarc) = (assessment.verdict.name(), assessment.record.dmarc.as_str());
     let (parsed, attribution) = (&analysis.parsed, &analysis.attribution);
-    let message_id = if parsed.message_id.is_empty() {
-        // No Message-ID: derive a stable one, so a re-delivery is still recognised.
-        let basis = format!("{}|{}|{}", parsed.from_email, parsed.subject, body_sha256);
-        format!(
-            "{}@inbound.synthetic",
-            &crate::util::sha256_hex(basis.as_bytes())[..32]
-        )
-    } else {
-        parsed.message_id.clone()
-    };
+    // No Message-ID: a stable derived one, so a re-delivery is still recognised.
+    let message_id = crate::store::keys::thread_message_id(
+        &parsed.message_id,
+        &parsed.from_email,
+        &parsed.subject,
+        body_sha256,
+    );
     let names: Vec<String> = parsed.attachments.iter().map(|a| a.name.clone()).collect();
     let mut inboxes: Vec<InboxInput> = Vec::new();
     for rcpt in &env.rcpt {
