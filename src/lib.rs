@@ -7,14 +7,16 @@
 //! - [`pipeline`]: the stages run on a finished message (parse, …)
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //!
-//! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
-//! [`bench`] (the load generator behind `inbound bench`).
+//! Around them: [`config`] (TOML -> validated -> compiled), [`metrics`] (counters for
+//! Prometheus), [`cli`] (the `inbound` command), [`bench`] (the load generator behind
+//! `inbound bench`).
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod limits;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod smtp;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{AuthPolicy, Config};
+use crate::metrics::AuthVerdict;
 use crate::server::Ctx;
 use crate::store::model::{AttributionRecord, VerificationRecord};
 use crate::store::spool::Finished;
@@ -439,6 +440,13 @@ pub async fn process(
         Err(r) => return Err(discard(ctx, &body, r)),
     };
     let a = &assessment.record;
+    ctx.metrics.auth_verdicts.inc(match &assessment.verdict {
+        _ if a.status == "skipped" => AuthVerdict::Skipped,
+        Verdict::Accept => AuthVerdict::Accept,
+        Verdict::Quarantine(_) => AuthVerdict::Quarantine,
+        Verdict::Reject(_) => AuthVerdict::Reject,
+        Verdict::TempFail(_) => AuthVerdict::TempFail,
+    });
     let dkim = a
         .dkim
         .iter()
@@ -465,11 +473,13 @@ pub async fn process(
     let now = crate::store::keys::now_ms();
     let input = thread_input(&config, env, &analysis, &body.sha256, &assessment, now);
     let record = prepare(&config.hostname, env, &body, now, &assessment, &analysis);
-    match ctx
+    let committing = std::time::Instant::now();
+    let committed = ctx
         .store
         .commit(record, body.body, Some(threading::plan(input)))
-        .await
-    {
+        .await;
+    ctx.metrics.commit_duration.observe(committing.elapsed());
+    match committed {
         Ok(record) => {
             for r in &record.routing {
                 info!(

@@ -15,6 +15,7 @@ use super::proxy;
 use super::Ctx;
 use crate::config::ListenerConfig;
 use crate::limits::{Admission, Refusal};
+use crate::metrics::ConnectionRefusal;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{tls_version_name, Outcome, Session};
 
@@ -63,8 +64,23 @@ pub async fn accept_loop(
             },
             other => other,
         };
+        // Shutdown began while this connection waited in `accept`: a 421 now rather than a
+        // greeting followed at once by one.
+        if shutdown.is_triggered() {
+            ctx.metrics
+                .connections_refused
+                .inc(ConnectionRefusal::Shutdown);
+            tokio::spawn(async move {
+                refuse(stream, Reply::SHUTTING_DOWN).await;
+                drop(permit);
+            });
+            break;
+        }
         match permit {
             Admission::Busy(p) => {
+                ctx.metrics
+                    .connections_refused
+                    .inc(ConnectionRefusal::MaxConnections);
                 tokio::spawn(async move {
                     info!(peer = %addr, "refused: server at max_connections");
                     refuse(stream, Reply::TOO_MANY_CONNECTIONS).await;
@@ -109,6 +125,9 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let (peer, early) = if lcfg.proxy_protocol {
         if !lcfg.trusted_proxies.iter().any(|n| n.contains(addr.ip())) {
+            ctx.metrics
+                .connections_refused
+                .inc(ConnectionRefusal::UntrustedProxy);
             warn!("PROXY listener: connection from an untrusted address refused");
             refuse(stream, Reply::UNTRUSTED_PROXY).await;
             return;
@@ -116,6 +135,9 @@ async fn handle(
         match proxy::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
             Ok((header, rest)) => (header.source.unwrap_or(addr), rest),
             Err(e) => {
+                ctx.metrics
+                    .connections_refused
+                    .inc(ConnectionRefusal::ProxyHeader);
                 warn!(error = %e, "bad PROXY header; closing");
                 return;
             }
@@ -127,15 +149,17 @@ async fn handle(
     let _guard = match ctx.limits.register(peer.ip(), permit) {
         Ok(g) => g,
         Err(refusal) => {
-            let reply = match refusal {
-                Refusal::TooManyFromIp => Reply::TOO_MANY_FROM_IP,
-                Refusal::RateFromIp => Reply::CONNECTION_RATE,
+            let (reply, reason) = match refusal {
+                Refusal::TooManyFromIp => (Reply::TOO_MANY_FROM_IP, ConnectionRefusal::PerIp),
+                Refusal::RateFromIp => (Reply::CONNECTION_RATE, ConnectionRefusal::Rate),
             };
+            ctx.metrics.connections_refused.inc(reason);
             info!(reason = ?refusal, "connection refused");
             refuse(stream, reply).await;
             return;
         }
     };
+    ctx.metrics.connections_accepted.inc();
     info!("connection opened");
     let mut session = Session::new(stream, ctx.clone(), peer, early);
     let result = match session.greet_and_run().await {

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ListenerConfig};
 use crate::dns::{Dns, DnsSetupError};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 pub use shutdown::Shutdown;
 
@@ -55,6 +56,7 @@ pub struct Ctx {
     /// KiB of message bodies that authentication may hold in memory at once. When used up, the
     /// next large message waits for its check (its client waits for the end-of-data reply).
     pub auth_budget: Arc<Semaphore>,
+    pub metrics: Metrics,
 }
 
 impl Ctx {
@@ -79,6 +81,7 @@ impl Ctx {
             shutdown,
             dns,
             auth_budget,
+            metrics: Metrics::new(),
         })
     }
 
