@@ -30,6 +30,8 @@ pub async fn accept_loop(
 ) {
     let lcfg = Arc::new(lcfg);
     let mut shutdown = ctx.shutdown.clone();
+    // Readiness counts running accept loops; this one stops counting when it returns.
+    let _running = ctx.health.listener_running();
     loop {
         // `biased`: shutdown is checked first. A connection waiting in the backlog when shutdown
         // begins would otherwise win half the time and be greeted 220 only to get 421 at once.

@@ -3,6 +3,7 @@
 //! exits with a clear error before it claims to be running; `Bound::run` then serves.
 
 pub mod admin;
+pub mod health;
 pub mod listener;
 pub mod proxy;
 pub mod shutdown;
@@ -57,6 +58,7 @@ pub struct Ctx {
     /// next large message waits for its check (its client waits for the end-of-data reply).
     pub auth_budget: Arc<Semaphore>,
     pub metrics: Metrics,
+    pub(crate) health: health::HealthState,
 }
 
 impl Ctx {
@@ -82,6 +84,7 @@ impl Ctx {
             dns,
             auth_budget,
             metrics: Metrics::new(),
+            health: health::HealthState::default(),
         })
     }
 
@@ -186,6 +189,7 @@ impl Bound {
         // Every session holds a clone of `done_tx`; when all are dropped, `done_rx` yields None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let mut tasks = Vec::new();
+        ctx.health.expect_listeners(listeners.len());
         for (socket, lcfg) in listeners {
             tracing::info!(addr = %lcfg.addr, proxy_protocol = lcfg.proxy_protocol, "listening");
             tasks.push(tokio::spawn(listener::accept_loop(
