@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ListenerConfig};
 use crate::dns::{Dns, DnsSetupError};
 use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::metrics::{Metrics, RetentionAction};
+use crate::store::{retention, Store, StoreError};
 pub use shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +214,7 @@ impl Bound {
                 }
             })
         };
+        let sweeper = tokio::spawn(retention_loop(ctx.clone()));
         drop(done_tx);
 
         shutdown.await;
@@ -226,6 +227,8 @@ impl Bound {
         for t in tasks {
             let _ = t.await;
         }
+        // A sweep in progress stops after its current batch.
+        let _ = sweeper.await;
         let deadline = config.shutdown_timeout;
         match tokio::time::timeout(deadline, done_rx.recv()).await {
             Ok(_) => tracing::info!("shutdown: all sessions finished"),
@@ -242,6 +245,62 @@ impl Bound {
             tracing::warn!(error = %e, "final store flush failed");
         }
         Ok(())
+    }
+}
+
+/// The retention sweeper: one sweep every `retention.sweep_interval` (read before each wait, so
+/// a reload applies to the next one), the first a minute after start at the latest so a server
+/// restarted more often than the interval still sweeps. A sweep runs on a blocking thread in
+/// bounded batches and stops between two batches when shutdown begins.
+async fn retention_loop(ctx: Arc<Ctx>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut first = true;
+    loop {
+        let mut wait = ctx.config().retention.sweep_interval;
+        if first {
+            wait = wait.min(Duration::from_secs(60));
+            first = false;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (store, cfg, stop) = (
+            ctx.store.clone(),
+            ctx.config().retention.clone(),
+            ctx.shutdown.clone(),
+        );
+        let now = crate::store::keys::now_ms();
+        let report = match tokio::task::spawn_blocking(move || {
+            retention::sweep(&store, &cfg, now, || stop.is_triggered())
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "retention sweep panicked");
+                continue;
+            }
+        };
+        let m = &ctx.metrics.retention_removed;
+        m.add(RetentionAction::BodyExpired, report.bodies_expired as u64);
+        m.add(
+            RetentionAction::QuarantineDeleted,
+            report.quarantined_deleted as u64,
+        );
+        m.add(
+            RetentionAction::SessionMetadataCleared,
+            report.session_metadata_cleared as u64,
+        );
+        m.add(
+            RetentionAction::ConversationDeleted,
+            report.conversations_deleted as u64,
+        );
+        m.add(
+            RetentionAction::ConversationMessageDeleted,
+            report.conversation_messages_deleted as u64,
+        );
+        report.log();
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod keys;
 pub mod model;
+pub mod retention;
 pub mod spool;
 
 use std::path::{Path, PathBuf};
