@@ -7,9 +7,9 @@
 //! - [`pipeline`]: the stages run on a finished message (parse, …)
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //!
-//! Around them: [`config`] (TOML -> validated -> compiled), [`metrics`] (counters for
-//! Prometheus), [`cli`] (the `inbound` command), [`bench`] (the load generator behind
-//! `inbound bench`).
+//! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
+//! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`bench`] (the load
+//! generator behind `inbound bench`).
 
 pub mod bench;
 pub mod cli;

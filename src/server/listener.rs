@@ -167,8 +167,9 @@ async fn handle(
     let result = match session.greet_and_run().await {
         Ok(Outcome::StartTls) => {
             let (stream, state) = session.into_parts();
-            // The acceptor exists: STARTTLS is only answered 220 when it does.
-            let Some(acceptor) = ctx.tls.clone() else {
+            // STARTTLS is only answered 220 when an acceptor exists; only a reload that
+            // disabled TLS in between can take it away (the client then retries).
+            let Some(acceptor) = ctx.tls() else {
                 return;
             };
             let timeout = ctx.limits.cfg.command_timeout;

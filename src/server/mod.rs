@@ -6,22 +6,24 @@ pub mod admin;
 pub mod health;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod shutdown;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ConfigSource, ListenerConfig};
 use crate::dns::{Dns, DnsSetupError};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, RetentionAction};
 use crate::store::{retention, Store, StoreError};
+pub use reload::{ReloadError, ReloadSummary};
 pub use shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,8 @@ pub struct Ctx {
     config: RwLock<Arc<Config>>,
     pub store: Store,
     pub limits: Arc<Limits>,
-    pub tls: Option<TlsAcceptor>,
+    /// STARTTLS; replaced by a reload (certificate renewal), read once per use like the config.
+    tls: RwLock<Option<TlsAcceptor>>,
     pub shutdown: Shutdown,
     pub dns: Arc<Dns>,
     /// KiB of message bodies that authentication may hold in memory at once. When used up, the
@@ -59,6 +62,11 @@ pub struct Ctx {
     pub auth_budget: Arc<Semaphore>,
     pub metrics: Metrics,
     pub(crate) health: health::HealthState,
+    /// Where the config came from, so `reload` reads it again the same way.
+    source: ConfigSource,
+    /// One reload at a time (SIGHUP and the HTTP API may ask at once): each compares against the
+    /// config the other installed.
+    reload_lock: Mutex<()>,
 }
 
 impl Ctx {
@@ -79,13 +87,31 @@ impl Ctx {
             limits: Limits::new(config.limits.clone()),
             config: RwLock::new(Arc::new(config)),
             store,
-            tls,
+            tls: RwLock::new(tls),
             shutdown,
             dns,
             auth_budget,
             metrics: Metrics::new(),
             health: health::HealthState::default(),
+            source: ConfigSource::default(),
+            reload_lock: Mutex::new(()),
         })
+    }
+
+    /// Record where the config came from (the file and the command-line overrides), so that
+    /// `reload` can read it again. Without it, reload answers that there is no file.
+    pub fn with_source(mut self, source: ConfigSource) -> Ctx {
+        self.source = source;
+        self
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// The STARTTLS acceptor in force now, if TLS is offered.
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The config in force now. Sessions take a snapshot per use, so a reload never changes the
@@ -111,23 +137,24 @@ pub struct Bound {
     trigger: shutdown::Trigger,
 }
 
-/// Open everything the server needs. Errors here are start-up errors with their cause.
+/// Open everything the server needs. Errors here are start-up errors with their cause. A server
+/// bound this way has no config file to reload; `bind_with_source` gives it one.
 pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    bind_with_source(config, ConfigSource::default()).await
+}
+
+/// `bind`, remembering where `config` came from (`ConfigSource::load` made it) for `reload`.
+pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bound, ServerError> {
     let store =
         Store::open(&config.data_dir, &config.store).map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-    let states = store.inbox_states().map_err(|source| ServerError::Store {
-        dir: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let locked = config.check_locked_addresses(
-        states
-            .iter()
-            .filter(|s| s.state == "connected")
-            .map(|s| (s.id.as_str(), s.address.as_str())),
-    );
+    let locked =
+        reload::locked_addresses(&config, &store).map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
     if !locked.is_empty() {
         return Err(ServerError::LockedAddress(crate::config::ConfigErrors(
             locked,
@@ -154,7 +181,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         source,
     })?;
     let (trigger, shutdown) = shutdown::channel();
-    let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?);
+    let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?.with_source(source));
     Ok(Bound {
         ctx,
         listeners,
@@ -229,7 +256,8 @@ impl Bound {
         }
         // A sweep in progress stops after its current batch.
         let _ = sweeper.await;
-        let deadline = config.shutdown_timeout;
+        // Read now, not at start: a reload may have changed it.
+        let deadline = ctx.config().shutdown_timeout;
         match tokio::time::timeout(deadline, done_rx.recv()).await {
             Ok(_) => tracing::info!("shutdown: all sessions finished"),
             Err(_) => tracing::warn!(

@@ -414,7 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "CHUNKING".into(),
             "ENHANCEDSTATUSCODES".into(),
         ];
-        if self.st.ctx.tls.is_some() && self.st.tls.is_none() {
+        if self.st.ctx.tls().is_some() && self.st.tls.is_none() {
             lines.push("STARTTLS".into());
         }
         lines.push("HELP".into());
@@ -567,7 +567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.st.tls.is_some() {
             return self.reject(Reply::ALREADY_TLS);
         }
-        if self.st.ctx.tls.is_none() {
+        if self.st.ctx.tls().is_none() {
             return self.reply(Reply::TLS_UNAVAILABLE);
         }
         Reply::READY_TO_START_TLS.write_to(&mut self.st.out);
