@@ -63,8 +63,8 @@ pub enum ReloadError {
         path: String,
         errors: Vec<ConfigError>,
     },
-    #[error("reading the store: {0}")]
-    Store(String),
+    #[error("reading the store: {message}")]
+    Store { message: String },
 }
 
 fn list(path: &str, what: &str, errors: &[ConfigError]) -> String {
@@ -120,8 +120,9 @@ impl Ctx {
         })?;
         let old = self.config();
 
-        let mut errors =
-            locked_addresses(&new, &self.store).map_err(|e| ReloadError::Store(e.to_string()))?;
+        let mut errors = locked_addresses(&new, &self.store).map_err(|e| ReloadError::Store {
+            message: e.to_string(),
+        })?;
         errors.extend(restart_only_changes(&old, &new));
         // Certificate files are read on every reload (a renewal keeps their paths); a
         // generated self-signed certificate is kept while `[tls]` is unchanged.
@@ -338,6 +339,49 @@ mod tests {
              [[inbox]]\nid = \"a\"\naddress = \"a@x.example\"\n{extra}"
         ))
         .expect("valid test config")
+    }
+
+    /// The API answers with these: every variant must serialise (an internally tagged enum
+    /// cannot hold a bare string).
+    #[test]
+    fn every_refusal_serialises_with_its_kind() {
+        let errors = vec![ConfigError {
+            path: "listener[0]".into(),
+            message: "changed".into(),
+        }];
+        for (e, kind) in [
+            (ReloadError::NoFile, "no_file"),
+            (
+                ReloadError::Unreadable {
+                    path: "f".into(),
+                    message: "gone".into(),
+                },
+                "unreadable",
+            ),
+            (
+                ReloadError::Invalid {
+                    path: "f".into(),
+                    errors: errors.clone(),
+                },
+                "invalid",
+            ),
+            (
+                ReloadError::Refused {
+                    path: "f".into(),
+                    errors,
+                },
+                "refused",
+            ),
+            (
+                ReloadError::Store {
+                    message: "io".into(),
+                },
+                "store",
+            ),
+        ] {
+            let v = serde_json::to_value(&e).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            assert_eq!(v["kind"], kind, "{v}");
+        }
     }
 
     #[test]
