@@ -837,27 +837,29 @@ struct BodyLocation {
 impl Inner {
     fn recover(&self) -> Result<(), StoreError> {
         let removed_tmp = self.spool.clear_tmp()?;
-        let mut orphans = 0;
+        let (mut orphans, mut expired) = (0, 0);
         for id in self.spool.published_ids()? {
             // No record: never acknowledged, or deleted just before a crash. A record whose body
             // is no longer in the spool: expired (retention) just before a crash.
-            let keep = match self.messages.get(id.as_bytes())? {
-                None => false,
-                Some(v) => serde_json::from_slice::<BodyLocation>(&v)
-                    .map(|r| r.body_location == "spool")
-                    .unwrap_or(true),
-            };
-            if !keep {
-                self.spool.remove(&id)?;
-                orphans += 1;
+            match self.messages.get(id.as_bytes())? {
+                None => orphans += 1,
+                Some(v)
+                    if serde_json::from_slice::<BodyLocation>(&v)
+                        .is_ok_and(|r| r.body_location != "spool") =>
+                {
+                    expired += 1
+                }
+                Some(_) => continue,
             }
+            self.spool.remove(&id)?;
         }
+        let orphans_and_expired = orphans + expired;
         // Inline bodies are written in the same transaction as their record, so an orphan can
         // only come from a damaged database. Looking for one reads every body (sled loads values
         // with their keys), which on a large store costs seconds and hundreds of MiB at every
         // start; so it is done only when the spool shows the last run did not end cleanly.
         let mut orphan_bodies = 0;
-        if removed_tmp + orphans > 0 {
+        if removed_tmp + orphans_and_expired > 0 {
             for kv in self.bodies.iter() {
                 let (k, _) = kv?;
                 if !self.messages.contains_key(&k)? {
@@ -866,13 +868,14 @@ impl Inner {
                 }
             }
         }
-        if removed_tmp + orphans + orphan_bodies > 0 {
+        if removed_tmp + orphans_and_expired + orphan_bodies > 0 {
             self.spool.sync_msg_dir()?;
             self.db.flush()?;
         }
         tracing::info!(
             removed_partial = removed_tmp,
-            removed_unacknowledged = orphans,
+            removed_without_record = orphans,
+            removed_expired = expired,
             removed_orphan_bodies = orphan_bodies,
             "store recovered"
         );
