@@ -8,14 +8,16 @@
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //! - [`notify`]: the outbox written in those commits, and its worker (relay mail, webhooks)
 //!
-//! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
-//! [`bench`] (the load generator behind `inbound bench`).
+//! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
+//! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`bench`] (the load
+//! generator behind `inbound bench`).
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod server;

@@ -107,6 +107,26 @@ impl TestServer {
 
     pub async fn start_config(dir: TempDir, cfg: Config) -> TestServer {
         let bound = inbound::server::bind(cfg).await.expect("server binds");
+        Self::start_bound(dir, bound).await
+    }
+
+    /// Start from a config file, as `inbound serve --config FILE` does, so that `ctx.reload()`
+    /// has a file to read again.
+    pub async fn start_file(dir: TempDir, file: &Path) -> TestServer {
+        let source = config::ConfigSource {
+            path: Some(file.to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = source
+            .load()
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let bound = inbound::server::bind_with_source(cfg, source)
+            .await
+            .expect("server binds");
+        Self::start_bound(dir, bound).await
+    }
+
+    async fn start_bound(dir: TempDir, bound: inbound::server::Bound) -> TestServer {
         let addr = bound.local_addrs()[0];
         let ctx = bound.ctx();
         let (stop, stopped) = oneshot::channel::<()>();
