@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::pipeline::routing;
 use crate::store::model::{Conversation, InboxState};
-use crate::store::{keys, Deletion, MessageRecord, Store, StoreError, TreeId, Tx, TxResult};
+use crate::store::{keys, MessageRecord, Store, StoreError, TreeId, Tx, TxResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -176,12 +176,14 @@ pub fn release_quarantined(
 /// Delete a quarantined message for good. A message that is not (or no longer) quarantined is
 /// left alone: the check is made inside the deleting transaction.
 pub fn delete_quarantined(store: &Store, queue_id: &str) -> Result<MessageRecord, ActionError> {
-    match store.delete_message_if(queue_id, |r| r.quarantined)? {
-        Deletion::Deleted(r) => Ok(r),
-        Deletion::Missing => Err(ActionError::NotFound(format!("message {queue_id}"))),
-        Deletion::Refused(_) => Err(ActionError::Conflict(format!(
+    let mut removed = store.delete_messages_if(&[queue_id.to_string()], |r| r.quarantined)?;
+    match removed.pop() {
+        Some(r) => Ok(r),
+        // Nothing was deleted; say why (the answer, not the decision, may be a moment late).
+        None if store.get(queue_id)?.is_some() => Err(ActionError::Conflict(format!(
             "message {queue_id} is not quarantined"
         ))),
+        None => Err(ActionError::NotFound(format!("message {queue_id}"))),
     }
 }
 

@@ -254,23 +254,26 @@ fn run(command: Command) -> Result<ExitCode> {
             data_dir,
             api_listen,
         } => {
-            let mut cfg = load_config(config.as_ref())?;
-            if config.is_none() {
-                tracing::info!("no --config given: running on the embedded default config");
-            }
-            if !listen.is_empty() {
-                cfg.override_listeners(&listen);
-            }
-            if let Some(dir) = data_dir {
-                cfg.override_data_dir(dir);
-            }
-            if let Some(addr) = api_listen {
-                cfg.override_api_listen(addr);
-            }
+            let source = config::ConfigSource {
+                path: config,
+                listen,
+                data_dir,
+                api_listen,
+            };
+            let cfg = match &source.path {
+                Some(p) => source
+                    .load()
+                    .with_context(|| format!("loading {}", p.display()))?,
+                None => {
+                    tracing::info!("no --config given: running on the embedded default config");
+                    source.load()?
+                }
+            };
             runtime()?.block_on(async {
-                let bound = crate::server::bind(cfg)
+                let bound = crate::server::bind_with_source(cfg, source)
                     .await
                     .context("starting the server")?;
+                reload_on_sighup(bound.ctx())?;
                 bound
                     .run(crate::server::shutdown::signal())
                     .await
@@ -347,6 +350,32 @@ fn run(command: Command) -> Result<ExitCode> {
             )
         }
     }
+}
+
+/// SIGHUP reloads the config file (`Ctx::reload`, which logs the outcome). Installed before the
+/// server greets anyone, so a SIGHUP can never hit the default action (terminate).
+fn reload_on_sighup(ctx: std::sync::Arc<crate::server::Ctx>) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            let mut shutdown = ctx.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                tracing::info!(signal = "SIGHUP", "reloading the config");
+                let ctx = ctx.clone();
+                // Reading the file and the store blocks; the outcome is logged by `reload`.
+                let _ = tokio::task::spawn_blocking(move || ctx.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = ctx;
+    Ok(())
 }
 
 /// A configured inbox joined with its stored state.

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::net::NetError;
+use mail_auth::hickory_resolver::proto::rr::{Name, RecordType};
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::{MessageAuthenticator, RecordSet, ResolverCache, Txt, MX};
 
@@ -35,9 +37,15 @@ pub type CachedParams<'a, P> = mail_auth::Parameters<
     TtlCache<IpAddr, RecordSet<Box<str>>>,
 >;
 
+/// Longest a readiness probe waits for the resolver (shorter when `dns.timeout` is).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The resolver and its record caches, shared by every session.
 pub struct Dns {
     pub authenticator: MessageAuthenticator,
+    /// The same nameservers without a cache and with one short attempt, for `probe`: a cached
+    /// answer would say nothing about whether the nameservers answer now.
+    probe: MessageAuthenticator,
     pub txt: TtlCache<Box<str>, Txt>,
     pub mx: TtlCache<Box<str>, RecordSet<MX>>,
     pub ipv4: TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
@@ -72,17 +80,38 @@ impl Dns {
         opts.cache_size = cfg.cache_entries as u64;
         // Never consult /etc/hosts for mail authentication.
         opts.use_hosts_file = mail_auth::hickory_resolver::config::ResolveHosts::Never;
+        let mut probe_opts = opts.clone();
+        probe_opts.timeout = cfg.timeout.min(PROBE_TIMEOUT);
+        probe_opts.attempts = 1;
+        probe_opts.cache_size = 0;
+        probe_opts.positive_max_ttl = Some(Duration::ZERO);
+        probe_opts.negative_max_ttl = Some(Duration::ZERO);
+        let probe = MessageAuthenticator::new(config.clone(), probe_opts)
+            .map_err(|e| DnsSetupError::Build(e.to_string()))?;
         let authenticator = MessageAuthenticator::new(config, opts)
             .map_err(|e| DnsSetupError::Build(e.to_string()))?;
         let n = cfg.cache_entries;
         Ok(Dns {
             authenticator,
+            probe,
             txt: TtlCache::new(n),
             mx: TtlCache::new(n),
             ipv4: TtlCache::new(n),
             ipv6: TtlCache::new(n),
             ptr: TtlCache::new(n),
         })
+    }
+
+    /// Whether the configured nameservers answer at all: one query for the root's NS records.
+    /// Any answer counts, NXDOMAIN and SERVFAIL included (the server is there and talking); a
+    /// timeout or a network error does not. Takes at most `min(dns.timeout, 2s)` and a little.
+    pub async fn probe(&self) -> Result<(), String> {
+        let lookup = self.probe.resolver().lookup(Name::root(), RecordType::NS);
+        match tokio::time::timeout(PROBE_TIMEOUT + Duration::from_millis(500), lookup).await {
+            Ok(Ok(_)) | Ok(Err(NetError::Dns(_))) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
     }
 
     /// mail-auth call parameters carrying our caches.

@@ -8,10 +8,10 @@
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //! - [`notify`]: the outbox written in those commits, and its worker (relay mail, webhooks)
 //!
-//! Around them: [`config`] (TOML -> validated -> compiled), [`cli`] (the `inbound` command),
-//! [`api`] (the HTTP API: reads and operator actions), [`actions`] (what every operator action
-//! changes in the store, one transaction each), [`bench`] (the load generator behind
-//! `inbound bench`).
+//! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
+//! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
+//! API: reads and operator actions), [`actions`] (what every operator action changes in the
+//! store, one transaction each), [`bench`] (the load generator behind `inbound bench`).
 
 pub mod actions;
 pub mod api;
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod server;

@@ -1125,3 +1125,32 @@ async fn the_api_stops_with_the_server() {
         "the API port is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_replaces_the_tokens_at_once() {
+    let dir = TempDir::new("apirl");
+    let file = dir.path().join("inbound.toml");
+    std::fs::write(&file, config_text(dir.path(), "")).unwrap();
+    let srv = TestServer::start_file(dir, &file).await;
+    let api = srv.api().await;
+    assert_eq!(api.get("/v1/inboxes").await.status, 200);
+    let new_token = "rotated-token-0123456789abcdef";
+    let text = config_text(srv.dir.path(), "").replace(API_TOKEN, new_token);
+    std::fs::write(&file, text).unwrap();
+    let ctx = srv.ctx.clone();
+    let summary = tokio::task::spawn_blocking(move || ctx.reload())
+        .await
+        .unwrap()
+        .expect("reload");
+    assert!(
+        summary.changed.iter().any(|c| c == "api.tokens"),
+        "{summary:?}"
+    );
+    assert_eq!(api.get("/v1/inboxes").await.status, 401, "the old token");
+    let rotated = api.with_token(Some(new_token));
+    assert_eq!(
+        rotated.get("/v1/inboxes").await.status,
+        200,
+        "the new token"
+    );
+}

@@ -25,7 +25,7 @@ const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 31_457_280;
 
 /// One problem in a config file, with the path of the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     pub path: String,
     pub message: String,
@@ -78,6 +78,7 @@ pub struct Config {
     pub inboxes: Inboxes,
     /// Relay, outbox, notification links and webhooks.
     pub outbound: outbound::OutboundConfig,
+    pub retention: RetentionConfig,
     pub api: ApiConfig,
 }
 
@@ -181,7 +182,36 @@ fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+/// How long stored data is kept (`[retention]`); `None` keeps it forever. Applied by the
+/// retention sweeper (`store::retention`); reloadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Message bodies (with their attachments): removed, the record kept, marked expired.
+    pub bodies: Option<Duration>,
+    /// Quarantined messages: deleted entirely.
+    pub quarantine: Option<Duration>,
+    /// The SMTP session facts on each record (client address, HELO, TLS, envelope sender,
+    /// trace header fields): cleared.
+    pub session_metadata: Option<Duration>,
+    /// Closed conversations whose last update is older: deleted with their messages.
+    pub conversations: Option<Duration>,
+    /// Time between sweeps.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            bodies: None,
+            quarantine: Some(Duration::from_secs(7 * 86_400)),
+            session_metadata: Some(Duration::from_secs(60 * 86_400)),
+            conversations: None,
+            sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
     /// Empty: the system resolver configuration (/etc/resolv.conf).
     pub nameservers: Vec<SocketAddr>,
@@ -234,7 +264,7 @@ pub struct AuthPolicy {
     pub on_unauthenticated: Action,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Clients here skip the checks (their messages are recorded as `auth: skipped`).
     pub trusted_networks: Vec<IpNet>,
@@ -255,21 +285,21 @@ pub const DEFAULT_ARC_SEALERS: &[&str] = &[
     "messagingengine.com",
 ];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub enabled: bool,
     /// Certificate chain and key, PEM. `None`: a self-signed certificate is generated at start.
     pub cert_and_key: Option<(PathBuf, PathBuf)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub max_message_bytes: u64,
     pub max_recipients: usize,
@@ -283,7 +313,7 @@ pub struct LimitsConfig {
     pub max_transactions_per_connection: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub inline_body_max_bytes: u64,
     pub max_commit_batch: usize,
@@ -489,6 +519,38 @@ impl Errors {
         }
     }
 
+    /// A retention lifetime: "keep" (`None`) or a positive duration.
+    fn lifetime(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(s) = value else {
+            return default;
+        };
+        if s.trim() == "keep" {
+            return None;
+        }
+        match parse_duration(s) {
+            Some(d) if d.is_zero() => {
+                self.push(
+                    path,
+                    "must be greater than 0 (use \"keep\" to keep forever)",
+                );
+                default
+            }
+            Some(d) => Some(d),
+            None => {
+                self.push(
+                    path,
+                    format!("invalid lifetime {s:?} (use \"keep\" or a duration such as \"7d\", \"12h\")"),
+                );
+                default
+            }
+        }
+    }
+
     fn positive(&mut self, path: &str, value: Option<u64>, default: u64) -> u64 {
         match value {
             Some(0) => {
@@ -522,6 +584,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut dns = RawDns::default();
     let mut auth = RawAuth::default();
     let mut api = RawApi::default();
+    let mut retention = RawRetention::default();
     let mut inboxes: Vec<(String, RawInbox)> = Vec::new();
     let mut users: Vec<(String, RawUser)> = Vec::new();
     let mut teams: Vec<(String, RawTeam)> = Vec::new();
@@ -543,6 +606,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "relay" => relay = errors.section("relay", value),
             "outbox" => outbox = errors.section("outbox", value).unwrap_or_default(),
             "notify" => notify = errors.section("notify", value).unwrap_or_default(),
+            "retention" => retention = errors.section("retention", value).unwrap_or_default(),
             "listener" | "inbox" | "user" | "team" | "contact" | "webhook" => {
                 let toml::Value::Array(items) = value else {
                     errors.push(&key, format!("must be an array of tables ([[{key}]])"));
@@ -773,6 +837,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         &inbox_ids,
         &mut errors,
     );
+    let retention = compile_retention(&retention, &mut errors);
 
     if errors.0.is_empty() {
         Ok(Config {
@@ -791,9 +856,37 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             inboxes,
             outbound,
             api,
+            retention,
         })
     } else {
         Err(ConfigErrors(errors.0))
+    }
+}
+
+fn compile_retention(raw: &RawRetention, errors: &mut Errors) -> RetentionConfig {
+    let d = RetentionConfig::default();
+    let sweep_interval = errors.duration(
+        "retention.sweep_interval",
+        &raw.sweep_interval,
+        d.sweep_interval,
+    );
+    if sweep_interval.is_zero() {
+        errors.push("retention.sweep_interval", "must be greater than 0");
+    }
+    RetentionConfig {
+        bodies: errors.lifetime("retention.bodies", &raw.bodies, d.bodies),
+        quarantine: errors.lifetime("retention.quarantine", &raw.quarantine, d.quarantine),
+        session_metadata: errors.lifetime(
+            "retention.session_metadata",
+            &raw.session_metadata,
+            d.session_metadata,
+        ),
+        conversations: errors.lifetime(
+            "retention.conversations",
+            &raw.conversations,
+            d.conversations,
+        ),
+        sweep_interval,
     }
 }
 
@@ -1164,6 +1257,44 @@ impl Config {
     }
 }
 
+/// Where a server's config came from, so that a reload reads it again the same way: the file
+/// (`None`: the embedded default, or a config built in process) and the command-line overrides,
+/// which a reload applies again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    /// `--listen`: replaces the configured listeners.
+    pub listen: Vec<SocketAddr>,
+    /// `--data-dir`: replaces `server.data_dir` (and the default admin socket).
+    pub data_dir: Option<PathBuf>,
+    /// `--api-listen`: replaces `api.listen`.
+    pub api_listen: Option<SocketAddr>,
+}
+
+impl ConfigSource {
+    /// Read and validate the file (or take the embedded default), then apply the overrides.
+    pub fn load(&self) -> Result<Config, LoadError> {
+        let mut cfg = match &self.path {
+            Some(p) => Config::load(p)?,
+            None => Config::embedded_default(),
+        };
+        self.apply_overrides(&mut cfg);
+        Ok(cfg)
+    }
+
+    pub fn apply_overrides(&self, cfg: &mut Config) {
+        if !self.listen.is_empty() {
+            cfg.override_listeners(&self.listen);
+        }
+        if let Some(dir) = &self.data_dir {
+            cfg.override_data_dir(dir.clone());
+        }
+        if let Some(addr) = self.api_listen {
+            cfg.override_api_listen(addr);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {0}: {1}")]
@@ -1372,6 +1503,50 @@ mod tests {
             "{errs:#?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_lifetimes_take_keep_or_a_duration() {
+        let base = "[[listener]]\naddr = \"127.0.0.1:1\"\n";
+        let d = parse(base).unwrap().retention;
+        assert_eq!(d, RetentionConfig::default());
+        assert_eq!(d.bodies, None, "bodies are kept by default");
+        assert_eq!(d.quarantine, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(d.session_metadata, Some(Duration::from_secs(60 * 86_400)));
+        let r = parse(&format!(
+            "{base}[retention]\nbodies = \"30d\"\nquarantine = \"keep\"\n\
+             session_metadata = \"12h\"\nconversations = \"365d\"\nsweep_interval = \"5m\"\n"
+        ))
+        .unwrap()
+        .retention;
+        assert_eq!(r.bodies, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.quarantine, None);
+        assert_eq!(r.session_metadata, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(r.conversations, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(r.sweep_interval, Duration::from_secs(300));
+
+        let errs = parse(&format!(
+            "{base}[retention]\nbodies = \"forever\"\nquarantine = \"0d\"\n\
+             sweep_interval = \"0s\"\nsession_metadata = \"60\"\n"
+        ))
+        .unwrap_err()
+        .0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "retention.sweep_interval",
+                "retention.bodies",
+                "retention.quarantine"
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[1].message.contains("keep"), "{errs:#?}");
+        let errs = parse(&format!("{base}[retention]\nmessages = \"1d\"\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "retention", "{errs:#?}");
+        assert!(errs[0].message.contains("messages"), "{errs:#?}");
     }
 
     #[test]

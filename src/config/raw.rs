@@ -82,6 +82,22 @@ pub struct RawStore {
     pub max_commit_batch: Option<u64>,
 }
 
+/// How long stored data is kept: each value is "keep" or a duration ("7d", "12h").
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Message bodies (attachments are part of them); the record stays.
+    pub bodies: Option<String>,
+    /// Quarantined messages, deleted entirely.
+    pub quarantine: Option<String>,
+    /// The SMTP session facts on each message record.
+    pub session_metadata: Option<String>,
+    /// Closed conversations, by last update, deleted with their messages.
+    pub conversations: Option<String>,
+    /// How often the sweeper runs.
+    pub sweep_interval: Option<String>,
+}
+
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawInbox {

@@ -167,6 +167,9 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     loop {
         let config = ctx.config();
         let cfg = config.outbound.outbox.clone();
+        if let Ok(depth) = ctx.store.counter(DEPTH_KEY) {
+            ctx.metrics.set_outbox_depth(depth.max(0) as u64);
+        }
         if tasks.len() < cfg.concurrency {
             let want = cfg.concurrency - tasks.len() + in_flight.len();
             match ctx.store.outbox_due::<OutboxItem>(keys::now_ms(), want) {

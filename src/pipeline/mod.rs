@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{AuthPolicy, Config};
+use crate::metrics::AuthVerdict;
 use crate::server::Ctx;
 use crate::store::model::{AttributionRecord, VerificationRecord};
 use crate::store::spool::Finished;
@@ -164,6 +165,7 @@ pub fn prepare(
         references: parsed.references.clone(),
         verification: analysis.verification.clone(),
         routing: Vec::new(),
+        session_metadata_cleared: false,
     }
 }
 
@@ -305,16 +307,13 @@ pub fn thread_input(
 ) -> ThreadInput {
     let (auth_verdict, dmarc) = (assessment.verdict.name(), assessment.record.dmarc.as_str());
     let (parsed, attribution) = (&analysis.parsed, &analysis.attribution);
-    let message_id = if parsed.message_id.is_empty() {
-        // No Message-ID: derive a stable one, so a re-delivery is still recognised.
-        let basis = format!("{}|{}|{}", parsed.from_email, parsed.subject, body_sha256);
-        format!(
-            "{}@inbound.synthetic",
-            &crate::util::sha256_hex(basis.as_bytes())[..32]
-        )
-    } else {
-        parsed.message_id.clone()
-    };
+    // No Message-ID: a stable derived one, so a re-delivery is still recognised.
+    let message_id = crate::store::keys::thread_message_id(
+        &parsed.message_id,
+        &parsed.from_email,
+        &parsed.subject,
+        body_sha256,
+    );
     let names: Vec<String> = parsed.attachments.iter().map(|a| a.name.clone()).collect();
     let mut inboxes: Vec<InboxInput> = Vec::new();
     for rcpt in &env.rcpt {
@@ -441,6 +440,13 @@ pub async fn process(
         Err(r) => return Err(discard(ctx, &body, r)),
     };
     let a = &assessment.record;
+    ctx.metrics.auth_verdicts.inc(match &assessment.verdict {
+        _ if a.status == "skipped" => AuthVerdict::Skipped,
+        Verdict::Accept => AuthVerdict::Accept,
+        Verdict::Quarantine(_) => AuthVerdict::Quarantine,
+        Verdict::Reject(_) => AuthVerdict::Reject,
+        Verdict::TempFail(_) => AuthVerdict::TempFail,
+    });
     let dkim = a
         .dkim
         .iter()
@@ -467,11 +473,13 @@ pub async fn process(
     let now = crate::store::keys::now_ms();
     let input = thread_input(&config, env, &analysis, &body.sha256, &assessment, now);
     let record = prepare(&config.hostname, env, &body, now, &assessment, &analysis);
-    match ctx
+    let committing = std::time::Instant::now();
+    let committed = ctx
         .store
         .commit(record, body.body, Some(threading::plan(input)))
-        .await
-    {
+        .await;
+    ctx.metrics.commit_duration.observe(committing.elapsed());
+    match committed {
         Ok(record) => {
             // The commit may have queued notifications or webhook calls.
             ctx.outbox_wake.notify_one();

@@ -15,6 +15,7 @@ use super::proxy;
 use super::Ctx;
 use crate::config::ListenerConfig;
 use crate::limits::{Admission, Refusal};
+use crate::metrics::ConnectionRefusal;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{tls_version_name, Outcome, Session};
 
@@ -29,6 +30,8 @@ pub async fn accept_loop(
 ) {
     let lcfg = Arc::new(lcfg);
     let mut shutdown = ctx.shutdown.clone();
+    // Readiness counts running accept loops; this one stops counting when it returns.
+    let _running = ctx.health.listener_running();
     loop {
         // `biased`: shutdown is checked first. A connection waiting in the backlog when shutdown
         // begins would otherwise win half the time and be greeted 220 only to get 421 at once.
@@ -63,8 +66,23 @@ pub async fn accept_loop(
             },
             other => other,
         };
+        // Shutdown began while this connection waited in `accept`: a 421 now rather than a
+        // greeting followed at once by one.
+        if shutdown.is_triggered() {
+            ctx.metrics
+                .connections_refused
+                .inc(ConnectionRefusal::Shutdown);
+            tokio::spawn(async move {
+                refuse(stream, Reply::SHUTTING_DOWN).await;
+                drop(permit);
+            });
+            break;
+        }
         match permit {
             Admission::Busy(p) => {
+                ctx.metrics
+                    .connections_refused
+                    .inc(ConnectionRefusal::MaxConnections);
                 tokio::spawn(async move {
                     info!(peer = %addr, "refused: server at max_connections");
                     refuse(stream, Reply::TOO_MANY_CONNECTIONS).await;
@@ -109,6 +127,9 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let (peer, early) = if lcfg.proxy_protocol {
         if !lcfg.trusted_proxies.iter().any(|n| n.contains(addr.ip())) {
+            ctx.metrics
+                .connections_refused
+                .inc(ConnectionRefusal::UntrustedProxy);
             warn!("PROXY listener: connection from an untrusted address refused");
             refuse(stream, Reply::UNTRUSTED_PROXY).await;
             return;
@@ -116,6 +137,9 @@ async fn handle(
         match proxy::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
             Ok((header, rest)) => (header.source.unwrap_or(addr), rest),
             Err(e) => {
+                ctx.metrics
+                    .connections_refused
+                    .inc(ConnectionRefusal::ProxyHeader);
                 warn!(error = %e, "bad PROXY header; closing");
                 return;
             }
@@ -127,22 +151,25 @@ async fn handle(
     let _guard = match ctx.limits.register(peer.ip(), permit) {
         Ok(g) => g,
         Err(refusal) => {
-            let reply = match refusal {
-                Refusal::TooManyFromIp => Reply::TOO_MANY_FROM_IP,
-                Refusal::RateFromIp => Reply::CONNECTION_RATE,
+            let (reply, reason) = match refusal {
+                Refusal::TooManyFromIp => (Reply::TOO_MANY_FROM_IP, ConnectionRefusal::PerIp),
+                Refusal::RateFromIp => (Reply::CONNECTION_RATE, ConnectionRefusal::Rate),
             };
+            ctx.metrics.connections_refused.inc(reason);
             info!(reason = ?refusal, "connection refused");
             refuse(stream, reply).await;
             return;
         }
     };
+    ctx.metrics.connections_accepted.inc();
     info!("connection opened");
     let mut session = Session::new(stream, ctx.clone(), peer, early);
     let result = match session.greet_and_run().await {
         Ok(Outcome::StartTls) => {
             let (stream, state) = session.into_parts();
-            // The acceptor exists: STARTTLS is only answered 220 when it does.
-            let Some(acceptor) = ctx.tls.clone() else {
+            // STARTTLS is only answered 220 when an acceptor exists; only a reload that
+            // disabled TLS in between can take it away (the client then retries).
+            let Some(acceptor) = ctx.tls() else {
                 return;
             };
             let timeout = ctx.limits.cfg.command_timeout;

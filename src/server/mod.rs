@@ -3,23 +3,27 @@
 //! exits with a clear error before it claims to be running; `Bound::run` then serves.
 
 pub mod admin;
+pub mod health;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod shutdown;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ConfigSource, ListenerConfig};
 use crate::dns::{Dns, DnsSetupError};
 use crate::limits::Limits;
-use crate::store::{Store, StoreError};
+use crate::metrics::{Metrics, RetentionAction};
+use crate::store::{retention, Store, StoreError};
+pub use reload::{ReloadError, ReloadSummary};
 pub use shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,8 @@ pub struct Ctx {
     config: RwLock<Arc<Config>>,
     pub store: Store,
     pub limits: Arc<Limits>,
-    pub tls: Option<TlsAcceptor>,
+    /// STARTTLS; replaced by a reload (certificate renewal), read once per use like the config.
+    tls: RwLock<Option<TlsAcceptor>>,
     pub shutdown: Shutdown,
     pub dns: Arc<Dns>,
     /// KiB of message bodies that authentication may hold in memory at once. When used up, the
@@ -62,6 +67,13 @@ pub struct Ctx {
     pub auth_budget: Arc<Semaphore>,
     /// Wakes the outbox worker after something was queued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    pub metrics: Metrics,
+    pub(crate) health: health::HealthState,
+    /// Where the config came from, so `reload` reads it again the same way.
+    source: ConfigSource,
+    /// One reload at a time (SIGHUP and the HTTP API may ask at once): each compares against the
+    /// config the other installed.
+    reload_lock: Mutex<()>,
 }
 
 impl Ctx {
@@ -82,12 +94,32 @@ impl Ctx {
             limits: Limits::new(config.limits.clone()),
             config: RwLock::new(Arc::new(config)),
             store,
-            tls,
+            tls: RwLock::new(tls),
             shutdown,
             dns,
             auth_budget,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            metrics: Metrics::new(),
+            health: health::HealthState::default(),
+            source: ConfigSource::default(),
+            reload_lock: Mutex::new(()),
         })
+    }
+
+    /// Record where the config came from (the file and the command-line overrides), so that
+    /// `reload` can read it again. Without it, reload answers that there is no file.
+    pub fn with_source(mut self, source: ConfigSource) -> Ctx {
+        self.source = source;
+        self
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// The STARTTLS acceptor in force now, if TLS is offered.
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The config in force now. Sessions take a snapshot per use, so a reload never changes the
@@ -115,23 +147,24 @@ pub struct Bound {
     trigger: shutdown::Trigger,
 }
 
-/// Open everything the server needs. Errors here are start-up errors with their cause.
+/// Open everything the server needs. Errors here are start-up errors with their cause. A server
+/// bound this way has no config file to reload; `bind_with_source` gives it one.
 pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    bind_with_source(config, ConfigSource::default()).await
+}
+
+/// `bind`, remembering where `config` came from (`ConfigSource::load` made it) for `reload`.
+pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bound, ServerError> {
     let store =
         Store::open(&config.data_dir, &config.store).map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-    let states = store.inbox_states().map_err(|source| ServerError::Store {
-        dir: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let locked = config.check_locked_addresses(
-        states
-            .iter()
-            .filter(|s| s.state == "connected")
-            .map(|s| (s.id.as_str(), s.address.as_str())),
-    );
+    let locked =
+        reload::locked_addresses(&config, &store).map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
     if !locked.is_empty() {
         return Err(ServerError::LockedAddress(crate::config::ConfigErrors(
             locked,
@@ -171,7 +204,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         source,
     })?;
     let (trigger, shutdown) = shutdown::channel();
-    let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?);
+    let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?.with_source(source));
     Ok(Bound {
         ctx,
         listeners,
@@ -213,6 +246,7 @@ impl Bound {
         // Every session holds a clone of `done_tx`; when all are dropped, `done_rx` yields None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let mut tasks = Vec::new();
+        ctx.health.expect_listeners(listeners.len());
         for (socket, lcfg) in listeners {
             tracing::info!(addr = %lcfg.addr, proxy_protocol = lcfg.proxy_protocol, "listening");
             tasks.push(tokio::spawn(listener::accept_loop(
@@ -260,6 +294,7 @@ impl Bound {
             ctx.outbox_wake.clone(),
             ctx.shutdown.clone(),
         ));
+        let sweeper = tokio::spawn(retention_loop(ctx.clone()));
         drop(done_tx);
 
         shutdown.await;
@@ -272,7 +307,10 @@ impl Bound {
         for t in tasks {
             let _ = t.await;
         }
-        let deadline = config.shutdown_timeout;
+        // A sweep in progress stops after its current batch.
+        let _ = sweeper.await;
+        // Read now, not at start: a reload may have changed it.
+        let deadline = ctx.config().shutdown_timeout;
         let stop_by = tokio::time::Instant::now() + deadline;
         match tokio::time::timeout_at(stop_by, done_rx.recv()).await {
             Ok(_) => tracing::info!("shutdown: all sessions finished"),
@@ -302,6 +340,62 @@ impl Bound {
             tracing::warn!(error = %e, "final store flush failed");
         }
         Ok(())
+    }
+}
+
+/// The retention sweeper: one sweep every `retention.sweep_interval` (read before each wait, so
+/// a reload applies to the next one), the first a minute after start at the latest so a server
+/// restarted more often than the interval still sweeps. A sweep runs on a blocking thread in
+/// bounded batches and stops between two batches when shutdown begins.
+async fn retention_loop(ctx: Arc<Ctx>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut first = true;
+    loop {
+        let mut wait = ctx.config().retention.sweep_interval;
+        if first {
+            wait = wait.min(Duration::from_secs(60));
+            first = false;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (store, cfg, stop) = (
+            ctx.store.clone(),
+            ctx.config().retention.clone(),
+            ctx.shutdown.clone(),
+        );
+        let now = crate::store::keys::now_ms();
+        let report = match tokio::task::spawn_blocking(move || {
+            retention::sweep(&store, &cfg, now, || stop.is_triggered())
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "retention sweep panicked");
+                continue;
+            }
+        };
+        let m = &ctx.metrics.retention_removed;
+        m.add(RetentionAction::BodyExpired, report.bodies_expired as u64);
+        m.add(
+            RetentionAction::QuarantineDeleted,
+            report.quarantined_deleted as u64,
+        );
+        m.add(
+            RetentionAction::SessionMetadataCleared,
+            report.session_metadata_cleared as u64,
+        );
+        m.add(
+            RetentionAction::ConversationDeleted,
+            report.conversations_deleted as u64,
+        );
+        m.add(
+            RetentionAction::ConversationMessageDeleted,
+            report.conversation_messages_deleted as u64,
+        );
+        report.log();
     }
 }
 

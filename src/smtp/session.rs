@@ -18,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::data::DataDecoder;
 use super::reply::{write_multiline, Reply};
 use crate::config::Recipient;
+use crate::metrics::Rejection;
 use crate::pipeline::{self, Envelope, PendingSpf, Refusal};
 use crate::server::Ctx;
 use crate::store::keys::new_queue_id;
@@ -227,6 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Ok(Ok(n)) => {
                 self.st.input.truncate(start + n);
+                self.st.ctx.metrics.received_bytes.add(n as u64);
                 Ok(true)
             }
         }
@@ -412,7 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "CHUNKING".into(),
             "ENHANCEDSTATUSCODES".into(),
         ];
-        if self.st.ctx.tls.is_some() && self.st.tls.is_none() {
+        if self.st.ctx.tls().is_some() && self.st.tls.is_none() {
             lines.push("STARTTLS".into());
         }
         lines.push("HELP".into());
@@ -433,6 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // RFC 1870 §6.2: a declared size over our maximum is refused before any data is sent.
         if from.size as u64 > limits.cfg.max_message_bytes {
+            self.st.ctx.metrics.messages_rejected.inc(Rejection::Size);
             return Reply::MESSAGE_TOO_BIG;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
@@ -445,6 +448,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Reply::UNSUPPORTED_PARAMETER;
         }
         if !limits.message_allowed(self.st.peer.ip()) {
+            self.st
+                .ctx
+                .metrics
+                .messages_rejected
+                .inc(Rejection::RateLimited);
             info!(client = %self.st.peer.ip(), "message rate limit");
             return Reply::MESSAGE_RATE;
         }
@@ -491,6 +499,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return Reply::RECIPIENT_OK;
                 }
                 if txn.rcpt.len() >= max {
+                    ctx.metrics
+                        .messages_rejected
+                        .inc(Rejection::TooManyRecipients);
                     return Reply::TOO_MANY_RECIPIENTS;
                 }
                 txn.rcpt.push(RcptRecord {
@@ -501,10 +512,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Reply::RECIPIENT_OK
             }
             Recipient::UnknownMailbox => {
+                ctx.metrics
+                    .messages_rejected
+                    .inc(Rejection::UnknownRecipient);
                 info!(rcpt = %to.address, "unknown hosted mailbox");
                 Reply::MAILBOX_UNKNOWN
             }
             Recipient::ForeignDomain => {
+                ctx.metrics.messages_rejected.inc(Rejection::RelayDenied);
                 info!(rcpt = %to.address, "relay attempt refused");
                 Reply::RELAY_DENIED
             }
@@ -552,7 +567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.st.tls.is_some() {
             return self.reject(Reply::ALREADY_TLS);
         }
-        if self.st.ctx.tls.is_none() {
+        if self.st.ctx.tls().is_none() {
             return self.reply(Reply::TLS_UNAVAILABLE);
         }
         Reply::READY_TO_START_TLS.write_to(&mut self.st.out);
@@ -664,11 +679,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(mut txn) = self.st.txn.take() else {
             return self.reject(Reply::BAD_SEQUENCE_MAIL);
         };
+        let ended = std::time::Instant::now();
+        let metrics = &self.st.ctx.metrics;
         if let Some(reply) = txn.error.take() {
             info!(outcome = "rejected", reason = %reply.text, "message refused");
+            let reason = if reply == Reply::MESSAGE_TOO_BIG {
+                Rejection::Size
+            } else {
+                Rejection::LocalError
+            };
+            metrics.messages_rejected.inc(reason);
+            metrics.end_of_data_duration.observe(ended.elapsed());
             return self.reply_end_of_data(reply);
         }
         let Some(body) = txn.body.take() else {
+            metrics.messages_rejected.inc(Rejection::LocalError);
+            metrics.end_of_data_duration.observe(ended.elapsed());
             return self.reply_end_of_data(Reply::LOCAL_ERROR);
         };
         let queue_id = body.queue_id().to_string();
@@ -696,24 +722,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             tracing::Span::current().record("size", finished.len);
+            let size = finished.len;
+            let m = &ctx.metrics;
             match pipeline::process(&ctx, &envelope, finished, spf).await {
                 Ok(queue_id) => {
                     info!(outcome = "accepted", rcpts = envelope.rcpt.len(), from = %envelope.mail_from, "message accepted");
+                    m.messages_accepted.inc();
+                    m.accepted_message_bytes.add(size);
                     Reply::queued(&queue_id)
                 }
                 Err(Refusal::Policy(reason)) => {
                     info!(outcome = "rejected", reason = %reason, "message rejected by policy");
+                    m.messages_rejected.inc(Rejection::Policy);
                     Reply::policy_rejected(&reason)
                 }
                 Err(Refusal::TempFail(reason)) => {
                     info!(outcome = "tempfail", reason = %reason, "message deferred");
+                    m.messages_rejected.inc(Rejection::TempFail);
                     Reply::AUTH_TEMPFAIL
                 }
-                Err(Refusal::Local) => Reply::LOCAL_ERROR,
+                Err(Refusal::Local) => {
+                    m.messages_rejected.inc(Rejection::LocalError);
+                    Reply::LOCAL_ERROR
+                }
             }
         }
         .instrument(span)
         .await;
+        self.st
+            .ctx
+            .metrics
+            .end_of_data_duration
+            .observe(ended.elapsed());
         self.reply_end_of_data(reply)
     }
 

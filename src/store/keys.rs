@@ -56,6 +56,36 @@ fn encode(mut v: u128) -> String {
     String::from_utf8(out.to_vec()).expect("ascii")
 }
 
+/// The millisecond timestamp a queue id (or conversation id: the same ULIDs) was made at, from
+/// its first 10 characters. `None` for strings that are not ids.
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    if !is_queue_id(id) {
+        return None;
+    }
+    let mut ms: u64 = 0;
+    for b in id.bytes().take(10) {
+        // `is_queue_id` checked that every byte is in ALPHABET.
+        let v = ALPHABET.iter().position(|&a| a == b)? as u64;
+        ms = (ms << 5) | v;
+    }
+    Some(ms)
+}
+
+/// The Message-ID threading indexes a message under: its own, or, when it has none, one derived
+/// from what identifies a re-delivery of the same message (author, subject, body). Threading
+/// writes the `message_ids` entry under this id and deleting a message must find it again, so
+/// both call this.
+pub fn thread_message_id(message_id: &str, from: &str, subject: &str, body_sha256: &str) -> String {
+    if !message_id.is_empty() {
+        return message_id.to_string();
+    }
+    let basis = format!("{from}|{subject}|{body_sha256}");
+    format!(
+        "{}@inbound.synthetic",
+        &crate::util::sha256_hex(basis.as_bytes())[..32]
+    )
+}
+
 /// True for strings that look like our queue ids (26 Crockford base32 characters).
 pub fn is_queue_id(s: &str) -> bool {
     s.len() == 26 && s.bytes().all(|b| ALPHABET.contains(&b))
@@ -73,5 +103,17 @@ mod tests {
         sorted.dedup();
         assert_eq!(ids, sorted);
         assert!(ids.iter().all(|i| is_queue_id(i)));
+    }
+
+    #[test]
+    fn id_time_is_the_creation_time() {
+        let before = now_ms();
+        let id = new_queue_id();
+        let at = id_time_ms(&id).expect("a queue id");
+        assert!(
+            at >= before && at <= now_ms(),
+            "{at} not in [{before}, now]"
+        );
+        assert_eq!(id_time_ms("not an id"), None);
     }
 }

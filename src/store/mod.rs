@@ -14,6 +14,7 @@
 
 pub mod keys;
 pub mod model;
+pub mod retention;
 pub mod spool;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +111,29 @@ pub struct MessageRecord {
     /// Per inbox: conversation, thread decision, rule, assignee, ticket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routing: Vec<model::RoutingRecord>,
+    /// Retention cleared the SMTP session facts (client address, HELO, TLS, envelope sender,
+    /// trace header fields): their empty values mean "no longer kept", not "there were none".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_metadata_cleared: bool,
+}
+
+impl MessageRecord {
+    /// Forget what the SMTP session told us about the client: its address and port, HELO, TLS,
+    /// the envelope sender (and the SPF domain taken from it), and our trace header fields, which
+    /// repeat them. What the message is and where it went (recipients, headers summary,
+    /// attribution, routing, body) stays.
+    pub fn clear_session_metadata(&mut self) {
+        self.client_ip.clear();
+        self.client_port = 0;
+        self.helo.clear();
+        self.tls = None;
+        self.mail_from.clear();
+        self.trace_headers.clear();
+        if let Some(auth) = self.auth.as_mut() {
+            auth.spf_domain.clear();
+        }
+        self.session_metadata_cleared = true;
+    }
 }
 
 /// Decisions that depend on what is already stored (threading, assignment, counters): run by
@@ -174,16 +198,6 @@ pub struct Page<T> {
     pub next: Option<Vec<u8>>,
 }
 
-/// What `Store::delete_message_if` did.
-#[derive(Debug, Clone)]
-pub enum Deletion {
-    Deleted(MessageRecord),
-    /// There is no such message.
-    Missing,
-    /// The condition refused this record; nothing was changed.
-    Refused(MessageRecord),
-}
-
 /// `MessageRecord::body_location` of a message whose body retention removed.
 pub const BODY_EXPIRED: &str = "expired";
 
@@ -236,6 +250,95 @@ impl Tx<'_> {
         let next = now.saturating_add(delta);
         self.insert(TreeId::Counters, key, &next.to_be_bytes())?;
         Ok(next)
+    }
+
+    /// Remove a message's record and inline body, the Message-ID entries it owns and its place in
+    /// its conversations. Its spool file (if any) is the caller's to remove after the commit.
+    fn remove_message(&self, record: &MessageRecord) -> TxResult<()> {
+        let key = record.queue_id.as_bytes();
+        self.remove(TreeId::Messages, key)?;
+        self.remove(TreeId::Bodies, key)?;
+        for r in &record.routing {
+            self.release_message_id(record, &r.inbox, None)?;
+            let conv_key = r.conversation.as_bytes();
+            if let Some(mut c) =
+                self.get_json::<model::Conversation>(TreeId::Conversations, conv_key)?
+            {
+                c.messages.retain(|m| *m != record.queue_id);
+                self.put_json(TreeId::Conversations, conv_key, &c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the `inbox \0 message-id` entry of `record` when it is this message's to remove:
+    /// it belongs to `conversation` (when given), or was written for this message (only the first
+    /// copy of a Message-ID owns its entry; duplicates point at it).
+    fn release_message_id(
+        &self,
+        record: &MessageRecord,
+        inbox: &str,
+        conversation: Option<&str>,
+    ) -> TxResult<()> {
+        let message_id = keys::thread_message_id(
+            &record.message_id,
+            &record.from,
+            &record.subject,
+            &record.sha256,
+        );
+        let idx = [inbox.as_bytes(), &[0], message_id.as_bytes()].concat();
+        if let Some(v) = self.get(TreeId::MessageIds, &idx)? {
+            // `conversation \0 first queue id`.
+            let mut parts = v.split(|&b| b == 0);
+            let (conv, first) = (parts.next(), parts.next());
+            let owned = match conversation {
+                Some(c) => conv == Some(c.as_bytes()),
+                None => first == Some(record.queue_id.as_bytes()),
+            };
+            if owned {
+                self.remove(TreeId::MessageIds, &idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a conversation with its ticket and contact link; each of its messages leaves it,
+    /// and a message left in no conversation is removed (pushed onto `removed`).
+    fn remove_conversation(
+        &self,
+        conv: &model::Conversation,
+        removed: &mut Vec<MessageRecord>,
+    ) -> TxResult<()> {
+        self.remove(TreeId::Conversations, conv.id.as_bytes())?;
+        if let Some(t) = &conv.ticket {
+            self.remove(TreeId::Tickets, t.as_bytes())?;
+        }
+        if !conv.contact.is_empty() {
+            let link = [conv.contact.as_bytes(), &[0], conv.id.as_bytes()].concat();
+            if self.get(TreeId::ContactConversations, &link)?.is_some() {
+                self.remove(TreeId::ContactConversations, &link)?;
+                let key = conv.contact.as_bytes();
+                if let Some(mut c) = self.get_json::<model::Contact>(TreeId::Contacts, key)? {
+                    c.conversation_count = c.conversation_count.saturating_sub(1);
+                    self.put_json(TreeId::Contacts, key, &c)?;
+                }
+            }
+        }
+        for queue_id in &conv.messages {
+            let key = queue_id.as_bytes();
+            let Some(mut record) = self.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                continue;
+            };
+            self.release_message_id(&record, &conv.inbox, Some(&conv.id))?;
+            record.routing.retain(|r| r.conversation != conv.id);
+            if record.routing.is_empty() {
+                self.remove_message(&record)?;
+                removed.push(record);
+            } else {
+                self.put_json(TreeId::Messages, key, &record)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn counter(&self, key: &[u8]) -> TxResult<i64> {
@@ -478,6 +581,15 @@ impl Store {
         Ok(out)
     }
 
+    /// A counter of the `Counters` tree (0 when never set).
+    pub fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+        Ok(self.inner.trees[TreeId::Counters as usize]
+            .get(key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
     /// Every outbox item waiting, oldest first.
     pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.inner.trees[TreeId::Outbox as usize]
@@ -628,88 +740,185 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove a message entirely: record, body (inline or spool file), its Message-ID index entry
-    /// and its place in its conversations. One transaction, flushed, then the spool file goes
-    /// (a crash between the two leaves a spool file without a record, which recovery removes).
-    /// Returns the removed record, or `None` if there was none.
+    /// Remove a message entirely: record, body (inline or spool file), its Message-ID index entries
+    /// and its place in its conversations. Returns the removed record, or `None` if there was none.
     pub fn delete_message(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
-        match self.delete_message_if(queue_id, |_| true)? {
-            Deletion::Deleted(r) => Ok(Some(r)),
-            Deletion::Missing | Deletion::Refused(_) => Ok(None),
-        }
+        Ok(self
+            .delete_messages_if(&[queue_id.to_string()], |_| true)?
+            .pop())
     }
 
-    /// `delete_message`, but only if `allow` accepts the record as it is inside the deleting
-    /// transaction: a check made before (is it still quarantined?) cannot race with a concurrent
-    /// change.
-    pub fn delete_message_if(
+    /// Remove every listed message for which `keep_going` holds, in one transaction (the
+    /// condition is checked inside it, so a message released or changed meanwhile is judged as
+    /// it is now), flushed, then their spool files go. A crash between the two leaves spool files
+    /// without records, which recovery removes. Returns the removed records.
+    pub fn delete_messages_if(
         &self,
-        queue_id: &str,
-        allow: impl Fn(&MessageRecord) -> bool,
-    ) -> Result<Deletion, StoreError> {
+        queue_ids: &[String],
+        keep_going: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
         let removed = self.update(|tx| {
-            let key = queue_id.as_bytes();
-            let Some(record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
-                return Ok(Deletion::Missing);
-            };
-            if !allow(&record) {
-                return Ok(Deletion::Refused(record));
-            }
-            tx.remove(TreeId::Messages, key)?;
-            tx.remove(TreeId::Bodies, key)?;
-            for r in &record.routing {
-                if !record.message_id.is_empty() {
-                    let idx = [r.inbox.as_bytes(), &[0], record.message_id.as_bytes()].concat();
-                    if let Some(v) = tx.get(TreeId::MessageIds, &idx)? {
-                        // `conversation \0 first queue id`: only the first copy owns the entry.
-                        if v.split(|&b| b == 0).nth(1) == Some(key) {
-                            tx.remove(TreeId::MessageIds, &idx)?;
-                        }
+            let mut removed = Vec::new();
+            for id in queue_ids {
+                let key = id.as_bytes();
+                match tx.get_json::<MessageRecord>(TreeId::Messages, key)? {
+                    Some(record) if keep_going(&record) => {
+                        tx.remove_message(&record)?;
+                        removed.push(record);
                     }
-                }
-                let conv_key = r.conversation.as_bytes();
-                if let Some(mut c) =
-                    tx.get_json::<model::Conversation>(TreeId::Conversations, conv_key)?
-                {
-                    c.messages.retain(|m| m != queue_id);
-                    tx.put_json(TreeId::Conversations, conv_key, &c)?;
+                    _ => {}
                 }
             }
-            Ok(Deletion::Deleted(record))
+            Ok(removed)
         })?;
-        if let Deletion::Deleted(r) = &removed {
-            if r.body_location == "spool" {
-                self.inner.spool.remove(queue_id)?;
-            }
-        }
+        self.remove_spool_files(removed.iter().filter(|r| r.body_location == "spool"));
         Ok(removed)
     }
 
     /// Drop a message's body but keep its record (metadata, routing), marked
     /// `body_location = "expired"`. Returns false if the message is unknown or already expired.
     pub fn expire_body(&self, queue_id: &str) -> Result<bool, StoreError> {
-        let location = self.update(|tx| {
-            let key = queue_id.as_bytes();
-            let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
-                return Ok(None);
-            };
-            if record.body_location == BODY_EXPIRED {
-                return Ok(None);
-            }
-            let was = std::mem::replace(&mut record.body_location, BODY_EXPIRED.into());
-            tx.remove(TreeId::Bodies, key)?;
-            tx.put_json(TreeId::Messages, key, &record)?;
-            Ok(Some(was))
-        })?;
-        match location {
-            None => Ok(false),
-            Some(was) => {
-                if was == "spool" {
-                    self.inner.spool.remove(queue_id)?;
+        Ok(self.expire_bodies_if(&[queue_id.to_string()], |_| true)? == 1)
+    }
+
+    /// Expire the bodies of the listed messages for which `keep_going` holds (checked inside the
+    /// transaction), in one flushed transaction; then their spool files go. Returns how many
+    /// bodies expired. After a crash between the two, recovery removes the spool file of a record
+    /// marked expired.
+    pub fn expire_bodies_if(
+        &self,
+        queue_ids: &[String],
+        keep_going: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<usize, StoreError> {
+        let spooled = self.update(|tx| {
+            let mut expired = Vec::new();
+            for id in queue_ids {
+                let key = id.as_bytes();
+                let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                    continue;
+                };
+                if record.body_location == BODY_EXPIRED || !keep_going(&record) {
+                    continue;
                 }
-                Ok(true)
+                let was = std::mem::replace(&mut record.body_location, BODY_EXPIRED.into());
+                tx.remove(TreeId::Bodies, key)?;
+                tx.put_json(TreeId::Messages, key, &record)?;
+                expired.push((id.as_str(), was == "spool"));
+            }
+            Ok(expired)
+        })?;
+        let n = spooled.len();
+        for (id, _) in spooled.iter().filter(|(_, spool)| *spool) {
+            if let Err(e) = self.inner.spool.remove(id) {
+                // The record says expired: recovery removes the file at the next start.
+                tracing::warn!(queue_id = %id, error = %e, "cannot remove an expired spool file");
             }
         }
+        Ok(n)
+    }
+
+    /// Clear the SMTP session facts of the listed messages for which `keep_going` holds (see
+    /// `MessageRecord::clear_session_metadata`), in one flushed transaction. Body, routing and
+    /// conversations stay. Returns how many records were cleared.
+    pub fn clear_session_metadata_if(
+        &self,
+        queue_ids: &[String],
+        keep_going: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<usize, StoreError> {
+        self.update(|tx| {
+            let mut n = 0;
+            for id in queue_ids {
+                let key = id.as_bytes();
+                let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                    continue;
+                };
+                if record.session_metadata_cleared || !keep_going(&record) {
+                    continue;
+                }
+                record.clear_session_metadata();
+                tx.put_json(TreeId::Messages, key, &record)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Delete the listed conversations that are closed and were last updated at or before
+    /// `updated_before_ms` (checked inside the transaction: one that a new message just joined
+    /// stays), with their ticket, their contact link, their Message-ID entries and their messages.
+    /// A message that also belongs to a conversation of another inbox (sent to both) only leaves
+    /// this one. Returns (conversations deleted, messages deleted).
+    pub fn delete_closed_conversations(
+        &self,
+        ids: &[String],
+        updated_before_ms: u64,
+    ) -> Result<(usize, usize), StoreError> {
+        let (conversations, removed) = self.update(|tx| {
+            let (mut conversations, mut removed) = (0, Vec::new());
+            for id in ids {
+                let Some(conv) =
+                    tx.get_json::<model::Conversation>(TreeId::Conversations, id.as_bytes())?
+                else {
+                    continue;
+                };
+                if conv.status != "closed" || conv.updated_at > updated_before_ms {
+                    continue;
+                }
+                tx.remove_conversation(&conv, &mut removed)?;
+                conversations += 1;
+            }
+            Ok((conversations, removed))
+        })?;
+        self.remove_spool_files(removed.iter().filter(|r| r.body_location == "spool"));
+        Ok((conversations, removed.len()))
+    }
+
+    fn remove_spool_files<'a>(&self, records: impl Iterator<Item = &'a MessageRecord>) {
+        for r in records {
+            if let Err(e) = self.inner.spool.remove(&r.queue_id) {
+                // The record is gone: recovery removes the orphan file at the next start.
+                tracing::warn!(queue_id = %r.queue_id, error = %e, "cannot remove a deleted message's spool file");
+            }
+        }
+    }
+
+    /// Write and flush a small value (`health:probe` in the counters tree): whether the store can
+    /// take a commit right now. Also false when the committer thread is gone.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        if self
+            .committer
+            .commits
+            .as_ref()
+            .is_none_or(|c| c.is_closed())
+        {
+            return Err(StoreError::Closed);
+        }
+        self.inner.trees[TreeId::Counters as usize]
+            .insert(b"health:probe", &keys::now_ms().to_be_bytes())?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Commit requests waiting for the committer now (at most `COMMIT_QUEUE`).
+    pub fn commit_queue_depth(&self) -> usize {
+        self.committer
+            .commits
+            .as_ref()
+            .map(|c| c.max_capacity() - c.capacity())
+            .unwrap_or(0)
+    }
+
+    /// A small value in the counters tree (retention cursors), without a flush: losing the last
+    /// write in a crash only repeats work.
+    pub fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.inner.trees[TreeId::Counters as usize]
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.trees[TreeId::Counters as usize].insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
     }
 
     /// Path of the database, for messages.
@@ -724,22 +933,38 @@ impl Store {
     }
 }
 
+/// The one field recovery reads of a record (serde skips the rest without building it).
+#[derive(Deserialize)]
+struct BodyLocation {
+    body_location: String,
+}
+
 impl Inner {
     fn recover(&self) -> Result<(), StoreError> {
         let removed_tmp = self.spool.clear_tmp()?;
-        let mut orphans = 0;
+        let (mut orphans, mut expired) = (0, 0);
         for id in self.spool.published_ids()? {
-            if !self.messages.contains_key(id.as_bytes())? {
-                self.spool.remove(&id)?;
-                orphans += 1;
+            // No record: never acknowledged, or deleted just before a crash. A record whose body
+            // is no longer in the spool: expired (retention) just before a crash.
+            match self.messages.get(id.as_bytes())? {
+                None => orphans += 1,
+                Some(v)
+                    if serde_json::from_slice::<BodyLocation>(&v)
+                        .is_ok_and(|r| r.body_location != "spool") =>
+                {
+                    expired += 1
+                }
+                Some(_) => continue,
             }
+            self.spool.remove(&id)?;
         }
+        let orphans_and_expired = orphans + expired;
         // Inline bodies are written in the same transaction as their record, so an orphan can
         // only come from a damaged database. Looking for one reads every body (sled loads values
         // with their keys), which on a large store costs seconds and hundreds of MiB at every
         // start; so it is done only when the spool shows the last run did not end cleanly.
         let mut orphan_bodies = 0;
-        if removed_tmp + orphans > 0 {
+        if removed_tmp + orphans_and_expired > 0 {
             for kv in self.bodies.iter() {
                 let (k, _) = kv?;
                 if !self.messages.contains_key(&k)? {
@@ -748,13 +973,14 @@ impl Inner {
                 }
             }
         }
-        if removed_tmp + orphans + orphan_bodies > 0 {
+        if removed_tmp + orphans_and_expired + orphan_bodies > 0 {
             self.spool.sync_msg_dir()?;
             self.db.flush()?;
         }
         tracing::info!(
             removed_partial = removed_tmp,
-            removed_unacknowledged = orphans,
+            removed_without_record = orphans,
+            removed_expired = expired,
             removed_orphan_bodies = orphan_bodies,
             "store recovered"
         );

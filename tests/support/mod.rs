@@ -123,6 +123,28 @@ impl TestServer {
     pub async fn start_config(dir: TempDir, mut cfg: Config) -> TestServer {
         cfg.override_api_listen(SocketAddr::from(([127, 0, 0, 1], 0)));
         let bound = inbound::server::bind(cfg).await.expect("server binds");
+        Self::start_bound(dir, bound).await
+    }
+
+    /// Start from a config file, as `inbound serve --config FILE` does, so that `ctx.reload()`
+    /// has a file to read again. The API gets an ephemeral port as `--api-listen` would give it
+    /// (a reload applies that override again).
+    pub async fn start_file(dir: TempDir, file: &Path) -> TestServer {
+        let source = config::ConfigSource {
+            path: Some(file.to_path_buf()),
+            api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..Default::default()
+        };
+        let cfg = source
+            .load()
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let bound = inbound::server::bind_with_source(cfg, source)
+            .await
+            .expect("server binds");
+        Self::start_bound(dir, bound).await
+    }
+
+    async fn start_bound(dir: TempDir, bound: inbound::server::Bound) -> TestServer {
         let addr = bound.local_addrs()[0];
         let api_addr = bound.api_addr();
         let ctx = bound.ctx();

@@ -1,0 +1,113 @@
+//! The running server -> whether it can take mail now (`Readiness`), for a load balancer's or
+//! orchestrator's readiness probe. The HTTP layer serves it; this module only answers.
+//!
+//! Ready means all three: the store takes a flushed write, every SMTP listener's accept loop is
+//! running, and the configured nameservers answer. Without DNS every checked message would be
+//! deferred (451 4.7.0), so a node that cannot resolve is better taken out of rotation. The DNS
+//! answer is cached for `DNS_CACHE` so that frequent probes cost one query per interval.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Ctx;
+
+/// How long a DNS probe result is reused.
+pub const DNS_CACHE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub store_writable: bool,
+    pub listeners_up: bool,
+    pub dns_reachable: bool,
+    /// All of the above.
+    pub ready: bool,
+    /// What is wrong, one entry per failed check (empty when ready).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// What readiness needs to remember between probes.
+#[derive(Default)]
+pub(crate) struct HealthState {
+    /// Accept loops `Bound::run` started.
+    listeners_expected: AtomicUsize,
+    /// Accept loops running now (each holds a `ListenerRunning`).
+    listeners_running: AtomicUsize,
+    /// The last DNS probe: when, and its outcome. A tokio mutex, held across the probe, so that
+    /// probes arriving together wait for one query instead of each sending their own.
+    dns: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// Held by an accept loop while it runs.
+pub(crate) struct ListenerRunning<'a>(&'a HealthState);
+
+impl HealthState {
+    pub(crate) fn expect_listeners(&self, n: usize) {
+        self.listeners_expected.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn listener_running(&self) -> ListenerRunning<'_> {
+        self.listeners_running.fetch_add(1, Ordering::SeqCst);
+        ListenerRunning(self)
+    }
+}
+
+impl Drop for ListenerRunning<'_> {
+    fn drop(&mut self) {
+        self.0.listeners_running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Check the store, the listeners and DNS now (DNS from a cache of at most `DNS_CACHE`).
+pub async fn readiness(ctx: &Ctx) -> Readiness {
+    let mut problems = Vec::new();
+
+    // sled's flush is blocking file I/O.
+    let store = ctx.store.clone();
+    let store_writable = match tokio::task::spawn_blocking(move || store.probe_write()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            problems.push(format!("store: {e}"));
+            false
+        }
+        Err(e) => {
+            problems.push(format!("store: probe failed: {e}"));
+            false
+        }
+    };
+
+    let expected = ctx.health.listeners_expected.load(Ordering::SeqCst);
+    let running = ctx.health.listeners_running.load(Ordering::SeqCst);
+    let listeners_up = expected > 0 && running == expected;
+    if !listeners_up {
+        problems.push(format!(
+            "listeners: {running} of {expected} accept loops running"
+        ));
+    }
+
+    let dns = {
+        let mut last = ctx.health.dns.lock().await;
+        match &*last {
+            Some((at, result)) if at.elapsed() < DNS_CACHE => result.clone(),
+            _ => {
+                let result = ctx.dns.probe().await;
+                *last = Some((Instant::now(), result.clone()));
+                result
+            }
+        }
+    };
+    let dns_reachable = dns.is_ok();
+    if let Err(e) = dns {
+        problems.push(format!("dns: {e}"));
+    }
+
+    Readiness {
+        store_writable,
+        listeners_up,
+        dns_reachable,
+        ready: store_writable && listeners_up && dns_reachable,
+        problems,
+    }
+}

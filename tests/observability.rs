@@ -1,0 +1,193 @@
+//! What the lead's HTTP endpoints will serve, called as functions on a real server: the
+//! Prometheus text after real SMTP traffic (`metrics::render`) and readiness
+//! (`health::readiness`) with its store, listener and DNS checks, DNS on a loopback server that
+//! answers, or that has gone silent.
+mod support;
+
+use std::time::Duration;
+
+use inbound::metrics::render;
+use inbound::server::health::readiness;
+use support::dns::{Mode, TestDns};
+use support::*;
+
+/// The value of one sample line (`name` includes its labels) in rendered metrics.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_messages_rejections_and_latencies() {
+    let srv = TestServer::start().await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let mut bytes = 0;
+    for i in 0..3 {
+        let body = message(&format!("metrics-{i}"));
+        bytes += body.len();
+        let r = c
+            .send_message("alice@example.com", &["support@demo.inbound.test"], &body)
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    c.cmd("MAIL FROM:<alice@example.com>", "250").await;
+    c.cmd("RCPT TO:<nobody@demo.inbound.test>", "550 5.1.1")
+        .await;
+    c.cmd("RCPT TO:<someone@elsewhere.example>", "550 5.7.1")
+        .await;
+    c.cmd("RSET", "250").await;
+    c.cmd("MAIL FROM:<alice@example.com> SIZE=999999999", "552")
+        .await;
+
+    let text = render(&srv.ctx);
+    assert_eq!(sample(&text, "inbound_messages_accepted_total"), 3.0);
+    assert_eq!(
+        sample(&text, "inbound_accepted_message_bytes_total"),
+        bytes as f64
+    );
+    for (reason, n) in [
+        ("unknown_recipient", 1.0),
+        ("relay_denied", 1.0),
+        ("size", 1.0),
+        ("policy", 0.0),
+        ("local_error", 0.0),
+    ] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("inbound_messages_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            n,
+            "{reason}"
+        );
+    }
+    // Loopback is a trusted network in the test config: checks skipped, three times.
+    assert_eq!(
+        sample(&text, "inbound_auth_verdicts_total{verdict=\"skipped\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "inbound_auth_verdicts_total{verdict=\"accept\"}"),
+        0.0
+    );
+    assert_eq!(sample(&text, "inbound_connections_accepted_total"), 1.0);
+    assert_eq!(sample(&text, "inbound_sessions_open"), 1.0);
+    assert!(sample(&text, "inbound_received_bytes_total") > bytes as f64);
+    for h in [
+        "inbound_store_commit_duration_seconds",
+        "inbound_end_of_data_reply_duration_seconds",
+    ] {
+        assert_eq!(sample(&text, &format!("{h}_count")), 3.0, "{h}");
+        assert_eq!(
+            sample(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")),
+            3.0,
+            "{h}"
+        );
+        assert!(sample(&text, &format!("{h}_sum")) > 0.0, "{h}");
+    }
+    assert_eq!(sample(&text, "inbound_store_commit_queue_depth"), 0.0);
+    srv.ctx.metrics.set_outbox_depth(4);
+    assert_eq!(sample(&render(&srv.ctx), "inbound_outbox_depth"), 4.0);
+
+    c.cmd("QUIT", "221").await;
+    c.expect_closed().await;
+    // The session ends just after its last reply.
+    let mut open = 1.0;
+    for _ in 0..100 {
+        open = sample(&render(&srv.ctx), "inbound_sessions_open");
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_per_ip_cap_are_counted_by_reason() {
+    let srv = TestServer::start_with("[limits]\nmax_connections_per_ip = 1\n").await;
+    let mut first = srv.connect().await;
+    first.hello().await;
+    let mut second = srv.connect().await;
+    second.expect("421 4.7.0").await;
+    let text = render(&srv.ctx);
+    assert_eq!(
+        sample(
+            &text,
+            "inbound_connections_refused_total{reason=\"per_ip\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "inbound_connections_accepted_total"), 1.0);
+}
+
+fn with_dns(dns: &TestDns) -> String {
+    format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n",
+        dns.addr()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_when_store_listeners_and_dns_answer_and_dns_is_probed_once_per_interval() {
+    let dns = TestDns::start().await;
+    let mut srv = TestServer::start_with(&with_dns(&dns)).await;
+    // `run` starts the accept loops on its task; wait until it has.
+    let mut r = readiness(&srv.ctx).await;
+    for _ in 0..100 {
+        if r.listeners_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r = readiness(&srv.ctx).await;
+    }
+    assert!(
+        r.ready && r.store_writable && r.listeners_up && r.dns_reachable,
+        "{r:?}"
+    );
+    assert!(r.problems.is_empty(), "{r:?}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["dns_reachable"], true);
+
+    // The DNS answer (NXDOMAIN for the root here: any answer will do) is reused for a while.
+    let queries = dns.queries();
+    assert!(queries >= 1, "the probe should have asked the nameserver");
+    for _ in 0..5 {
+        assert!(readiness(&srv.ctx).await.ready);
+    }
+    assert_eq!(dns.queries(), queries, "probes within 10s share one query");
+
+    // At shutdown the accept loops stop: no longer ready.
+    srv.trigger_shutdown();
+    srv.wait_stopped().await;
+    let r = readiness(&srv.ctx).await;
+    assert!(!r.listeners_up && !r.ready, "{r:?}");
+    assert!(r.store_writable && r.dns_reachable, "{r:?}");
+    assert!(
+        r.problems.iter().any(|p| p.starts_with("listeners")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_ready_when_the_nameserver_does_not_answer() {
+    let dns = TestDns::start().await;
+    dns.set_mode(Mode::Down);
+    let srv = TestServer::start_with(&with_dns(&dns)).await;
+    let started = std::time::Instant::now();
+    let r = readiness(&srv.ctx).await;
+    assert!(!r.dns_reachable && !r.ready, "{r:?}");
+    assert!(r.store_writable, "{r:?}");
+    assert!(r.problems.iter().any(|p| p.starts_with("dns")), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the probe must give up quickly, took {:?}",
+        started.elapsed()
+    );
+    assert!(dns.queries() >= 1);
+}
