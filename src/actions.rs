@@ -102,11 +102,44 @@ pub fn assign(
         }
     }
     change_conversation(store, conversation, |tx, c| {
+        let changed = c.assignee != to.user || c.team != to.team;
         move_open(tx, c, c.assignee.clone(), to.user.clone())?;
         c.assignee = to.user.clone();
         c.team = to.team.clone();
+        if changed {
+            announce_assignment(tx, config, c)?;
+        }
         Ok(())
     })
+}
+
+/// An operator's assignment, told in the same transaction: the `conversation.assigned` webhook
+/// event, and a notice to the assignee if they are marked away.
+fn announce_assignment(tx: &Tx<'_>, config: &Config, c: &Conversation) -> TxResult<()> {
+    let now = keys::now_ms();
+    let data = serde_json::json!({
+        "conversation": c.id,
+        "assignee": c.assignee,
+        "team": c.team,
+        "how": "operator",
+        "rule": null,
+        "by": "operator",
+    });
+    crate::notify::queue_event(tx, config, "conversation.assigned", &c.inbox, data, now)?;
+    if let Some(user) = &c.assignee {
+        if !routing::available(tx, &config.directory, user)? {
+            let notice = crate::notify::AssignmentNotice {
+                inbox: &c.inbox,
+                conversation: &c.id,
+                user,
+                sender: &c.contact,
+                subject: &c.subject,
+                why: "Assigned to you",
+            };
+            crate::notify::assignment_notice(tx, config, &notice, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Take a conversation off its user and team.

@@ -43,6 +43,48 @@ pub async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready to take traffic: 200 with every check, or 503 with what failed.
+pub async fn readyz(State(s): St) -> Response {
+    let r = crate::server::health::readiness(&s.ctx).await;
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(r)).into_response()
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(s): St) -> Response {
+    let body = crate::metrics::render(&s.ctx);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// Re-read the config file (the same as SIGHUP). The running config stays unless the new one is
+/// valid and can be applied live.
+pub async fn admin_reload(State(s): St) -> Json<crate::server::ReloadSummary> {
+    use crate::server::ReloadError as E;
+    let ctx = s.ctx.clone();
+    let result = tokio::task::spawn_blocking(move || ctx.reload())
+        .await
+        .map_err(ApiError::internal)?;
+    match result {
+        Ok(summary) => Ok(axum::Json(summary)),
+        Err(e) => Err(match &e {
+            E::NoFile => ApiError::new(StatusCode::CONFLICT, "reload_unavailable", e.to_string()),
+            E::Unreadable { .. } | E::Invalid { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "config_invalid",
+                e.to_string(),
+            ),
+            E::Refused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "reload_refused", e.to_string())
+            }
+            E::Store { .. } => ApiError::internal(&e),
+        }),
+    }
+}
+
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
 }
@@ -270,9 +312,10 @@ pub async fn conversation_assign(
         user: body.user,
         team: body.team,
     };
-    blocking(move || Ok(actions::assign(&store, &config, &id, &to)?.into()))
-        .await
-        .map(axum::Json)
+    let answer = blocking(move || Ok(actions::assign(&store, &config, &id, &to)?.into())).await;
+    // The assignment may have queued a webhook call or a notice.
+    s.ctx.outbox_wake.notify_one();
+    answer.map(axum::Json)
 }
 
 pub async fn conversation_unassign(
@@ -533,9 +576,10 @@ pub async fn quarantine_release(
     PathParams(id): PathParams<String>,
 ) -> Json<views::MessageDetail> {
     let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || Ok(actions::release_quarantined(&config, &store, &id)?.into()))
-        .await
-        .map(axum::Json)
+    let answer =
+        blocking(move || Ok(actions::release_quarantined(&config, &store, &id)?.into())).await;
+    s.ctx.outbox_wake.notify_one();
+    answer.map(axum::Json)
 }
 
 pub async fn quarantine_delete(

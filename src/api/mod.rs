@@ -53,8 +53,11 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     });
     let public = Router::new()
         .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(handlers::openapi));
     let protected = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/admin/reload", post(handlers::admin_reload))
         .route("/v1/inboxes", get(handlers::inboxes))
         .route("/v1/inboxes/{id}", get(handlers::inbox))
         .route("/v1/inboxes/{id}/confirm", post(handlers::inbox_confirm))
