@@ -47,12 +47,9 @@ impl ActionError {
 pub fn confirm_inbox(store: &Store, id: &str, address: &str) -> Result<InboxState, StoreError> {
     let now = keys::now_ms();
     store.update(|tx| {
-        let mut st: InboxState =
-            tx.get_json(TreeId::Inboxes, id.as_bytes())?
-                .unwrap_or_else(|| InboxState {
-                    id: id.to_string(),
-                    ..Default::default()
-                });
+        let mut st: InboxState = tx
+            .get_json(TreeId::Inboxes, id.as_bytes())?
+            .unwrap_or_else(|| InboxState::pending(id, address));
         if st.state != "connected" {
             st.state = "connected".into();
             st.address = address.to_string();

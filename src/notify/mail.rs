@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mail_send::smtp::message::Message;
-use mail_send::SmtpClientBuilder;
+use mail_send::{SmtpClient, SmtpClientBuilder};
 
 use crate::config::outbound::{RelayConfig, RelaySecurity};
 
@@ -155,19 +155,11 @@ pub async fn send(relay: &RelayConfig, helo: &str, to: &[String], message: &str)
     }
     let result = match relay.security {
         RelaySecurity::None => match builder.connect_plain().await {
-            Ok(mut client) => {
-                let r = client.send(msg).await;
-                let _ = client.quit().await;
-                r
-            }
+            Ok(client) => send_and_quit(client, msg).await,
             Err(e) => Err(e),
         },
         _ => match builder.connect().await {
-            Ok(mut client) => {
-                let r = client.send(msg).await;
-                let _ = client.quit().await;
-                r
-            }
+            Ok(client) => send_and_quit(client, msg).await,
             Err(e) => Err(e),
         },
     };
@@ -186,6 +178,16 @@ pub async fn send(relay: &RelayConfig, helo: &str, to: &[String], message: &str)
         }
         Err(e) => Outcome::Retry(format!("relay {}:{}: {e}", relay.host, relay.port)),
     }
+}
+
+/// One transaction on a connected client (clear or TLS), then QUIT.
+async fn send_and_quit<T>(mut client: SmtpClient<T>, msg: Message<'_>) -> mail_send::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let r = client.send(msg).await;
+    let _ = client.quit().await;
+    r
 }
 
 #[cfg(test)]

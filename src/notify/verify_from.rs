@@ -63,22 +63,12 @@ fn new_code() -> String {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn state(tx: &Tx<'_>, config: &Config, inbox: &str) -> TxResult<InboxState> {
     Ok(tx
         .get_json(TreeId::Inboxes, inbox.as_bytes())?
-        .unwrap_or_else(|| InboxState {
-            id: inbox.into(),
-            state: "pending".into(),
-            address: config
-                .inboxes
-                .get(inbox)
-                .map(|i| i.address.clone())
-                .unwrap_or_default(),
-            ..Default::default()
+        .unwrap_or_else(|| {
+            let address = config.inboxes.get(inbox).map(|i| i.address.as_str());
+            InboxState::pending(inbox, address.unwrap_or_default())
         }))
 }
 
@@ -213,7 +203,8 @@ pub fn confirm(
             tx.put_json(TreeId::Inboxes, inbox.as_bytes(), &st)?;
             return Ok(Err(VerifyError::Expired));
         }
-        if !constant_time_eq(hash(&v.salt, &code).as_bytes(), v.code_sha256.as_bytes()) {
+        if !crate::util::constant_time_eq(hash(&v.salt, &code).as_bytes(), v.code_sha256.as_bytes())
+        {
             v.failed_attempts += 1;
             let left = MAX_FAILED_ATTEMPTS.saturating_sub(v.failed_attempts);
             if left == 0 {
@@ -248,12 +239,5 @@ mod tests {
             assert_eq!(c.len(), 6);
             assert!(c.bytes().all(|b| b.is_ascii_digit()));
         }
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -297,12 +297,7 @@ fn update_inbox(
 ) -> TxResult<()> {
     let mut st: InboxState = tx
         .get_json(TreeId::Inboxes, inbox.inbox.as_bytes())?
-        .unwrap_or_else(|| InboxState {
-            id: inbox.inbox.clone(),
-            state: "pending".into(),
-            address: inbox.address.clone(),
-            ..Default::default()
-        });
+        .unwrap_or_else(|| InboxState::pending(&inbox.inbox, &inbox.address));
     if !duplicate {
         st.messages += 1;
     }

@@ -204,6 +204,14 @@ pub const BODY_EXPIRED: &str = "expired";
 /// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
 pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
 
+/// A counter as stored (8 bytes, big-endian); absent or malformed reads as 0.
+fn decode_counter(value: Option<sled::IVec>) -> i64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0)
+}
+
 /// A view of every tree inside one transaction: reads see this transaction's own writes.
 pub struct Tx<'a> {
     views: &'a [sled::transaction::TransactionalTree],
@@ -342,11 +350,7 @@ impl Tx<'_> {
     }
 
     pub fn counter(&self, key: &[u8]) -> TxResult<i64> {
-        Ok(self
-            .get(TreeId::Counters, key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(i64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(decode_counter(self.get(TreeId::Counters, key)?))
     }
 }
 
@@ -583,11 +587,9 @@ impl Store {
 
     /// A counter of the `Counters` tree (0 when never set).
     pub fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
-        Ok(self.inner.trees[TreeId::Counters as usize]
-            .get(key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(i64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(decode_counter(
+            self.inner.trees[TreeId::Counters as usize].get(key)?,
+        ))
     }
 
     /// Every outbox item waiting, oldest first.

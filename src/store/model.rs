@@ -130,6 +130,18 @@ pub struct InboxState {
     pub from_verification: Option<FromVerification>,
 }
 
+impl InboxState {
+    /// The state of an inbox nothing has been recorded for yet.
+    pub fn pending(id: &str, address: &str) -> InboxState {
+        InboxState {
+            id: id.to_string(),
+            state: "pending".into(),
+            address: address.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A one-time code sent to prove the team controls a from-address. Only a salted hash of the
 /// code is stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
