@@ -261,7 +261,7 @@ impl Bound {
             tracing::info!(addr = %addr, tokens, "API listening");
             if tokens == 0 {
                 tracing::warn!(
-                    "the API has no tokens (api.tokens, api.token_files): every endpoint but /healthz and /openapi.json answers 401"
+                    "the API has no tokens (api.tokens, api.token_files): every endpoint but /healthz, /readyz and /openapi.json answers 401"
                 );
             }
             if !addr.ip().is_loopback() {
