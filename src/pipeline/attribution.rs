@@ -27,7 +27,7 @@
 //! reply, which keeps its header From; so does a reply to a forwarded thread.
 //!
 //! Pure and bounded: no I/O, only the first [`SCAN_LIMIT_BYTES`] of a body are read, nesting
-//! stops at [`MAX_DEPTH`], and no input panics (`tests/attribution_corpus.rs` mutates fixtures to
+//! stops at [`MAX_DEPTH`], and no input panics (`tests/it/attribution_corpus.rs` mutates fixtures to
 //! check it). Attribution is not authentication: every source here can be forged by the sender,
 //! and the auth stage's verdict is what says whether to trust the header From.
 

@@ -1,7 +1,7 @@
 //! Arbitrary client bytes -> the bytes the server wrote back, with no socket: one `Session` over an
 //! in-memory stream, against a real store in a directory of the caller's choosing. Used by the
 //! cargo-fuzz target `session` (fuzz/) and by the plain test that replays its corpus
-//! (tests/fuzz_corpus.rs), so both exercise exactly the code a TCP client reaches.
+//! (tests/it/fuzz_corpus.rs), so both exercise exactly the code a TCP client reaches.
 //!
 //! The input is finite and the stream answers every read at once, so a session ends at EOF at the
 //! latest: a session that does not end is a bug, reported by a panic after `SESSION_DEADLINE`.

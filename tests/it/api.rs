@@ -1,7 +1,7 @@
 //! The HTTP API end to end: real HTTP over loopback to a real server, mail sent to it over SMTP.
 //! Every answer is also checked against the server's own /openapi.json (support::http::Api), so
 //! each test here tests the document too.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

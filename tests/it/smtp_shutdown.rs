@@ -1,7 +1,7 @@
 //! Transcript tests for how sessions end: graceful shutdown (idle sessions get `421 4.3.0`, a
 //! message in flight may finish and is stored, new connections are refused), and hostile or broken
 //! clients, which end their own session and never the server or what it already acknowledged.
-mod support;
+use crate::support;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Transcript tests for every SMTP command, the recipient table and PIPELINING. RFC 5321 (commands
 //! and sequence), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 6531 (SMTPUTF8), RFC 2920 (PIPELINING).
-mod support;
+use crate::support;
 use support::*;
 
 const HOSTED: &str = "support@demo.inbound.test";

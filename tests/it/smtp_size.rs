@@ -2,7 +2,7 @@
 //! MAIL, and undeclared oversized DATA/BDAT read to the end, answered `552 5.3.4`, stored nowhere,
 //! with the connection still usable. Most use a small `max_message_bytes`; two send a real 31 MB
 //! body against the default 30 MB cap.
-mod support;
+use crate::support;
 use std::path::Path;
 
 use support::*;

@@ -7,7 +7,7 @@
 //! in the store intact (`Harness::check`). Replies may not depend on how the input was split
 //! (PIPELINING buffers replies until the input is used up), except after STARTTLS, where bytes
 //! read before the handshake are dropped by design. Named seeds also carry their own expectation.
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

@@ -2,8 +2,8 @@
 //! working and sees the new inboxes; a config that is invalid, that moves a connected inbox or
 //! that changes what only a restart can change is refused whole, and the old one keeps serving.
 //! In process through `Ctx::reload`, and through SIGHUP to the real `inbound serve`.
-mod process;
-mod support;
+use crate::process;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

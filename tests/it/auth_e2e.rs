@@ -1,7 +1,7 @@
 //! Sender authentication end to end: real SMTP over loopback (client addresses presented through
 //! the PROXY protocol, as behind a load balancer), a real DNS server on loopback serving SPF,
 //! DKIM, DMARC and ARC records, messages signed and sealed by the tests.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
-//! The test harness's own tests: the loopback DNS server (tests/support/dns.rs) answers as an
+//! The test harness's own tests: the loopback DNS server (tests/it/support/dns.rs) answers as an
 //! authoritative server would, through mail-auth and through hickory-resolver directly, and the
-//! fixture signers (tests/support/sign.rs) produce DKIM signatures and ARC sets that mail-auth
+//! fixture signers (tests/it/support/sign.rs) produce DKIM signatures and ARC sets that mail-auth
 //! verifies against it.
 
-mod support;
+use crate::support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! A half-written body in `spool/tmp/`, a spool file in `spool/msg/` whose record never
 //! committed, and an inline body in the database without its record were never answered 250
 //! (store/mod.rs, "Order of a commit"), so the next start removes them.
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Transcript tests for message content over the wire: DATA transparency and line endings
 //! (RFC 5321 §4.1.1.4, §4.5.2), SMTP smuggling, long lines, and BDAT/CHUNKING (RFC 3030). Stored
 //! bytes are compared with what the client meant to send.
-mod support;
+use crate::support;
 use support::*;
 
 const HOSTED: &str = "support@demo.inbound.test";

@@ -1,7 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 in this process (`TestServer`, its HTTP API on
 //! another ephemeral port), a line-oriented SMTP client that reads like a transcript (`Client`),
 //! an HTTP client for the API (`http`), and temporary directories.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! The real `inbound` binary as a child process: start `serve` on a loopback port, wait for its
 //! greeting, SIGKILL or SIGTERM it, and run CLI commands with a time limit. Used by the crash and
 //! CLI tests, which need a process boundary (a crash, a signal, a second process reading the store).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! SMTPUTF8) and `swaks` (STARTTLS with PIPELINING, and a body large enough for the spool path).
 //! Each message they send must be stored byte for byte as they sent it. Both tools are required:
 //! a missing one fails the test with what to install (.ci/run installs them), it never skips.
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -15,8 +15,8 @@
 //! SIGKILL ends the process, not the machine: data the kernel had accepted survives it whether
 //! or not it was fsynced. This proves the commit order (record only after body, 250 only after
 //! commit) and recovery; it cannot prove the fsyncs themselves.
-mod process;
-mod support;
+use crate::process;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

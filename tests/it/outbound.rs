@@ -2,7 +2,7 @@
 //! confirmation notices to an inbox's admins, notices to away assignees, from-address
 //! verification codes; with the relay down, refusing, or gone past the outbox lifetime; across
 //! restarts; over STARTTLS with AUTH.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Transcript tests for the abuse limits: global and per-IP connection caps, per-IP connection and
 //! message rates, command and data timeouts, the bad-command budget, and over-long command lines
 //! (RFC 5321 §4.5.3.1.4: 500 5.5.2, then the session goes on).
-mod support;
+use crate::support;
 use std::time::{Duration, Instant};
 
 use support::*;

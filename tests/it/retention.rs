@@ -2,7 +2,7 @@
 //! sender checks against a loopback DNS server), sweeps run at chosen clock times, and what they
 //! remove is checked on disk (spool files), in the store's answers, and in the database itself
 //! once the server has stopped. What must stay is compared byte for byte.
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! reading the data directory. `messages` is checked both while the server runs (it must go
 //! through the admin socket: sled lets only one process open the store, and the test proves the
 //! store is locked at that moment) and after it stopped (it opens the store itself).
-mod process;
-mod support;
+use crate::process;
+use crate::support;
 
 use std::net::TcpStream;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Inbox setup over SMTP: a provider's confirmation mail shows up with its code on the inbox, the
 //! team's first forwarded message flips the inbox to connected, and a connected inbox's address
 //! is locked against config changes (at start and in check-config).
-mod support;
+use crate::support;
 
 use std::process::Command;
 

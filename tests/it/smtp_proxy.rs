@@ -1,7 +1,7 @@
 //! Transcript tests for a listener behind a load balancer speaking the PROXY protocol (HAProxy
 //! spec v1 and v2): the header's source address becomes the client address everywhere (EHLO
 //! reply, stored record, per-IP limits), and only trusted proxies may send one.
-mod support;
+use crate::support;
 use std::net::Ipv6Addr;
 
 use inbound::config;

@@ -19,7 +19,7 @@
 //! Known mismatches, each explained, are listed in `KNOWN`; any other mismatch fails the test, and
 //! so does a listed case that now passes (so the list stays true when mail-auth changes).
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::IpAddr;

@@ -2,7 +2,7 @@
 //! Prometheus text after real SMTP traffic (`metrics::render`) and readiness
 //! (`health::readiness`) with its store, listener and DNS checks, DNS on a loopback server that
 //! answers, or that has gone silent.
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Conversations end to end: messages sent over SMTP land in the right conversation with the right
 //! assignee and ticket, as the inbox's TOML rules say.
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,5 +1,5 @@
 //! Transcript tests for the basic ESMTP dialogue.
-mod support;
+use crate::support;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]

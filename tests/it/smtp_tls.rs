@@ -1,7 +1,7 @@
 //! Transcript tests for STARTTLS (RFC 3207) with a real rustls handshake: the upgrade, what the
 //! session forgets across it, pipelined plaintext after STARTTLS being discarded (CVE-2011-0411),
 //! the TLS version on the stored record, and certificates from configured PEM files.
-mod support;
+use crate::support;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

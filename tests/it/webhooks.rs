@@ -1,7 +1,7 @@
 //! Webhooks against a real HTTP receiver on loopback (`support::sink::HttpSink`): events written
 //! with the message, signed with HMAC-SHA256 over timestamp and body, retried on 500 and on a
 //! dead receiver, delivered after a restart, and never accepted twice under one idempotency key.
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

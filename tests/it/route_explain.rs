@@ -1,7 +1,7 @@
 //! `inbound route --explain`: the real binary, on message files, with and without a config.
 use std::process::Command;
 
-mod support;
+use crate::support;
 use support::TempDir;
 
 fn explain(args: &[&str], message: &[u8]) -> (i32, String, String) {

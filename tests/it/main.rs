@@ -1,0 +1,76 @@
+//! The one integration test binary (as ripgrep's `tests/tests.rs`): a `mod` line per area, all
+//! sharing one kit in `support/` (a real server on loopback, a transcript-style SMTP client, a
+//! loopback DNS server, a DKIM/ARC signer, HTTP and SMTP sinks) and `process/` (the real binary
+//! as a child process). One binary links once, instead of once per area.
+
+// The shared kit. Not every area uses every helper.
+#[allow(dead_code)]
+mod process;
+#[allow(dead_code)]
+mod support;
+
+// SMTP on the wire, transcript style.
+/// The session fuzzer's corpus replayed through the real state machine.
+mod fuzz_corpus;
+/// Other people's SMTP clients (Python's smtplib, swaks) against the real server.
+mod interop;
+/// The basic ESMTP dialogue.
+mod smtp_basic;
+/// DATA transparency, line endings, smuggling.
+mod smtp_data;
+/// Connection caps, rates, timeouts, error counts.
+mod smtp_limits;
+/// Every command, the recipient table, PIPELINING.
+mod smtp_protocol;
+/// Listeners behind a PROXY-protocol load balancer.
+mod smtp_proxy;
+/// How sessions end at shutdown.
+mod smtp_shutdown;
+/// The 30 MB size cap (RFC 1870).
+mod smtp_size;
+/// STARTTLS with a real rustls handshake.
+mod smtp_tls;
+
+// Sender authentication.
+/// SPF, DKIM, ARC, DMARC and the forwarding policy end to end over SMTP with loopback DNS.
+mod auth_e2e;
+/// The harness's own loopback DNS server and signer answer as a real one would.
+mod dns_harness;
+/// RFC 7208 conformance: the OpenSPF test suite.
+mod spf_suite;
+
+// What the pipeline makes of a message.
+/// Original senders of forwarded mail, over the fixture corpus.
+mod attribution_corpus;
+/// Threading, assignment and tickets end to end.
+mod conversations;
+/// The message fuzzer's corpus and every fixture through parse and attribution.
+mod fuzz_message_corpus;
+/// Inbox setup: confirmation codes and the connected state.
+mod inbox_setup;
+/// `inbound route --explain` on message files.
+mod route_explain;
+/// Providers' forwarding confirmations, over the fixture corpus.
+mod verification_corpus;
+
+// Durability.
+/// SIGKILL under load: every acknowledged message survives byte-identical.
+mod crash;
+/// Recovery at start removes what was never acknowledged.
+mod recovery;
+/// Retention lifetimes and the sweeper.
+mod retention;
+
+// Around the message: outbox, API, operations.
+/// The HTTP API over real HTTP, validated against /openapi.json.
+mod api;
+/// The `inbound` command as an operator runs it.
+mod cli;
+/// Metrics, readiness and what the HTTP endpoints serve.
+mod observability;
+/// Notification mail through a real relay on loopback.
+mod outbound;
+/// Config reload while mail flows.
+mod reload;
+/// Signed webhooks to a real HTTP receiver on loopback.
+mod webhooks;
