@@ -275,7 +275,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     .context("starting the server")?;
                 reload_on_sighup(bound.ctx())?;
                 bound
-                    .run(crate::server::shutdown::signal())
+                    .run(crate::context::shutdown::signal())
                     .await
                     .context("running the server")
             })?;
@@ -354,7 +354,7 @@ fn run(command: Command) -> Result<ExitCode> {
 
 /// SIGHUP reloads the config file (`Ctx::reload`, which logs the outcome). Installed before the
 /// server greets anyone, so a SIGHUP can never hit the default action (terminate).
-fn reload_on_sighup(ctx: std::sync::Arc<crate::server::Ctx>) -> Result<()> {
+fn reload_on_sighup(ctx: std::sync::Arc<crate::context::Ctx>) -> Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

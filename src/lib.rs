@@ -18,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod dns;
 pub mod limits;
 pub mod metrics;

@@ -7,14 +7,12 @@
 //! Who records what: the listener (connections), the session (bytes, rejections, end-of-data
 //! latency), the pipeline (auth verdicts, commit latency), the retention sweeper, reload, and the
 //! outbox worker (`set_outbox_depth`). Gauges that mirror state kept elsewhere (open sessions,
-//! commit queue) are sampled when `render` runs instead of being kept in step.
+//! commit queue) are sampled by the API's `/metrics` handler before it renders instead of being kept in step.
 
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-
-use crate::server::Ctx;
 
 /// The Content-Type to serve `render`'s output with.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -31,7 +29,7 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_refused: CounterVec<ConnectionRefusal>,
     /// Sessions open now; sampled from `Limits` at render.
-    sessions_open: Gauge,
+    pub(crate) sessions_open: Gauge,
     /// Messages acknowledged with 250 (each counted once, whatever its number of recipients).
     pub messages_accepted: Counter,
     pub messages_rejected: CounterVec<Rejection>,
@@ -46,7 +44,7 @@ pub struct Metrics {
     /// waits for (checks, commit).
     pub end_of_data_duration: Histogram,
     /// Messages waiting for the committer; sampled from the store at render.
-    commit_queue_depth: Gauge,
+    pub(crate) commit_queue_depth: Gauge,
     /// Outbox items waiting for delivery; set by the outbox worker.
     outbox_depth: Gauge,
     pub retention_removed: CounterVec<RetentionAction>,
@@ -176,16 +174,6 @@ impl Metrics {
         );
         out
     }
-}
-
-/// Every metric of the server in the Prometheus text format (serve with `CONTENT_TYPE`).
-pub fn render(ctx: &Ctx) -> String {
-    let m = &ctx.metrics;
-    m.sessions_open
-        .set(i64::try_from(ctx.limits.open_sessions()).unwrap_or(i64::MAX));
-    m.commit_queue_depth
-        .set(i64::try_from(ctx.store.commit_queue_depth()).unwrap_or(i64::MAX));
-    m.render()
 }
 
 #[derive(Debug, Default)]

@@ -45,7 +45,7 @@ pub async fn healthz() -> axum::Json<serde_json::Value> {
 
 /// Ready to take traffic: 200 with every check, or 503 with what failed.
 pub async fn readyz(State(s): St) -> Response {
-    let r = crate::server::health::readiness(&s.ctx).await;
+    let r = crate::context::health::readiness(&s.ctx).await;
     let status = if r.ready {
         StatusCode::OK
     } else {
@@ -56,14 +56,14 @@ pub async fn readyz(State(s): St) -> Response {
 
 /// Prometheus text format.
 pub async fn metrics(State(s): St) -> Response {
-    let body = crate::metrics::render(&s.ctx);
+    let body = super::metrics_text(&s.ctx);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 /// Re-read the config file (the same as SIGHUP). The running config stays unless the new one is
 /// valid and can be applied live.
-pub async fn admin_reload(State(s): St) -> Json<crate::server::ReloadSummary> {
-    use crate::server::ReloadError as E;
+pub async fn admin_reload(State(s): St) -> Json<crate::context::ReloadSummary> {
+    use crate::context::ReloadError as E;
     let ctx = s.ctx.clone();
     let result = tokio::task::spawn_blocking(move || ctx.reload())
         .await

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
-use crate::server::Ctx;
+use crate::context::Ctx;
 
 /// The OpenAPI 3.0 description of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -133,4 +133,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> 
     axum::serve(listener, router(ctx))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
+}
+
+/// Every metric of the server in the Prometheus text format (what `GET /metrics` serves, with
+/// `metrics::CONTENT_TYPE`). Gauges that mirror state kept elsewhere (open sessions, the commit
+/// queue) are sampled here, when they are asked for, instead of being kept in step.
+pub fn metrics_text(ctx: &Ctx) -> String {
+    let m = &ctx.metrics;
+    m.sessions_open
+        .set(i64::try_from(ctx.limits.open_sessions()).unwrap_or(i64::MAX));
+    m.commit_queue_depth
+        .set(i64::try_from(ctx.store.commit_queue_depth()).unwrap_or(i64::MAX));
+    m.render()
 }

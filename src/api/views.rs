@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::routes::User;
 use crate::config::InboxConfig;
-use crate::pipeline::auth::AuthRecord;
+use crate::store::model::AuthRecord;
 use crate::store::model::{
     AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
 };

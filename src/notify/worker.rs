@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use super::{due_key, Delivery, OutboxItem, DEPTH_KEY};
 use crate::config::outbound::OutboxConfig;
 use crate::config::Config;
-use crate::server::{Ctx, Shutdown};
+use crate::context::{Ctx, Shutdown};
 use crate::store::{keys, Store, StoreError, TreeId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,11 +18,11 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
     SpfOutput, SpfResult,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Action, AuthPolicy, Forwarder};
 use crate::dns::Dns;
 use crate::pipeline::Envelope;
+use crate::store::model::{AuthRecord, DkimRecord};
 
 /// SPF results, computed at MAIL FROM time while the client is still sending.
 #[derive(Debug, Clone)]
@@ -66,44 +66,6 @@ pub async fn check_spf(
         helo: helo_out,
         mail_from: mail_from_out,
     }
-}
-
-/// What the checks found, as stored on the message record.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AuthRecord {
-    /// "checked", or "skipped" (trusted network / checks disabled).
-    pub status: String,
-    pub spf_helo: String,
-    pub spf_mail_from: String,
-    /// Domain the MAIL FROM SPF check ran for.
-    pub spf_domain: String,
-    pub dkim: Vec<DkimRecord>,
-    pub arc: String,
-    /// `d=` of the newest ARC seal, when there is a chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arc_sealer: Option<String>,
-    pub dmarc: String,
-    /// RFC 5322 From domain DMARC was evaluated for.
-    pub dmarc_domain: String,
-    /// Policy published by that domain (after sp/np and t= handling): none, quarantine, reject.
-    pub dmarc_policy: String,
-    /// pct= of the record (RFC 7489 §6.3), 100 when absent.
-    pub dmarc_pct: u8,
-    /// accept, quarantine, reject, tempfail.
-    pub verdict: String,
-    pub reason: String,
-    /// Why a DMARC failure was forgiven: `arc:<sealer>` or `trusted-forwarder:<what>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub override_by: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DkimRecord {
-    pub result: String,
-    pub domain: String,
-    pub selector: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{AuthPolicy, Config};
+use crate::context::Ctx;
 use crate::metrics::AuthVerdict;
-use crate::server::Ctx;
 use crate::store::model::{AttributionRecord, VerificationRecord};
 use crate::store::spool::Finished;
 use crate::store::{Body, MessageRecord, RcptRecord};
@@ -396,10 +396,8 @@ async fn authenticate(
 }
 
 /// A refused message leaves nothing behind: its spooled body (if any) is removed.
-fn discard(ctx: &Ctx, body: &Finished, refusal: Refusal) -> Refusal {
-    if let Body::Spooled { .. } = body.body {
-        let _ = std::fs::remove_file(ctx.store.spool().tmp_path(&body.queue_id));
-    }
+fn discard(body: &Finished, refusal: Refusal) -> Refusal {
+    body.discard();
     refusal
 }
 
@@ -417,19 +415,18 @@ pub async fn process(
     let raw: &[u8] = match &body.body {
         Body::Inline(bytes) => bytes,
         Body::Spooled { len } => {
-            let kib = (((*len / 1024) + 1) as u32).min(crate::server::auth_budget_kib(
+            let kib = (((*len / 1024) + 1) as u32).min(crate::context::auth_budget_kib(
                 config.auth.max_inflight_bytes,
             ));
             _permit = match ctx.auth_budget.clone().acquire_many_owned(kib).await {
                 Ok(p) => p,
-                Err(_) => return Err(discard(ctx, &body, Refusal::Local)),
+                Err(_) => return Err(discard(&body, Refusal::Local)),
             };
-            let path = ctx.store.spool().tmp_path(&body.queue_id);
-            spooled = match tokio::fs::read(&path).await {
+            spooled = match body.read_all().await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "cannot read spooled body");
-                    return Err(discard(ctx, &body, Refusal::Local));
+                    return Err(discard(&body, Refusal::Local));
                 }
             };
             &spooled
@@ -437,7 +434,7 @@ pub async fn process(
     };
     let assessment = match authenticate(ctx, &config, env, raw, spf).await {
         Ok(a) => a,
-        Err(r) => return Err(discard(ctx, &body, r)),
+        Err(r) => return Err(discard(&body, r)),
     };
     let a = &assessment.record;
     ctx.metrics.auth_verdicts.inc(match &assessment.verdict {
@@ -460,12 +457,8 @@ pub async fn process(
         "sender authentication"
     );
     match &assessment.verdict {
-        Verdict::Reject(reason) => {
-            return Err(discard(ctx, &body, Refusal::Policy(reason.clone())))
-        }
-        Verdict::TempFail(reason) => {
-            return Err(discard(ctx, &body, Refusal::TempFail(reason.clone())))
-        }
+        Verdict::Reject(reason) => return Err(discard(&body, Refusal::Policy(reason.clone()))),
+        Verdict::TempFail(reason) => return Err(discard(&body, Refusal::TempFail(reason.clone()))),
         Verdict::Accept | Verdict::Quarantine(_) => {}
     }
     let mut analysis = analyse(raw, env, &config);

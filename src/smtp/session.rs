@@ -18,9 +18,9 @@ use tracing::{debug, info, warn, Instrument};
 use super::data::DataDecoder;
 use super::reply::{write_multiline, Reply};
 use crate::config::Recipient;
+use crate::context::Ctx;
 use crate::metrics::Rejection;
 use crate::pipeline::{self, Envelope, PendingSpf, Refusal};
-use crate::server::Ctx;
 use crate::store::keys::new_queue_id;
 use crate::store::{BodyBuffer, RcptRecord};
 

@@ -89,7 +89,7 @@ pub struct MessageRecord {
     pub message_id: String,
     /// Sender authentication results and verdict; `None` for records from before the checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<crate::pipeline::auth::AuthRecord>,
+    pub auth: Option<crate::store::model::AuthRecord>,
     /// Stored but held back from the inbox by policy (see `auth.reason`).
     #[serde(default)]
     pub quarantined: bool,

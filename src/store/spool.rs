@@ -115,6 +115,8 @@ pub struct Finished {
     /// SHA-256 of the body, hex.
     pub sha256: String,
     head: Vec<u8>,
+    /// Where a spooled body's temporary file lives; `None` for inline bodies.
+    spool: Option<Spool>,
 }
 
 impl Finished {
@@ -128,6 +130,7 @@ impl Finished {
             len,
             sha256,
             head: Vec::new(),
+            spool: None,
         }
     }
 
@@ -136,6 +139,26 @@ impl Finished {
         match &self.body {
             Body::Inline(bytes) => bytes,
             Body::Spooled { .. } => &self.head,
+        }
+    }
+
+    /// All of the body in memory: borrowed when inline, read back from its temporary file when
+    /// it was spooled (the caller bounds how many such reads run at once).
+    pub async fn read_all(&self) -> io::Result<std::borrow::Cow<'_, [u8]>> {
+        match (&self.body, &self.spool) {
+            (Body::Inline(bytes), _) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            (Body::Spooled { .. }, Some(spool)) => Ok(std::borrow::Cow::Owned(
+                tokio::fs::read(spool.tmp_path(&self.queue_id)).await?,
+            )),
+            (Body::Spooled { .. }, None) => Err(io::Error::other("spooled body without a spool")),
+        }
+    }
+
+    /// A body that will not be committed (refused after DATA): remove its temporary file, if
+    /// it has one. Nothing was acknowledged, so nothing is lost.
+    pub fn discard(&self) {
+        if let (Body::Spooled { .. }, Some(spool)) = (&self.body, &self.spool) {
+            let _ = fs::remove_file(spool.tmp_path(&self.queue_id));
         }
     }
 }
@@ -229,6 +252,7 @@ impl BodyBuffer {
                 len,
                 sha256,
                 head: Vec::new(),
+                spool: None,
             });
         }
         // Restore the id so a failure below still removes the temporary file (Drop).
@@ -250,6 +274,7 @@ impl BodyBuffer {
             len,
             sha256: crate::util::hex(hash.finish().as_ref()),
             head: std::mem::take(&mut self.head),
+            spool: Some(self.spool.clone()),
         })
     }
 }

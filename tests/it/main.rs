@@ -53,6 +53,10 @@ mod route_explain;
 /// Providers' forwarding confirmations, over the fixture corpus.
 mod verification_corpus;
 
+// The source tree itself.
+/// Import graph: no cycle, no stage reaching up into server/api, a store that knows no stage.
+mod architecture;
+
 // Durability.
 /// SIGKILL under load: every acknowledged message survives byte-identical.
 mod crash;

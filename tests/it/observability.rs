@@ -1,13 +1,13 @@
 //! What the lead's HTTP endpoints will serve, called as functions on a real server: the
-//! Prometheus text after real SMTP traffic (`metrics::render`) and readiness
+//! Prometheus text after real SMTP traffic (`api::metrics_text`) and readiness
 //! (`health::readiness`) with its store, listener and DNS checks, DNS on a loopback server that
 //! answers, or that has gone silent.
 use crate::support;
 
 use std::time::Duration;
 
-use inbound::metrics::render;
-use inbound::server::health::readiness;
+use inbound::api::metrics_text as render;
+use inbound::context::health::readiness;
 use support::dns::{Mode, TestDns};
 use support::*;
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inbound::context::{Ctx, ReloadError, ReloadSummary};
 use inbound::server::admin::{execute, Request};
-use inbound::server::{Ctx, ReloadError, ReloadSummary};
 use support::*;
 
 const NEW_INBOX: &str = "\n[[inbox]]\nid = \"billing\"\naddress = \"billing@demo.inbound.test\"\n";
@@ -74,7 +74,7 @@ async fn a_new_inbox_is_served_without_dropping_an_open_session() {
     let rec = srv.ctx.store.get(&first).unwrap().unwrap();
     assert_eq!(rec.rcpt[0].inbox, "demo");
 
-    let metrics = inbound::metrics::render(&srv.ctx);
+    let metrics = inbound::api::metrics_text(&srv.ctx);
     assert!(
         metrics.contains("inbound_config_reloads_total{result=\"applied\"} 1\n"),
         "{metrics}"
@@ -123,7 +123,7 @@ async fn an_invalid_config_is_refused_with_every_error_and_the_old_one_keeps_ser
     std::fs::remove_file(&file).unwrap();
     let err = reload(&srv.ctx).await.expect_err("a missing file");
     assert!(matches!(err, ReloadError::Unreadable { .. }), "{err:?}");
-    let metrics = inbound::metrics::render(&srv.ctx);
+    let metrics = inbound::api::metrics_text(&srv.ctx);
     assert!(
         metrics.contains("inbound_config_reloads_total{result=\"refused\"} 2\n"),
         "{metrics}"

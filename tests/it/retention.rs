@@ -492,7 +492,7 @@ async fn the_sweeper_runs_in_a_started_server() {
     }
     assert!(!spool_file(&srv, &q.queue_id).exists());
     assert_intact(&srv, &k);
-    let text = inbound::metrics::render(&srv.ctx);
+    let text = inbound::api::metrics_text(&srv.ctx);
     assert!(
         text.contains("inbound_retention_removed_total{kind=\"quarantined_message\"} 1\n"),
         "{text}"

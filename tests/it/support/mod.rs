@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inbound::config::{self, Config};
-use inbound::server::Ctx;
+use inbound::context::Ctx;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
