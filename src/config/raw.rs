@@ -1,8 +1,99 @@
-//! The serde mirror of the TOML file: names and shapes only, no meaning. Every table denies unknown
-//! fields so a misspelt key is an error with its path, not a silently ignored setting.
-//! Validation (ranges, cross-references, parsing of addresses and durations) lives in `config::mod`.
+//! TOML text -> `RawConfig`: the serde mirror of the file, names and shapes only, no meaning.
+//! Every table denies unknown fields so a misspelt key is an error with its path, not a silently
+//! ignored setting. Validation (ranges, cross-references, parsing of addresses and durations)
+//! happens in the section modules (`server`, `limits`, `auth`, `inboxes`, `routes`, `outbound`).
 
 use serde::Deserialize;
+
+use super::errors::{ConfigError, ConfigErrors, Errors};
+use super::outbound::{RawNotify, RawOutbox, RawRelay, RawWebhook};
+
+/// The whole file, table by table. Arrays of tables keep each item's key path (`inbox[2]`) so
+/// later errors can name it even when an earlier item failed to deserialize.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub listeners: Vec<(String, RawListener)>,
+    pub tls: RawTls,
+    pub limits: RawLimits,
+    pub store: RawStore,
+    pub dns: RawDns,
+    pub auth: RawAuth,
+    pub api: RawApi,
+    pub retention: RawRetention,
+    pub inboxes: Vec<(String, RawInbox)>,
+    pub users: Vec<(String, RawUser)>,
+    pub teams: Vec<(String, RawTeam)>,
+    pub contacts: Vec<(String, RawContact)>,
+    pub relay: Option<RawRelay>,
+    pub outbox: RawOutbox,
+    pub notify: RawNotify,
+    pub webhooks: Vec<(String, RawWebhook)>,
+    /// Whether some `[[listener]]` item was present but malformed (so "at least one listener
+    /// is required" would be a second, misleading error).
+    pub listener_errors: bool,
+}
+
+/// Read the TOML text into its raw shape. A syntax error ends reading at once (nothing after
+/// it can be trusted); a table of the wrong shape is recorded in `errors` under its path and
+/// left at its default, so the other tables are still checked.
+pub(crate) fn read(text: &str, errors: &mut Errors) -> Result<RawConfig, ConfigErrors> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("TOML syntax: {}", e.to_string().trim()),
+        }])
+    })?;
+    let mut raw = RawConfig::default();
+    for (key, value) in doc {
+        match key.as_str() {
+            "server" => raw.server = errors.section("server", value).unwrap_or_default(),
+            "tls" => raw.tls = errors.section("tls", value).unwrap_or_default(),
+            "limits" => raw.limits = errors.section("limits", value).unwrap_or_default(),
+            "store" => raw.store = errors.section("store", value).unwrap_or_default(),
+            "dns" => raw.dns = errors.section("dns", value).unwrap_or_default(),
+            "auth" => raw.auth = errors.section("auth", value).unwrap_or_default(),
+            "api" => raw.api = errors.section("api", value).unwrap_or_default(),
+            "relay" => raw.relay = errors.section("relay", value),
+            "outbox" => raw.outbox = errors.section("outbox", value).unwrap_or_default(),
+            "notify" => raw.notify = errors.section("notify", value).unwrap_or_default(),
+            "retention" => raw.retention = errors.section("retention", value).unwrap_or_default(),
+            "listener" | "inbox" | "user" | "team" | "contact" | "webhook" => {
+                let toml::Value::Array(items) = value else {
+                    errors.push(&key, format!("must be an array of tables ([[{key}]])"));
+                    raw.listener_errors |= key == "listener";
+                    continue;
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let path = format!("{key}[{i}]");
+                    match key.as_str() {
+                        "listener" => match errors.section(&path, item) {
+                            Some(v) => raw.listeners.push((path, v)),
+                            None => raw.listener_errors = true,
+                        },
+                        "inbox" => raw
+                            .inboxes
+                            .extend(errors.section(&path, item).map(|v| (path, v))),
+                        "user" => raw
+                            .users
+                            .extend(errors.section(&path, item).map(|v| (path, v))),
+                        "team" => raw
+                            .teams
+                            .extend(errors.section(&path, item).map(|v| (path, v))),
+                        "webhook" => raw
+                            .webhooks
+                            .extend(errors.section(&path, item).map(|v| (path, v))),
+                        _ => raw
+                            .contacts
+                            .extend(errors.section(&path, item).map(|v| (path, v))),
+                    }
+                }
+            }
+            other => errors.push(other, "unknown section"),
+        }
+    }
+    Ok(raw)
+}
 
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]

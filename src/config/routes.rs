@@ -388,3 +388,56 @@ pub(super) fn compile_rules(
     }
     rules
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    #[test]
+    fn routing_references_and_reachability_are_checked() {
+        let text = r#"
+            [[listener]]
+            addr = "127.0.0.1:0"
+            [[user]]
+            id = "alice"
+            [[team]]
+            id = "t1"
+            members = ["alice", "ghost"]
+            [[contact]]
+            domain = "bigcorp.example"
+            owner = "nobody"
+            [[inbox]]
+            id = "a"
+            address = "a@x.example"
+            from_name = "ACME Support"
+            [[inbox.rule]]
+            name = "all"
+            assign = { users = ["alice"] }
+            [[inbox.rule]]
+            name = "never"
+            match.subject = ["x"]
+            assign = { users = ["bob"], teams = ["t9"], strategy = "random" }
+            [[inbox]]
+            id = "b"
+            address = "b@x.example"
+            from_name = "acme support"
+        "#;
+        let errs = parse(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "team[0].members[1]",
+            "contact[0].owner",
+            "inbox[0].rule[1]",
+            "inbox[0].rule[1].assign.users[0]",
+            "inbox[0].rule[1].assign.teams[0]",
+            "inbox[0].rule[1].assign.strategy",
+            "inbox[1].from_name",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+        assert!(
+            errs.iter().any(|e| e.message.contains("unreachable")),
+            "{errs:#?}"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! Validation errors with the key path they are about (`limits.max_connections`,
+//! `inbox[2].rule[0].assign.users[1]`), and `Errors`, which collects them while every section is
+//! checked so `check-config` shows them all at once.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::values::parse_duration;
+
+/// One problem in a config file, with the path of the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file, not just the first.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} error{} in configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors while validating, so `check-config` can show them all.
+#[derive(Default)]
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize one part of the document; on failure record the error under `path`.
+    pub(crate) fn section<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        match T::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(path, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    pub(crate) fn duration(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|| {
+                self.push(
+                    path,
+                    format!("invalid duration {s:?} (use e.g. \"30s\", \"5m\", \"1h\")"),
+                );
+                default
+            }),
+        }
+    }
+
+    /// A retention lifetime: "keep" (`None`) or a positive duration.
+    pub(crate) fn lifetime(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(s) = value else {
+            return default;
+        };
+        if s.trim() == "keep" {
+            return None;
+        }
+        match parse_duration(s) {
+            Some(d) if d.is_zero() => {
+                self.push(
+                    path,
+                    "must be greater than 0 (use \"keep\" to keep forever)",
+                );
+                default
+            }
+            Some(d) => Some(d),
+            None => {
+                self.push(
+                    path,
+                    format!("invalid lifetime {s:?} (use \"keep\" or a duration such as \"7d\", \"12h\")"),
+                );
+                default
+            }
+        }
+    }
+
+    pub(crate) fn positive(&mut self, path: &str, value: Option<u64>, default: u64) -> u64 {
+        match value {
+            Some(0) => {
+                self.push(path, "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `[[inbox]]` tables -> the compiled recipient table (`Inboxes`): hosted addresses and domains,
+//! each inbox's policy, rules and admins. `resolve` is what RCPT asks. Every error with its key
+//! path.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::auth::{inbox_auth, AuthPolicy};
+use super::errors::Errors;
+use super::raw::{RawInbox, RawServer};
+use super::routes;
+use super::values::{normalize_address, split_address};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxConfig {
+    pub id: String,
+    pub name: Option<String>,
+    /// Canonical hosted address, lower case.
+    pub address: String,
+    pub aliases: Vec<String>,
+    pub auth: AuthPolicy,
+    pub from_name: Option<String>,
+    /// The team's mailbox (or `@domain`) whose forwarded mail connects the inbox.
+    pub connected_address: Option<String>,
+    pub tickets: routes::TicketDefaults,
+    pub rules: Vec<routes::Rule>,
+    /// Who is told by email about this inbox's setup (provider confirmations): addresses,
+    /// resolved from user ids where configured that way.
+    pub admins: Vec<String>,
+    /// The address this inbox's outbound mail should come from; used only once verified
+    /// (`inbound inboxes verify-from`), until then the relay's `from`.
+    pub from_address: Option<String>,
+}
+
+/// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
+#[derive(Debug, Clone, Default)]
+pub struct Inboxes {
+    pub list: Vec<InboxConfig>,
+    by_address: HashMap<String, usize>,
+    domains: HashSet<String>,
+}
+
+/// What a RCPT address resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient<'a> {
+    Hosted {
+        inbox: &'a InboxConfig,
+        tag: Option<String>,
+    },
+    /// A hosted domain, but no such inbox.
+    UnknownMailbox,
+    /// Not a domain we host: accepting would make us a relay.
+    ForeignDomain,
+}
+
+impl Inboxes {
+    /// Resolve a RCPT address. Domains and local parts compare case-insensitively (RFC 5321 allows
+    /// case-sensitive local parts, but no operator wants `Support@` bounced); `local+tag@domain`
+    /// reaches `local@domain` and keeps the tag.
+    pub fn resolve(&self, address: &str) -> Recipient<'_> {
+        // RFC 5321 §4.5.1: `postmaster` (bare, or at any domain we host) must be accepted; it
+        // reaches the first inbox of that domain unless an inbox claims the address itself.
+        if address.eq_ignore_ascii_case("postmaster") {
+            return match self.list.first() {
+                Some(inbox) => Recipient::Hosted { inbox, tag: None },
+                None => Recipient::UnknownMailbox,
+            };
+        }
+        let Some((local, domain)) = split_address(address) else {
+            return Recipient::UnknownMailbox;
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        if !self.domains.contains(&domain) {
+            return Recipient::ForeignDomain;
+        }
+        let local = local.to_lowercase();
+        if let Some(&i) = self.by_address.get(&format!("{local}@{domain}")) {
+            return Recipient::Hosted {
+                inbox: &self.list[i],
+                tag: None,
+            };
+        }
+        if let Some((base, tag)) = local.split_once('+') {
+            if let Some(&i) = self.by_address.get(&format!("{base}@{domain}")) {
+                return Recipient::Hosted {
+                    inbox: &self.list[i],
+                    tag: Some(tag.to_string()),
+                };
+            }
+        }
+        if local == "postmaster" {
+            let first = self.list.iter().find(|i| {
+                std::iter::once(&i.address)
+                    .chain(&i.aliases)
+                    .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+            });
+            if let Some(inbox) = first {
+                return Recipient::Hosted { inbox, tag: None };
+            }
+        }
+        Recipient::UnknownMailbox
+    }
+
+    pub fn get(&self, id: &str) -> Option<&InboxConfig> {
+        self.list.iter().find(|i| i.id == id)
+    }
+}
+
+fn compile_admins(
+    raw: &[String],
+    directory: &routes::Directory,
+    path: &str,
+    errors: &mut Errors,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let key = format!("{path}.admins[{i}]");
+        if a.contains('@') {
+            match normalize_address(a) {
+                Some(n) => out.push(n),
+                None => errors.push(key, format!("invalid address {a:?}")),
+            }
+        } else {
+            match directory.users.get(a) {
+                None => errors.push(key, format!("unknown user {a:?} (a user id or an address)")),
+                Some(u) => match &u.email {
+                    Some(e) => out.push(e.clone()),
+                    None => errors.push(key, format!("user {a:?} has no email to notify")),
+                },
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn compile_inboxes(
+    raw: &[(String, RawInbox)],
+    global_auth: &AuthPolicy,
+    directory: &routes::Directory,
+    errors: &mut Errors,
+) -> Inboxes {
+    let mut from_names: HashMap<String, String> = HashMap::new();
+    let mut out = Inboxes::default();
+    let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for (path, inbox) in raw {
+        if inbox.id.is_empty()
+            || !inbox
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(
+                format!("{path}.id"),
+                format!("invalid inbox id {:?} (letters, digits, - and _)", inbox.id),
+            );
+        } else if let Some(first) = ids.insert(&inbox.id, path) {
+            errors.push(
+                format!("{path}.id"),
+                format!("duplicate inbox id {:?} (also {first})", inbox.id),
+            );
+        }
+        let index = out.list.len();
+        let mut addresses = Vec::new();
+        let primary = inbox.address.clone().unwrap_or_default();
+        let all = std::iter::once((format!("{path}.address"), &primary)).chain(
+            inbox
+                .aliases
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (format!("{path}.aliases[{j}]"), a)),
+        );
+        for (key, address) in all {
+            match normalize_address(address) {
+                None => errors.push(&key, format!("invalid address {address:?}")),
+                Some(a) if a.split_once('@').is_some_and(|(l, _)| l.contains('+')) => {
+                    errors.push(&key, format!("{a:?}: '+' is reserved for sub-addressing"))
+                }
+                Some(a) => {
+                    if let Some(first) = owners.get(&a) {
+                        errors.push(
+                            &key,
+                            format!("duplicate hosted address {a:?} (also {first})"),
+                        );
+                    } else {
+                        owners.insert(a.clone(), key.clone());
+                        out.by_address.insert(a.clone(), index);
+                        out.domains.insert(
+                            a.split_once('@')
+                                .map(|(_, d)| d.to_string())
+                                .unwrap_or_default(),
+                        );
+                        addresses.push(a);
+                    }
+                }
+            }
+        }
+        let mut addresses = addresses.into_iter();
+        out.list.push(InboxConfig {
+            id: inbox.id.clone(),
+            name: inbox.name.clone(),
+            address: addresses.next().unwrap_or_default(),
+            aliases: addresses.collect(),
+            auth: inbox_auth(global_auth, inbox.auth.as_ref(), path, errors),
+            from_name: inbox.from_name.clone(),
+            connected_address: inbox
+                .connected_address
+                .as_ref()
+                .map(|a| a.trim().to_lowercase()),
+            tickets: routes::compile_tickets(inbox.tickets.as_ref()),
+            rules: routes::compile_rules(&inbox.rule, directory, path, errors),
+            admins: compile_admins(&inbox.admins, directory, path, errors),
+            from_address: inbox.from_address.as_ref().and_then(|a| {
+                let n = normalize_address(a);
+                if n.is_none() {
+                    errors.push(
+                        format!("{path}.from_address"),
+                        format!("invalid address {a:?}"),
+                    );
+                }
+                n
+            }),
+        });
+        if let Some(name) = &inbox.from_name {
+            let key = name.trim().to_lowercase();
+            if let Some(first) = from_names.get(&key) {
+                errors.push(
+                    format!("{path}.from_name"),
+                    format!("duplicate from_name {name:?} (also {first}.from_name): recipients could not tell the inboxes apart"),
+                );
+            } else {
+                from_names.insert(key, path.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Give every inbox without an `address` one made from `server.address_pattern` (default
+/// "{local}@{tenant}.{hosted_domain}").
+pub(super) fn generate_addresses(
+    inboxes: &mut [(String, RawInbox)],
+    server: &RawServer,
+    errors: &mut Errors,
+) {
+    let pattern = server
+        .address_pattern
+        .clone()
+        .unwrap_or_else(|| "{local}@{tenant}.{hosted_domain}".into());
+    for (path, inbox) in inboxes {
+        if inbox.address.is_some() {
+            continue;
+        }
+        match (&inbox.tenant, &server.hosted_domain) {
+            (Some(tenant), Some(hosted)) => {
+                let local = inbox.local.clone().unwrap_or_else(|| inbox.id.clone());
+                inbox.address = Some(
+                    pattern
+                        .replace("{local}", &local)
+                        .replace("{tenant}", tenant)
+                        .replace("{hosted_domain}", hosted),
+                );
+            }
+            _ => errors.push(
+                format!("{path}.address"),
+                "give an address, or a tenant (with server.hosted_domain) to generate one",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn recipients_resolve_case_insensitively_with_tags() {
+        let c = Config::embedded_default();
+        let r = |a| c.inboxes.resolve(a);
+        assert!(matches!(
+            r("SUPPORT@Demo.Inbound.Test"),
+            Recipient::Hosted { tag: None, .. }
+        ));
+        assert!(
+            matches!(r("support+billing@demo.inbound.test"), Recipient::Hosted { tag: Some(t), .. } if t == "billing")
+        );
+        assert_eq!(r("sales@demo.inbound.test"), Recipient::UnknownMailbox);
+        assert_eq!(r("support@example.com"), Recipient::ForeignDomain);
+        assert_eq!(r("nobody"), Recipient::UnknownMailbox);
+        assert!(matches!(r("postmaster"), Recipient::Hosted { .. }));
+        assert!(matches!(
+            r("PostMaster@demo.inbound.test"),
+            Recipient::Hosted { .. }
+        ));
+        assert_eq!(r("postmaster@example.com"), Recipient::ForeignDomain);
+    }
+}

@@ -1,0 +1,456 @@
+//! `[server]`, `[[listener]]`, `[tls]`, `[store]`, `[dns]`, `[api]` and `[retention]`: raw ->
+//! validated, every error with its key path. What the server binds, where it keeps data, whom it
+//! asks for DNS, and how long it keeps what it stored.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::errors::Errors;
+use super::raw::{RawApi, RawDns, RawListener, RawRetention, RawServer, RawStore, RawTls};
+use super::values::IpNet;
+
+/// `[server]`, validated.
+pub(super) struct ServerSection {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub admin_socket: PathBuf,
+    pub admin_socket_explicit: bool,
+}
+
+pub(super) fn compile_server(server: &RawServer, errors: &mut Errors) -> ServerSection {
+    let hostname = server
+        .hostname
+        .clone()
+        .unwrap_or_else(|| "localhost".into());
+    if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+        errors.push("server.hostname", format!("invalid hostname {hostname:?}"));
+    }
+    let data_dir = PathBuf::from(server.data_dir.clone().unwrap_or_else(|| "./data".into()));
+    let shutdown_timeout = errors.duration(
+        "server.shutdown_timeout",
+        &server.shutdown_timeout,
+        Duration::from_secs(30),
+    );
+    let admin_socket = server
+        .admin_socket
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("admin.sock"));
+    ServerSection {
+        hostname,
+        data_dir,
+        shutdown_timeout,
+        admin_socket,
+        admin_socket_explicit: server.admin_socket.is_some(),
+    }
+}
+
+/// `[[listener]]` items; at least one is required (unless one was given but malformed, which
+/// is already an error of its own).
+pub(super) fn compile_listeners(
+    raw: &[(String, RawListener)],
+    malformed: bool,
+    errors: &mut Errors,
+) -> Vec<ListenerConfig> {
+    if raw.is_empty() && !malformed {
+        errors.push("listener", "at least one [[listener]] is required");
+    }
+    let mut seen_addrs = HashSet::new();
+    raw.iter()
+        .filter_map(|(path, l)| {
+            let addr = match l.addr.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    errors.push(
+                        format!("{path}.addr"),
+                        format!("invalid socket address {:?}", l.addr),
+                    );
+                    return None;
+                }
+            };
+            if addr.port() != 0 && !seen_addrs.insert(addr) {
+                errors.push(format!("{path}.addr"), format!("{addr} is listed twice"));
+            }
+            let mut trusted = Vec::new();
+            for (j, t) in l.trusted_proxies.iter().enumerate() {
+                match IpNet::parse(t) {
+                    Some(n) => trusted.push(n),
+                    None => errors.push(
+                        format!("{path}.trusted_proxies[{j}]"),
+                        format!("invalid address or CIDR {t:?}"),
+                    ),
+                }
+            }
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                errors.push(
+                    format!("{path}.trusted_proxies"),
+                    "proxy_protocol needs at least one trusted proxy address (anyone could forge client addresses)",
+                );
+            }
+            Some(ListenerConfig {
+                addr,
+                proxy_protocol: l.proxy_protocol,
+                trusted_proxies: trusted,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn compile_tls(tls: &RawTls, errors: &mut Errors) -> TlsConfig {
+    let cert_and_key = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push("tls.key", "tls.cert is set but tls.key is missing");
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("tls.cert", "tls.key is set but tls.cert is missing");
+            None
+        }
+    };
+    TlsConfig {
+        enabled: tls.enabled.unwrap_or(true),
+        cert_and_key,
+    }
+}
+
+/// `[store]`; an inline body is never larger than a message may be.
+pub(super) fn compile_store(
+    store: &RawStore,
+    max_message_bytes: u64,
+    errors: &mut Errors,
+) -> StoreConfig {
+    StoreConfig {
+        inline_body_max_bytes: store
+            .inline_body_max_bytes
+            .unwrap_or(64 * 1024)
+            .min(max_message_bytes),
+        max_commit_batch: errors.positive("store.max_commit_batch", store.max_commit_batch, 512)
+            as usize,
+    }
+}
+
+pub(super) fn compile_dns(dns: &RawDns, errors: &mut Errors) -> DnsConfig {
+    DnsConfig {
+        nameservers: dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                // A bare IP means port 53.
+                let parsed = n
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| n.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                if parsed.is_none() {
+                    errors.push(
+                        format!("dns.nameservers[{i}]"),
+                        format!("invalid address {n:?} (use \"IP\" or \"IP:PORT\")"),
+                    );
+                }
+                parsed
+            })
+            .collect(),
+        timeout: errors.duration("dns.timeout", &dns.timeout, Duration::from_secs(5)),
+        attempts: errors.positive("dns.attempts", dns.attempts, 2) as usize,
+        cache_entries: dns.cache_entries.unwrap_or(10_000) as usize,
+    }
+}
+
+/// Where the HTTP API listens unless `api.listen` says otherwise: loopback, so a default install
+/// exposes nothing.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8025";
+
+/// `[api]`, validated. Tokens are kept only as SHA-256 digests, so `Debug` (and any log of the
+/// config) cannot show them and `api::auth` compares values of one fixed size.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// SHA-256 of each accepted bearer token (`api.tokens` and `api.token_files`). Empty: every
+    /// protected endpoint answers 401.
+    pub token_digests: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("tokens", &self.token_digests.len())
+            .finish()
+    }
+}
+
+/// Shortest bearer token accepted: guessing one must be hopeless.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// SHA-256 of a bearer token, as `ApiConfig::token_digests` keeps it.
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
+}
+
+/// Why `token` cannot be a bearer token, if it cannot: RFC 6750 §2.1 `b64token` characters only
+/// (anything else could not be sent in an `Authorization` header), and not short.
+fn token_problem(token: &str) -> Option<String> {
+    let body = token.trim_end_matches('=');
+    if let Some(c) = body
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~+/".contains(*c)))
+    {
+        return Some(format!(
+            "a token may contain only letters, digits and -._~+/ (found {c:?})"
+        ));
+    }
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Some(format!(
+            "a token must be at least {MIN_TOKEN_CHARS} characters (e.g. the output of `openssl rand -hex 32`)"
+        ));
+    }
+    None
+}
+
+pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
+    let listen = match &raw.listen {
+        None => DEFAULT_API_LISTEN
+            .parse()
+            .expect("the default API address parses"),
+        Some(s) => s.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(
+                "api.listen",
+                format!("invalid socket address {s:?} (use \"IP:PORT\", e.g. \"127.0.0.1:8025\")"),
+            );
+            DEFAULT_API_LISTEN
+                .parse()
+                .expect("the default API address parses")
+        }),
+    };
+    let mut token_digests = Vec::new();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        match token_problem(t) {
+            Some(problem) => errors.push(format!("api.tokens[{i}]"), problem),
+            None => token_digests.push(token_digest(t.as_bytes())),
+        }
+    }
+    for (i, path) in raw.token_files.iter().enumerate() {
+        let key = format!("api.token_files[{i}]");
+        match std::fs::read_to_string(path) {
+            Err(e) => errors.push(key, format!("cannot read {path}: {e}")),
+            Ok(text) => {
+                let t = text.trim();
+                if t.is_empty() {
+                    errors.push(key, format!("{path} is empty"));
+                } else if let Some(problem) = token_problem(t) {
+                    errors.push(key, format!("{path}: {problem}"));
+                } else {
+                    token_digests.push(token_digest(t.as_bytes()));
+                }
+            }
+        }
+    }
+    ApiConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        listen,
+        token_digests,
+    }
+}
+
+/// How long stored data is kept (`[retention]`); `None` keeps it forever. Applied by the
+/// retention sweeper (`store::retention`); reloadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Message bodies (with their attachments): removed, the record kept, marked expired.
+    pub bodies: Option<Duration>,
+    /// Quarantined messages: deleted entirely.
+    pub quarantine: Option<Duration>,
+    /// The SMTP session facts on each record (client address, HELO, TLS, envelope sender,
+    /// trace header fields): cleared.
+    pub session_metadata: Option<Duration>,
+    /// Closed conversations whose last update is older: deleted with their messages.
+    pub conversations: Option<Duration>,
+    /// Time between sweeps.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            bodies: None,
+            quarantine: Some(Duration::from_secs(7 * 86_400)),
+            session_metadata: Some(Duration::from_secs(60 * 86_400)),
+            conversations: None,
+            sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Empty: the system resolver configuration (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout; a lookup that runs out of attempts is a temporary error (451 4.7.0).
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Parsed records kept per record type (SPF, DKIM keys, DMARC), honouring their TTLs.
+    pub cache_entries: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// Certificate chain and key, PEM. `None`: a self-signed certificate is generated at start.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub inline_body_max_bytes: u64,
+    pub max_commit_batch: usize,
+}
+
+pub(super) fn compile_retention(raw: &RawRetention, errors: &mut Errors) -> RetentionConfig {
+    let d = RetentionConfig::default();
+    let sweep_interval = errors.duration(
+        "retention.sweep_interval",
+        &raw.sweep_interval,
+        d.sweep_interval,
+    );
+    if sweep_interval.is_zero() {
+        errors.push("retention.sweep_interval", "must be greater than 0");
+    }
+    RetentionConfig {
+        bodies: errors.lifetime("retention.bodies", &raw.bodies, d.bodies),
+        quarantine: errors.lifetime("retention.quarantine", &raw.quarantine, d.quarantine),
+        session_metadata: errors.lifetime(
+            "retention.session_metadata",
+            &raw.session_metadata,
+            d.session_metadata,
+        ),
+        conversations: errors.lifetime(
+            "retention.conversations",
+            &raw.conversations,
+            d.conversations,
+        ),
+        sweep_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Config};
+
+    #[test]
+    fn api_section_is_validated_with_key_paths() {
+        let c = Config::embedded_default();
+        assert!(c.api.enabled);
+        assert_eq!(c.api.listen, DEFAULT_API_LISTEN.parse().unwrap());
+        assert!(c.api.token_digests.is_empty(), "the demo has no token");
+
+        let dir = std::env::temp_dir().join(format!("inbound-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  from-a-file-0123456789\n\n").unwrap();
+        let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[inbox]]\nid = \"a\"\naddress = \"a@x.example\"\n";
+        let good = format!(
+            "{base}[api]\nlisten = \"127.0.0.1:0\"\ntokens = [\"inline-token-0123456789\"]\ntoken_files = [\"{}\"]\n",
+            file.display()
+        );
+        let c = parse(&good).unwrap();
+        assert_eq!(c.api.listen.port(), 0);
+        assert_eq!(
+            c.api.token_digests,
+            [
+                token_digest(b"inline-token-0123456789"),
+                token_digest(b"from-a-file-0123456789")
+            ],
+            "a token file is trimmed"
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("inline-token") && !shown.contains("from-a-file"),
+            "Debug must not show tokens: {shown}"
+        );
+
+        let bad = format!(
+            "{base}[api]\nlisten = \"localhost\"\ntokens = [\"short\", \"has space in it 0123456789\"]\ntoken_files = [\"{}\"]\n",
+            dir.join("missing").display()
+        );
+        let errs = parse(&bad).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "api.listen",
+                "api.tokens[0]",
+                "api.tokens[1]",
+                "api.token_files[0]"
+            ],
+            "{errs:#?}"
+        );
+        let errs = parse(&format!("{base}[api]\nport = 8025\n")).unwrap_err().0;
+        assert!(
+            errs[0].path == "api" && errs[0].message.contains("port"),
+            "{errs:#?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_lifetimes_take_keep_or_a_duration() {
+        let base = "[[listener]]\naddr = \"127.0.0.1:1\"\n";
+        let d = parse(base).unwrap().retention;
+        assert_eq!(d, RetentionConfig::default());
+        assert_eq!(d.bodies, None, "bodies are kept by default");
+        assert_eq!(d.quarantine, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(d.session_metadata, Some(Duration::from_secs(60 * 86_400)));
+        let r = parse(&format!(
+            "{base}[retention]\nbodies = \"30d\"\nquarantine = \"keep\"\n\
+             session_metadata = \"12h\"\nconversations = \"365d\"\nsweep_interval = \"5m\"\n"
+        ))
+        .unwrap()
+        .retention;
+        assert_eq!(r.bodies, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.quarantine, None);
+        assert_eq!(r.session_metadata, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(r.conversations, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(r.sweep_interval, Duration::from_secs(300));
+
+        let errs = parse(&format!(
+            "{base}[retention]\nbodies = \"forever\"\nquarantine = \"0d\"\n\
+             sweep_interval = \"0s\"\nsession_metadata = \"60\"\n"
+        ))
+        .unwrap_err()
+        .0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "retention.sweep_interval",
+                "retention.bodies",
+                "retention.quarantine"
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[1].message.contains("keep"), "{errs:#?}");
+        let errs = parse(&format!("{base}[retention]\nmessages = \"1d\"\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "retention", "{errs:#?}");
+        assert!(errs[0].message.contains("messages"), "{errs:#?}");
+    }
+}
