@@ -325,6 +325,7 @@ label!(
         TooManyRecipients => "too_many_recipients",
         RateLimited => "rate_limited",
         LocalError => "local_error",
+        LowDiskSpace => "low_disk_space",
     }
 );
 

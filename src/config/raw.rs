@@ -171,6 +171,11 @@ pub struct RawStore {
     pub inline_body_max_bytes: Option<u64>,
     /// Most messages one group commit makes durable together.
     pub max_commit_batch: Option<u64>,
+    /// The database's page cache in bytes.
+    pub cache_bytes: Option<u64>,
+    /// Below this much free space on the data directory's filesystem, new mail is refused with
+    /// `452 4.3.1` before the disk is actually full. 0 turns the check off.
+    pub min_free_bytes: Option<u64>,
 }
 
 /// How long stored data is kept: each value is "keep" or a duration ("7d", "12h").

@@ -132,8 +132,29 @@ pub(super) fn compile_store(
             .min(max_message_bytes),
         max_commit_batch: errors.positive("store.max_commit_batch", store.max_commit_batch, 512)
             as usize,
+        cache_bytes: match store.cache_bytes {
+            None => DEFAULT_CACHE_BYTES,
+            Some(n) if (MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&n) => n,
+            Some(n) => {
+                errors.push(
+                    "store.cache_bytes",
+                    format!("{n} is out of range ({MIN_CACHE_BYTES} to {MAX_CACHE_BYTES})"),
+                );
+                DEFAULT_CACHE_BYTES
+            }
+        },
+        // Room for two messages of the largest size: the one being received and its spool copy.
+        min_free_bytes: store
+            .min_free_bytes
+            .unwrap_or(max_message_bytes.saturating_mul(2)),
     }
 }
+
+/// sled's page cache by default: with its page table, the process stays within its 64 MiB
+/// memory budget as the store grows.
+const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
 pub(super) fn compile_dns(dns: &RawDns, errors: &mut Errors) -> DnsConfig {
     DnsConfig {
@@ -320,6 +341,11 @@ pub struct TlsConfig {
 pub struct StoreConfig {
     pub inline_body_max_bytes: u64,
     pub max_commit_batch: usize,
+    /// sled's page cache. Changing it takes a restart.
+    pub cache_bytes: u64,
+    /// Free space on the data directory's filesystem below which MAIL is answered
+    /// `452 4.3.1` (0: never). Live: a reload changes it.
+    pub min_free_bytes: u64,
 }
 
 pub(super) fn compile_retention(raw: &RawRetention, errors: &mut Errors) -> RetentionConfig {

@@ -261,6 +261,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
         &new.store.max_commit_batch,
     );
     check(
+        "store.cache_bytes",
+        &old.store.cache_bytes,
+        &new.store.cache_bytes,
+    );
+    check(
         "dns.nameservers",
         &old.dns.nameservers,
         &new.dns.nameservers,

@@ -26,7 +26,7 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the store in {dir}: {source}")]
+    #[error("cannot open the store in {dir}: {source}{}", free_space_note(dir))]
     Store { dir: String, source: StoreError },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -44,6 +44,17 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// What an operator needs to know when the store cannot open: how much room its filesystem has.
+fn free_space_note(dir: &str) -> String {
+    match crate::store::free_bytes(std::path::Path::new(dir)) {
+        Some(free) if free < 1024 * 1024 => format!(
+            " (only {free} bytes free on that filesystem: free space there and start again)"
+        ),
+        Some(free) => format!(" ({free} bytes free on that filesystem)"),
+        None => String::new(),
+    }
 }
 
 /// A server whose sockets and store are open, ready to `run`.

@@ -103,6 +103,9 @@ impl Reply {
         "Relay access denied: we accept mail only for hosted addresses",
     );
     pub const TOO_MANY_RECIPIENTS: Reply = r(452, "4.5.3", "Too many recipients");
+    /// RFC 3463 §3.4: the system's storage is (nearly) full; a sender retries later.
+    pub const INSUFFICIENT_STORAGE: Reply =
+        r(452, "4.3.1", "Insufficient system storage, try again later");
     pub const MESSAGE_TOO_BIG: Reply = r(
         552,
         "5.3.4",

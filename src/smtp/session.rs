@@ -447,6 +447,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // for every later hop.
             return Reply::UNSUPPORTED_PARAMETER;
         }
+        // Refuse before the client sends a body we may not be able to keep (RFC 5321 §4.5.3.1.10's
+        // 452 "insufficient system storage"), rather than failing it at the end of its data.
+        let min_free = self.st.ctx.config().store.min_free_bytes;
+        if !self.st.ctx.store.has_room(min_free) {
+            self.st
+                .ctx
+                .metrics
+                .messages_rejected
+                .inc(Rejection::LowDiskSpace);
+            return Reply::INSUFFICIENT_STORAGE;
+        }
         if !limits.message_allowed(self.st.peer.ip()) {
             self.st
                 .ctx

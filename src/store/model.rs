@@ -1,4 +1,4 @@
-//! The records the store keeps besides messages: conversations, contacts, tickets, the
+//! The records the store keeps: messages, conversations, contacts, tickets, the
 //! per-inbox routing outcome and the sender-authentication results recorded on each message. Plain data; the decisions that create and
 //! update them live in `pipeline::threading` and `pipeline::routing`.
 
@@ -211,3 +211,99 @@ pub struct DkimRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
 }
+
+/// What a recipient of an accepted message resolved to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RcptRecord {
+    pub address: String,
+    pub inbox: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// Everything we keep about one accepted message, except its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub queue_id: String,
+    /// Unix milliseconds.
+    pub received_at: u64,
+    /// The client address after PROXY protocol, as every check sees it.
+    pub client_ip: String,
+    pub client_port: u16,
+    pub helo: String,
+    /// Reverse path; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub rcpt: Vec<RcptRecord>,
+    /// Body size in bytes as received (after dot-unstuffing).
+    pub size: u64,
+    /// SHA-256 of the body as received, hex.
+    pub sha256: String,
+    /// "inline" (inside the database), "spool" (`spool/msg/<queue_id>.eml`) or "expired" (removed
+    /// by retention; the record stays).
+    pub body_location: String,
+    /// TLS protocol used by the session, if any ("TLSv1_3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// "7BIT", "8BITMIME" or "BINARYMIME" (BDAT) as declared at MAIL.
+    pub body_type: String,
+    pub smtputf8: bool,
+    /// Trace header fields we prepend (Received:, and later Authentication-Results:). Kept apart so
+    /// the spooled body stays byte-identical to what the client sent.
+    pub trace_headers: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub message_id: String,
+    /// Sender authentication results and verdict; `None` for records from before the checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRecord>,
+    /// Stored but held back from the inbox by policy (see `auth.reason`).
+    #[serde(default)]
+    pub quarantined: bool,
+    /// The original sender this message is attributed to, and how that was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionRecord>,
+    /// Why the message counts as automatic (bounce, auto-reply), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_reply_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+    /// A provider's forwarding confirmation (code, link) recognised in this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationRecord>,
+    /// Per inbox: conversation, thread decision, rule, assignee, ticket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<RoutingRecord>,
+    /// Retention cleared the SMTP session facts (client address, HELO, TLS, envelope sender,
+    /// trace header fields): their empty values mean "no longer kept", not "there were none".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_metadata_cleared: bool,
+}
+
+impl MessageRecord {
+    /// Forget what the SMTP session told us about the client: its address and port, HELO, TLS,
+    /// the envelope sender (and the SPF domain taken from it), and our trace header fields, which
+    /// repeat them. What the message is and where it went (recipients, headers summary,
+    /// attribution, routing, body) stays.
+    pub fn clear_session_metadata(&mut self) {
+        self.client_ip.clear();
+        self.client_port = 0;
+        self.helo.clear();
+        self.tls = None;
+        self.mail_from.clear();
+        self.trace_headers.clear();
+        if let Some(auth) = self.auth.as_mut() {
+            auth.spf_domain.clear();
+        }
+        self.session_metadata_cleared = true;
+    }
+}
+
+/// `MessageRecord::body_location` of a message whose body retention removed.
+pub const BODY_EXPIRED: &str = "expired";

@@ -1,0 +1,309 @@
+//! Reads: records by key, pages in key order, the outbox schedule, bodies. None of these take a
+//! transaction except where several trees must agree (`Store::view`).
+
+use super::model::{self, MessageRecord};
+use super::tx::{decode_counter, TreeId};
+use super::{Store, StoreError, BODY_EXPIRED};
+
+/// One page of `Store::page`.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The key to continue after; `None` at the end.
+    pub next: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// One page of a tree's records in key order, for cursor pagination: the records after key
+    /// `after` that `keep` accepts, at most `limit`. At most `max_scan` records are read, so a
+    /// filter that matches little costs a bounded amount per page: a page may then hold fewer
+    /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
+    /// `after` for the following page; `None` only when nothing after this page matches.
+    pub fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Page<T>, StoreError> {
+        let engine = self.inner.engine()?;
+        let tree = engine.tree(tree);
+        let iter = match after {
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => tree.iter(),
+        };
+        let mut items = Vec::new();
+        // The key of the last record this page has consumed (kept or skipped).
+        let mut last: Option<sled::IVec> = None;
+        for (scanned, kv) in iter.enumerate() {
+            let (key, value) = kv?;
+            if scanned >= max_scan.max(1) {
+                return Ok(Page {
+                    items,
+                    next: last.map(|k| k.to_vec()),
+                });
+            }
+            let record: T = serde_json::from_slice(&value)?;
+            if keep(&record) {
+                if items.len() >= limit {
+                    // Another match exists: the next page starts right before it.
+                    return Ok(Page {
+                        items,
+                        next: last.map(|k| k.to_vec()),
+                    });
+                }
+                items.push(record);
+            }
+            last = Some(key);
+        }
+        Ok(Page { items, next: None })
+    }
+
+    /// Outbox items due by `until_ms`, earliest first, at most `limit`. The item type belongs to
+    /// `notify`; the store only keeps the schedule.
+    pub fn outbox_due<T: serde::de::DeserializeOwned>(
+        &self,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let engine = self.inner.engine()?;
+        let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
+        let mut out = Vec::new();
+        let end = (until_ms.saturating_add(1)).to_be_bytes();
+        for kv in due.range::<&[u8], _>(..&end[..]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv?;
+            if let Some(v) = items.get(&k[8..])? {
+                out.push(serde_json::from_slice(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A counter of the `Counters` tree (0 when never set).
+    pub fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+        Ok(decode_counter(
+            self.inner.engine()?.tree(TreeId::Counters).get(key)?,
+        ))
+    }
+
+    /// Every outbox item waiting, oldest first.
+    pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.inner
+            .engine()?
+            .tree(TreeId::Outbox)
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// Every inbox state recorded, by id.
+    pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
+        self.inner
+            .engine()?
+            .tree(TreeId::Inboxes)
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn inbox_state(&self, id: &str) -> Result<Option<model::InboxState>, StoreError> {
+        self.get_json(TreeId::Inboxes, id)
+    }
+
+    /// Messages, oldest first, starting after `after` (a queue id), at most `limit`.
+    pub fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let engine = self.inner.engine()?;
+        let messages = engine.tree(TreeId::Messages);
+        let iter = match after {
+            Some(a) => messages.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => messages.iter(),
+        };
+        iter.take(limit)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        match self
+            .inner
+            .engine()?
+            .tree(TreeId::Messages)
+            .get(queue_id.as_bytes())?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Conversations, oldest first, optionally of one inbox, after a conversation id.
+    pub fn conversations(
+        &self,
+        inbox: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<model::Conversation>, StoreError> {
+        let engine = self.inner.engine()?;
+        let tree = engine.tree(TreeId::Conversations);
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let c: model::Conversation = serde_json::from_slice(&kv?.1)?;
+            if inbox.is_none_or(|i| c.inbox == i) {
+                out.push(c);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.inner.engine()?.tree(tree).get(key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn conversation(&self, id: &str) -> Result<Option<model::Conversation>, StoreError> {
+        self.get_json(TreeId::Conversations, id)
+    }
+
+    pub fn contact(&self, email: &str) -> Result<Option<model::Contact>, StoreError> {
+        self.get_json(TreeId::Contacts, &email.to_lowercase())
+    }
+
+    /// Conversation ids of a contact, oldest first.
+    pub fn contact_conversations(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = email.to_lowercase().into_bytes();
+        prefix.push(0);
+        let engine = self.inner.engine()?;
+        let tree = engine.tree(TreeId::ContactConversations);
+        tree.scan_prefix(&prefix)
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {
+        self.get_json(TreeId::Tickets, id)
+    }
+
+    /// The body exactly as the client sent it. An expired body (retention) is an error of kind
+    /// `NotFound`.
+    pub fn body(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+        if record.body_location == BODY_EXPIRED {
+            Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the message body has expired (retention)",
+            )))
+        } else if record.body_location == "inline" {
+            Ok(self
+                .inner
+                .engine()?
+                .tree(TreeId::Bodies)
+                .get(record.queue_id.as_bytes())?
+                .map(|v| v.to_vec())
+                .unwrap_or_default())
+        } else {
+            Ok(self.inner.spool.read(&record.queue_id)?)
+        }
+    }
+
+    /// The stored RFC 5322 message: our trace header fields, then the body as received.
+    pub fn raw_message(&self, record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+        let body = self.body(record)?;
+        let mut out = Vec::with_capacity(record.trace_headers.len() + body.len());
+        out.extend_from_slice(record.trace_headers.as_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walk `Store::page` to the end; every page's items and whether it set `next`.
+    fn walk(
+        store: &Store,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Contact) -> bool + Copy,
+    ) -> Vec<Vec<String>> {
+        let mut pages = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let p = store
+                .page(TreeId::Contacts, after.as_deref(), limit, max_scan, keep)
+                .unwrap();
+            pages.push(p.items.into_iter().map(|c| c.email).collect());
+            match p.next {
+                Some(n) => after = Some(n),
+                None => return pages,
+            }
+            assert!(pages.len() < 100, "no end");
+        }
+    }
+
+    #[test]
+    fn pages_have_no_gaps_or_duplicates_and_a_bounded_scan() {
+        let cfg = crate::config::Config::embedded_default().store;
+        let store = Store::open_temporary(&cfg).unwrap();
+        let emails: Vec<String> = (0..10).map(|i| format!("c{i}@x.example")).collect();
+        store
+            .update(|tx| {
+                for e in &emails {
+                    let c = model::Contact {
+                        email: e.clone(),
+                        ..Default::default()
+                    };
+                    tx.put_json(TreeId::Contacts, e.as_bytes(), &c)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let flat = |pages: &[Vec<String>]| pages.concat();
+        let all = walk(&store, 3, 1000, |_| true);
+        assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(flat(&all), emails);
+        // Exactly full: the last page says there is nothing more.
+        let exact = walk(&store, 5, 1000, |_| true);
+        assert_eq!(exact.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5]);
+        // A sparse filter with a small scan budget: short (even empty) pages, still everything once.
+        let even = |c: &model::Contact| c.email[1..2].parse::<u32>().unwrap() % 2 == 0;
+        let sparse = walk(&store, 2, 3, even);
+        let want: Vec<String> = emails
+            .iter()
+            .filter(|e| e[1..2].parse::<u32>().unwrap() % 2 == 0)
+            .cloned()
+            .collect();
+        assert_eq!(flat(&sparse), want);
+        assert!(sparse.iter().all(|p| p.len() <= 2));
+        let none = walk(&store, 5, 4, |_| false);
+        assert!(flat(&none).is_empty());
+        assert_eq!(none.len(), 3, "10 records read 4 at a time");
+    }
+}
