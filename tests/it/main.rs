@@ -60,6 +60,8 @@ mod architecture;
 // Durability.
 /// SIGKILL under load: every acknowledged message survives byte-identical.
 mod crash;
+/// A full disk: temporary refusals, nothing refused visible, healing without a restart.
+mod disk_full;
 /// Recovery at start removes what was never acknowledged.
 mod recovery;
 /// Retention lifetimes and the sweeper.
