@@ -42,6 +42,8 @@ pub struct RawOutbox {
     pub retry_max: Option<String>,
     /// Deliveries in flight at once.
     pub concurrency: Option<u64>,
+    /// Deliveries in flight at once to one destination (one webhook endpoint, or the relay).
+    pub per_endpoint_concurrency: Option<u64>,
     /// How often the worker looks for due deliveries when nothing wakes it.
     pub poll_interval: Option<String>,
 }
@@ -110,6 +112,9 @@ pub struct OutboxConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub concurrency: usize,
+    /// At most this many deliveries in flight to one webhook endpoint, or to the relay: a slow
+    /// receiver cannot take every slot, and is never sent more than this at once.
+    pub per_endpoint_concurrency: usize,
     pub poll_interval: Duration,
 }
 
@@ -120,6 +125,7 @@ impl Default for OutboxConfig {
             retry_initial: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
             concurrency: 4,
+            per_endpoint_concurrency: 2,
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -276,6 +282,11 @@ fn compile_outbox(raw: &RawOutbox, errors: &mut Errors) -> OutboxConfig {
         retry_max: errors.duration("outbox.retry_max", &raw.retry_max, d.retry_max),
         concurrency: errors.positive("outbox.concurrency", raw.concurrency, d.concurrency as u64)
             as usize,
+        per_endpoint_concurrency: errors.positive(
+            "outbox.per_endpoint_concurrency",
+            raw.per_endpoint_concurrency,
+            d.per_endpoint_concurrency as u64,
+        ) as usize,
         poll_interval: errors.duration("outbox.poll_interval", &raw.poll_interval, d.poll_interval),
     };
     if out.retry_initial.is_zero() {

@@ -59,6 +59,14 @@ pub enum Delivery {
 }
 
 impl OutboxItem {
+    /// Where it goes, for per-destination limits: a webhook endpoint's id, or the relay.
+    pub fn destination(&self) -> String {
+        match &self.delivery {
+            Delivery::Mail { .. } => "relay".into(),
+            Delivery::Webhook { endpoint, .. } => format!("webhook:{endpoint}"),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.delivery {
             Delivery::Mail { purpose, to, .. } => format!("mail {purpose} to {}", to.join(", ")),

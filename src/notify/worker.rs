@@ -10,9 +10,9 @@
 //! and the record of it would send that one item again after restart; mail carries a stable
 //! Message-ID and webhooks an `Idempotency-Key`, so such a copy is recognisable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -159,10 +159,119 @@ fn log_outcome(item: &OutboxItem, outcome: &Outcome, settled: &Settled) {
 /// Longest the worker waits at shutdown for deliveries in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Failures in a row after which a destination's circuit opens: nothing is sent to it for a
+/// cool-down that follows the retry schedule (`retry_initial`, doubling each time it opens
+/// again, at most `retry_max`); then one delivery tries it again.
+const BREAKER_FAILURES: u32 = 5;
+/// How long an outcome that could not be recorded waits before recording is tried again:
+/// doubling from the first to the last. Failed bookkeeping backs off like a failed delivery.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(500);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How many due items one scan reads at most, so that items of a destination that is full or
+/// whose circuit is open cannot hide the items behind them.
+const SCAN_WINDOW: usize = 256;
+
+/// A destination's recent failures.
+#[derive(Default)]
+struct Breaker {
+    /// Failed deliveries in a row.
+    failures: u32,
+    /// Times the circuit opened in a row (for the doubling).
+    trips: u32,
+    open_until: Option<Instant>,
+}
+
+/// An outcome the worker got but could not record (the store refused the write). The item is
+/// not delivered again while it waits here: only its recording is retried. A restart before it
+/// is recorded delivers it once more (at least once).
+struct Unrecorded {
+    item: OutboxItem,
+    outcome: Outcome,
+    tries: u32,
+    retry_at: Instant,
+}
+
+/// What the worker keeps between loop turns.
+#[derive(Default)]
+struct Flow {
+    /// Items being delivered or waiting for their outcome to be recorded.
+    in_flight: HashSet<String>,
+    /// Deliveries running now, per destination.
+    per_endpoint: HashMap<String, usize>,
+    breakers: HashMap<String, Breaker>,
+    unrecorded: HashMap<String, Unrecorded>,
+    /// After a failed read of the schedule, the next read waits until then.
+    read_retry_at: Option<Instant>,
+    read_failures: u32,
+}
+
+/// `first * 2^(n-1)`, at most `max`.
+fn doubling(first: Duration, n: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(max)
+}
+
+impl Flow {
+    /// Whether `item` may start now: not already in flight, its destination's circuit closed
+    /// (or its cool-down over) and below its concurrency.
+    fn may_start(&self, item: &OutboxItem, cfg: &OutboxConfig, now: Instant) -> bool {
+        let dest = item.destination();
+        !self.in_flight.contains(&item.id)
+            && self
+                .breakers
+                .get(&dest)
+                .and_then(|b| b.open_until)
+                .is_none_or(|t| now >= t)
+            && self.per_endpoint.get(&dest).copied().unwrap_or(0) < cfg.per_endpoint_concurrency
+    }
+
+    fn started(&mut self, item: &OutboxItem) {
+        self.in_flight.insert(item.id.clone());
+        *self.per_endpoint.entry(item.destination()).or_default() += 1;
+    }
+
+    /// A delivery ended (recorded or not): free its destination's slot and update its breaker.
+    fn delivered(&mut self, item: &OutboxItem, outcome: &Outcome, cfg: &OutboxConfig) {
+        let dest = item.destination();
+        if let Some(n) = self.per_endpoint.get_mut(&dest) {
+            *n = n.saturating_sub(1);
+        }
+        let b = self.breakers.entry(dest.clone()).or_default();
+        match outcome {
+            // The destination answered: a 5xx refusal is about the message, not its health.
+            Outcome::Delivered(_) | Outcome::Permanent(_) => *b = Breaker::default(),
+            Outcome::Retry(why) => {
+                b.failures += 1;
+                if b.failures >= BREAKER_FAILURES {
+                    b.trips += 1;
+                    let cooldown = doubling(cfg.retry_initial, b.trips, cfg.retry_max);
+                    b.open_until = Some(Instant::now() + cooldown);
+                    warn!(
+                        destination = %dest, failures = b.failures, error = %why,
+                        cooldown_ms = cooldown.as_millis() as u64,
+                        "outbox: destination failing repeatedly; circuit open, nothing sent to it until the cool-down ends"
+                    );
+                }
+            }
+        }
+    }
+
+    /// When the loop must wake next on its own: the poll interval, or sooner for an outcome
+    /// waiting to be recorded.
+    fn next_wake(&self, poll: Duration, now: Instant) -> Duration {
+        self.unrecorded
+            .values()
+            .map(|u| u.retry_at.saturating_duration_since(now))
+            .chain(self.read_retry_at.map(|t| t.saturating_duration_since(now)))
+            .fold(poll, Duration::min)
+    }
+}
+
 /// Run until shutdown. `wake` is notified whenever something was queued, so new items go out
 /// at once rather than at the next poll.
 pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
-    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut flow = Flow::default();
     let mut tasks: JoinSet<(OutboxItem, Outcome)> = JoinSet::new();
     loop {
         let config = ctx.config();
@@ -170,31 +279,49 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
         if let Ok(depth) = ctx.store.counter(DEPTH_KEY) {
             ctx.metrics.set_outbox_depth(depth.max(0) as u64);
         }
-        if tasks.len() < cfg.concurrency {
-            let want = cfg.concurrency - tasks.len() + in_flight.len();
-            match ctx.store.outbox_due::<OutboxItem>(keys::now_ms(), want) {
+        record_waiting(&ctx.store, &cfg, &mut flow).await;
+        // While outcomes wait to be recorded the store refuses writes: delivering more would
+        // only add outcomes it cannot record.
+        let now = Instant::now();
+        if tasks.len() < cfg.concurrency
+            && flow.unrecorded.is_empty()
+            && flow.read_retry_at.is_none_or(|t| now >= t)
+        {
+            match ctx
+                .store
+                .outbox_due::<OutboxItem>(keys::now_ms(), SCAN_WINDOW)
+            {
                 Ok(items) => {
+                    flow.read_retry_at = None;
+                    flow.read_failures = 0;
                     for item in items {
                         if tasks.len() >= cfg.concurrency {
                             break;
                         }
-                        if in_flight.insert(item.id.clone()) {
+                        if flow.may_start(&item, &cfg, now) {
+                            flow.started(&item);
                             tasks.spawn(deliver(config.clone(), item));
                         }
                     }
                 }
-                Err(e) => error!(error = %e, "outbox: cannot read due items"),
+                Err(e) => {
+                    flow.read_failures += 1;
+                    let wait = doubling(RECORD_RETRY_FIRST, flow.read_failures, RECORD_RETRY_MAX);
+                    flow.read_retry_at = Some(now + wait);
+                    error!(error = %e, retry_in_ms = wait.as_millis() as u64, "outbox: cannot read due items");
+                }
             }
         }
+        let idle = flow.next_wake(cfg.poll_interval, Instant::now());
         tokio::select! {
             _ = shutdown.wait() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((item, outcome)) = done {
-                    finish(&ctx.store, &cfg, &mut in_flight, item, outcome).await;
+                    finish(&ctx.store, &cfg, &mut flow, item, outcome).await;
                 }
             }
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(cfg.poll_interval) => {}
+            _ = tokio::time::sleep(idle) => {}
         }
     }
     // Let deliveries in flight finish and be recorded, so a graceful restart repeats nothing.
@@ -203,7 +330,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     while !tasks.is_empty() {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
             Ok(Some(Ok((item, outcome)))) => {
-                finish(&ctx.store, &cfg, &mut in_flight, item, outcome).await
+                finish(&ctx.store, &cfg, &mut flow, item, outcome).await
             }
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
@@ -217,31 +344,111 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
             }
         }
     }
+    // One last try for outcomes still unrecorded; what fails is delivered again after restart.
+    for u in flow.unrecorded.values_mut() {
+        u.retry_at = Instant::now();
+    }
+    record_waiting(&ctx.store, &cfg, &mut flow).await;
+    if !flow.unrecorded.is_empty() {
+        warn!(
+            unrecorded = flow.unrecorded.len(),
+            "outbox: delivered items whose outcome could not be recorded will be delivered once more after restart"
+        );
+    }
 }
 
+/// Record `outcome` durably off the async threads.
+async fn record(
+    store: &Store,
+    cfg: &OutboxConfig,
+    item: OutboxItem,
+    outcome: Outcome,
+) -> (OutboxItem, Outcome, Result<Settled, String>) {
+    let (store, cfg) = (store.clone(), cfg.clone());
+    let id = item.id.clone();
+    let fallback = (item.clone(), outcome.clone());
+    match tokio::task::spawn_blocking(move || {
+        let r = settle(&store, &cfg, &item, &outcome, keys::now_ms()).map_err(|e| e.to_string());
+        (item, outcome, r)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => (
+            fallback.0,
+            fallback.1,
+            Err(format!("settle task for {id} failed: {e}")),
+        ),
+    }
+}
+
+/// A delivery finished: record its outcome, or keep it to record later without delivering the
+/// item again.
 async fn finish(
     store: &Store,
     cfg: &OutboxConfig,
-    in_flight: &mut HashSet<String>,
+    flow: &mut Flow,
     item: OutboxItem,
     outcome: Outcome,
 ) {
-    let id = item.id.clone();
-    let (store, cfg2) = (store.clone(), cfg.clone());
-    let settled = tokio::task::spawn_blocking(move || {
-        let r = settle(&store, &cfg2, &item, &outcome, keys::now_ms());
-        (item, outcome, r)
-    })
-    .await;
+    flow.delivered(&item, &outcome, cfg);
+    let (item, outcome, settled) = record(store, cfg, item, outcome).await;
     match settled {
-        Ok((item, outcome, Ok(s))) => log_outcome(&item, &outcome, &s),
-        Ok((item, _, Err(e))) => {
-            // Not recorded: the item stays due and is tried again (at least once).
-            error!(outbox_id = %item.id, error = %e, "outbox: cannot record a delivery outcome")
+        Ok(s) => {
+            log_outcome(&item, &outcome, &s);
+            flow.in_flight.remove(&item.id);
         }
-        Err(e) => error!(outbox_id = %id, error = %e, "outbox: settle task failed"),
+        Err(e) => {
+            let retry_at = Instant::now() + RECORD_RETRY_FIRST;
+            error!(outbox_id = %item.id, error = %e, "outbox: cannot record a delivery outcome; recording is retried with backoff, the item is not sent again meanwhile");
+            flow.unrecorded.insert(
+                item.id.clone(),
+                Unrecorded {
+                    item,
+                    outcome,
+                    tries: 1,
+                    retry_at,
+                },
+            );
+        }
     }
-    in_flight.remove(&id);
+}
+
+/// Try again to record the outcomes whose time has come.
+async fn record_waiting(store: &Store, cfg: &OutboxConfig, flow: &mut Flow) {
+    let now = Instant::now();
+    let due: Vec<String> = flow
+        .unrecorded
+        .iter()
+        .filter(|(_, u)| u.retry_at <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in due {
+        let Some(u) = flow.unrecorded.remove(&id) else {
+            continue;
+        };
+        let tries = u.tries;
+        let (item, outcome, settled) = record(store, cfg, u.item, u.outcome).await;
+        match settled {
+            Ok(s) => {
+                log_outcome(&item, &outcome, &s);
+                flow.in_flight.remove(&item.id);
+            }
+            Err(e) => {
+                let wait = doubling(RECORD_RETRY_FIRST, tries + 1, RECORD_RETRY_MAX);
+                warn!(outbox_id = %item.id, error = %e, retry_in_ms = wait.as_millis() as u64, "outbox: still cannot record a delivery outcome");
+                flow.unrecorded.insert(
+                    id,
+                    Unrecorded {
+                        item,
+                        outcome,
+                        tries: tries + 1,
+                        retry_at: Instant::now() + wait,
+                    },
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

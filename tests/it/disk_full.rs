@@ -125,7 +125,8 @@ async fn send_sized(addr: std::net::SocketAddr, subject: &str, big: bool) -> Str
         }
     }
     c.cmd("DATA", "354").await;
-    c.send_raw(&support::dot_stuff(&make_message(subject, big))).await;
+    c.send_raw(&support::dot_stuff(&make_message(subject, big)))
+        .await;
     c.send_raw(b".\r\n").await;
     full(c.read_reply().await.expect("reply to end of data"))
 }
@@ -280,5 +281,109 @@ fn a_server_that_cannot_open_its_store_on_a_full_disk_says_where_and_how_much_is
         out.stderr.contains("bytes free"),
         "the error says how much space is left:\n{}",
         out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_that_cannot_be_recorded_is_not_delivered_again_and_again() {
+    let Some(fs) = Tmpfs::mount("outboxfull", "6m") else {
+        return;
+    };
+    // The receiver fails until told otherwise, so the event waits in the outbox.
+    let sink = support::sink::HttpSink::start_on(0, &[500; 10_000]).await;
+    let extra = format!(
+        r#"
+[store]
+min_free_bytes = 0
+
+[outbox]
+retry_initial = "100ms"
+retry_max = "200ms"
+poll_interval = "50ms"
+
+[[webhook]]
+id = "app"
+url = "http://{}/hooks"
+secret = "whsec-test-0123456789abcdef"
+events = ["message.received"]
+"#,
+        sink.addr
+    );
+    let (srv, config) = start(&fs, &extra);
+    // A long subject makes the event (and so every write of its outbox item) span several
+    // pages, so that recording an outcome on the full disk needs space it cannot get.
+    let subject: String = (0..400)
+        .map(|i| format!("w{i:03}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut body = format!("From: Alice <alice@example.com>\r\nTo: support@demo.inbound.test\r\nSubject: {subject}\r\nMessage-ID: <outbox-event@example.com>\r\n\r\nhello\r\n");
+    body = body.replace(" w1", "\r\n w1");
+    let mut c = Client::connect(srv.addr).await;
+    c.hello().await;
+    let reply = c
+        .send_message(
+            "alice@example.com",
+            &["support@demo.inbound.test"],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no webhook call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Now the disk is full: the next failed attempt's outcome cannot be written.
+    let filler = fill(fs.path());
+    let log = || std::fs::read_to_string(&srv.log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log().contains("cannot record a delivery outcome") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed bookkeeping is logged\n{}",
+            srv.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The receiver would take it now, but the worker does not deliver again while it cannot
+    // record: before the fix, the item went out again at once, thousands of times.
+    sink.clear_statuses();
+    let calls_before = sink.requests().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = sink.requests().len() - calls_before;
+    assert_eq!(
+        calls,
+        0,
+        "{calls} calls while the disk was full\n{}",
+        srv.log_text()
+    );
+
+    // Space is back: the outcome is recorded, and the receiver sees no second delivery.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Until the database has reopened, reading it says so (an error, never stale data).
+        let out = inbound(&["outbox", "--config", &config.to_string_lossy(), "--json"]);
+        let items: serde_json::Value = if out.status.success() {
+            serde_json::from_slice(&out.stdout).unwrap()
+        } else {
+            assert!(out.stderr.contains("unavailable"), "{}", out.stderr);
+            serde_json::Value::Null
+        };
+        if items.as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivered item was never recorded: {items}\n{}",
+            srv.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sink.accepted().len(),
+        1,
+        "no second delivery after recovery"
     );
 }

@@ -358,6 +358,11 @@ impl HttpSink {
             .collect()
     }
 
+    /// Forget the statuses still queued: every later request is answered 200.
+    pub fn clear_statuses(&self) {
+        self.statuses.lock().unwrap().clear();
+    }
+
     pub fn push_statuses(&self, statuses: &[u16]) {
         self.statuses
             .lock()
