@@ -400,7 +400,8 @@ impl Store {
         // When the size cannot be read, the writes themselves will tell.
         let free = free_bytes(path);
         let room = free.is_none_or(|f| f >= min_free_bytes);
-        if self.inner.low_space.swap(!room, Ordering::AcqRel) != !room {
+        let was_low = self.inner.low_space.swap(!room, Ordering::AcqRel);
+        if was_low == room {
             if room {
                 tracing::info!(free_bytes = free, min_free_bytes, path = %path.display(), "store: free space is back above the low-space watermark; taking mail again");
             } else {
