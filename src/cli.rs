@@ -145,11 +145,17 @@ enum ConversationsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one conversation: its messages in order, sender, assignee, ticket.
+    /// Show one conversation: its messages in order (a page at a time), sender, assignee, ticket.
     Show {
         id: String,
         #[command(flatten)]
         store: StoreArgs,
+        /// Messages per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue after this queue id (what the previous page printed).
+        #[arg(long)]
+        after: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -648,7 +654,7 @@ fn conversations(command: ConversationsCommand) -> Result<ExitCode> {
                     c.id,
                     truncate(&c.inbox, 12),
                     c.status,
-                    c.messages.len(),
+                    c.message_count,
                     c.assignee.as_deref().unwrap_or("-"),
                     c.ticket.as_deref().unwrap_or("-"),
                     truncate(&c.contact, 28),
@@ -662,8 +668,21 @@ fn conversations(command: ConversationsCommand) -> Result<ExitCode> {
                 if list.len() == 1 { "" } else { "s" }
             )?;
         }
-        ConversationsCommand::Show { id, store, json } => {
-            let (resp, _) = admin_request(&store, Request::ConversationsShow { id })?;
+        ConversationsCommand::Show {
+            id,
+            store,
+            limit,
+            after,
+            json,
+        } => {
+            let (resp, _) = admin_request(
+                &store,
+                Request::ConversationsShow {
+                    id: id.clone(),
+                    after,
+                    limit,
+                },
+            )?;
             let view: admin::ConversationView = decode(resp)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &view)?;
@@ -737,6 +756,13 @@ fn conversations(command: ConversationsCommand) -> Result<ExitCode> {
                     } else {
                         format!("  [{flags}]")
                     }
+                )?;
+            }
+            if let Some(next) = &view.next {
+                writeln!(
+                    out,
+                    "({} messages in all; more: inbound conversations show {id} --after {next})",
+                    c.message_count
                 )?;
             }
         }

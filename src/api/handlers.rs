@@ -263,17 +263,25 @@ pub async fn conversations(
     ok(page("conversations", p))
 }
 
+/// `GET /v1/conversations/{id}`: the conversation, and one page of its messages in arrival
+/// order (`limit`, `cursor`; `messages_next_cursor` continues), so a thread of any length costs
+/// one page per request.
 pub async fn conversation(
     State(s): St,
     PathParams(id): PathParams<String>,
+    q: Query,
 ) -> Json<views::ConversationDetail> {
     let store = s.ctx.store.clone();
+    let limit = limit(&q)?;
+    let after = cursor_in(&q, "conversation_messages")?;
     blocking(move || {
         let c = store
             .conversation(&id)?
             .ok_or_else(|| ApiError::not_found(format!("conversation {id}")))?;
-        let mut messages = Vec::with_capacity(c.messages.len());
-        for q in &c.messages {
+        let after = after.map(|a| String::from_utf8_lossy(&a).into_owned());
+        let ids = store.conversation_messages(&id, after.as_deref(), limit)?;
+        let mut messages = Vec::with_capacity(ids.items.len());
+        for q in &ids.items {
             if let Some(m) = store.get(q)? {
                 messages.push(views::MessageSummary::from(m));
             }
@@ -286,6 +294,7 @@ pub async fn conversation(
         Ok(views::ConversationDetail {
             conversation: c.into(),
             messages,
+            messages_next_cursor: cursor_out("conversation_messages", ids.next),
             ticket,
             contact,
         })

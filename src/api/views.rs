@@ -117,7 +117,7 @@ pub struct ConversationSummary {
 impl From<Conversation> for ConversationSummary {
     fn from(c: Conversation) -> ConversationSummary {
         ConversationSummary {
-            message_count: c.messages.len(),
+            message_count: c.message_count as usize,
             id: c.id,
             inbox: c.inbox,
             subject: c.subject,
@@ -135,8 +135,10 @@ impl From<Conversation> for ConversationSummary {
 #[derive(Serialize)]
 pub struct ConversationDetail {
     pub conversation: ConversationSummary,
-    /// In arrival order.
+    /// One page of its messages, in arrival order.
     pub messages: Vec<MessageSummary>,
+    /// Pass as `cursor` for the next page of messages; `null` after the last.
+    pub messages_next_cursor: Option<String>,
     pub ticket: Option<TicketView>,
     pub contact: Option<ContactSummary>,
 }

@@ -187,7 +187,7 @@ fn apply(
         &key,
         &[conv.id.as_bytes(), &[0], queue_id.as_bytes()].concat(),
     )?;
-    conv.messages.push(queue_id.to_string());
+    tx.add_to_conversation(&mut conv, queue_id)?;
     conv.updated_at = now;
 
     // The contact: the original sender, with the owner from config.

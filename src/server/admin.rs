@@ -36,8 +36,13 @@ pub enum Request {
         after: Option<String>,
         limit: usize,
     },
+    /// A conversation and one page of its messages (in arrival order, after `after`).
     ConversationsShow {
         id: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default = "default_messages_page")]
+        limit: usize,
     },
     InboxesList,
     /// An operator confirms that the team's forwarding works.
@@ -59,11 +64,19 @@ pub enum Request {
     OutboxList,
 }
 
+fn default_messages_page() -> usize {
+    100
+}
+
 /// A conversation with everything `conversations show` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConversationView {
     pub conversation: crate::store::model::Conversation,
+    /// One page of its messages.
     pub messages: Vec<crate::store::MessageRecord>,
+    /// The queue id to continue after, when there are more.
+    #[serde(default)]
+    pub next: Option<String>,
     #[serde(default)]
     pub ticket: Option<crate::store::model::Ticket>,
     #[serde(default)]
@@ -172,11 +185,13 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
                 Err(e) => Response::err(e),
             }
         }
-        Request::ConversationsShow { id } => match conversation_view(store, id) {
-            Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
-            Ok(None) => Response::err(format!("no conversation with id {id}")),
-            Err(e) => Response::err(e),
-        },
+        Request::ConversationsShow { id, after, limit } => {
+            match conversation_view(store, id, after.as_deref(), *limit) {
+                Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
+                Ok(None) => Response::err(format!("no conversation with id {id}")),
+                Err(e) => Response::err(e),
+            }
+        }
     }
 }
 
@@ -195,16 +210,20 @@ fn ok(data: Option<serde_json::Value>) -> (Response, Vec<u8>) {
 fn conversation_view(
     store: &Store,
     id: &str,
+    after: Option<&str>,
+    limit: usize,
 ) -> Result<Option<ConversationView>, crate::store::StoreError> {
     let Some(conversation) = store.conversation(id)? else {
         return Ok(None);
     };
-    let mut messages = Vec::new();
-    for q in &conversation.messages {
+    let page = store.conversation_messages(id, after, limit.clamp(1, 1000))?;
+    let mut messages = Vec::with_capacity(page.items.len());
+    for q in &page.items {
         if let Some(m) = store.get(q)? {
             messages.push(m);
         }
     }
+    let next = page.next.map(|k| String::from_utf8_lossy(&k).into_owned());
     let ticket = match &conversation.ticket {
         Some(t) => store.ticket(t)?,
         None => None,
@@ -213,6 +232,7 @@ fn conversation_view(
     Ok(Some(ConversationView {
         conversation,
         messages,
+        next,
         ticket,
         contact,
     }))

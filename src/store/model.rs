@@ -21,8 +21,14 @@ pub struct Conversation {
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
-    /// Queue ids, in arrival order.
-    pub messages: Vec<String>,
+    /// How many messages it holds. Their queue ids are in the store's conversation index
+    /// (`Store::conversation_messages`), so adding one costs the same however long the thread.
+    #[serde(default)]
+    pub message_count: u64,
+    /// Queue ids as records written before the index kept them; moved into the index when the
+    /// store opens, and empty ever after.
+    #[serde(default, rename = "messages", skip_serializing_if = "Vec::is_empty")]
+    pub legacy_messages: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! transaction except where several trees must agree (`Store::view`).
 
 use super::model::{self, MessageRecord};
-use super::tx::{decode_counter, TreeId};
+use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
 /// One page of `Store::page`.
@@ -205,6 +205,41 @@ impl Store {
         tree.scan_prefix(&prefix)
             .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
             .collect()
+    }
+
+    /// One page of a conversation's messages (queue ids in arrival order), after `after`.
+    pub fn conversation_messages(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>, StoreError> {
+        let engine = self.inner.engine()?;
+        let tree = engine.tree(TreeId::ConversationMessages);
+        let prefix = conversation_message_key(id, "");
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(conversation_message_key(id, a)),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut items = Vec::new();
+        for kv in tree.range((start, std::ops::Bound::Unbounded)) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) {
+                return Ok(Page { items, next: None });
+            }
+            if items.len() >= limit.max(1) {
+                let last: &String = items.last().expect("a full page has a last item");
+                let next = Some(last.as_bytes().to_vec());
+                return Ok(Page { items, next });
+            }
+            items.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(Page { items, next: None })
+    }
+
+    /// Every message of a conversation, in arrival order (for removals, which need them all).
+    pub fn all_conversation_messages(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.conversation_messages(id, None, usize::MAX)?.items)
     }
 
     pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {

@@ -4,7 +4,9 @@
 
 use serde::Deserialize;
 
-use super::{Inner, StoreError, TreeId};
+use super::model::Conversation;
+use super::tx::conversation_message_key;
+use super::{Engine, Inner, StoreError, TreeId};
 
 /// The one field recovery reads of a record (serde skips the rest without building it).
 #[derive(Deserialize)]
@@ -52,7 +54,9 @@ impl Inner {
             self.spool.sync_msg_dir()?;
             engine.db.flush()?;
         }
+        let migrated = migrate_conversation_index(&engine)?;
         tracing::info!(
+            migrated_conversations = migrated,
             removed_partial = removed_tmp,
             removed_without_record = orphans,
             removed_expired = expired,
@@ -60,5 +64,76 @@ impl Inner {
             "store recovered"
         );
         Ok(())
+    }
+}
+
+/// Marks that every conversation keeps its messages in the index (`ConversationMessages`).
+const CONVERSATION_INDEX_DONE: &[u8] = b"schema:conversation_index";
+
+/// Conversation records written before the index held their message ids in a list that every
+/// new message rewrote: move them into the index, once per store. Idempotent, so a crash midway
+/// only repeats work at the next start. Returns how many conversations moved.
+fn migrate_conversation_index(engine: &Engine) -> Result<usize, StoreError> {
+    let counters = engine.tree(TreeId::Counters);
+    if counters.contains_key(CONVERSATION_INDEX_DONE)? {
+        return Ok(0);
+    }
+    let (conversations, index) = (
+        engine.tree(TreeId::Conversations),
+        engine.tree(TreeId::ConversationMessages),
+    );
+    let mut moved = 0;
+    for kv in conversations.iter() {
+        let (key, value) = kv?;
+        let mut c: Conversation = serde_json::from_slice(&value)?;
+        if c.legacy_messages.is_empty() {
+            continue;
+        }
+        c.message_count = c.legacy_messages.len() as u64;
+        for queue_id in std::mem::take(&mut c.legacy_messages) {
+            index.insert(conversation_message_key(&c.id, &queue_id), &[])?;
+        }
+        conversations.insert(key, serde_json::to_vec(&c)?)?;
+        moved += 1;
+    }
+    counters.insert(CONVERSATION_INDEX_DONE, &b"1"[..])?;
+    engine.db.flush()?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Store, TreeId};
+
+    /// A store written before the conversation index: its conversation records hold their
+    /// message ids in a list. Opening it moves them into the index, once.
+    #[test]
+    fn a_conversation_list_from_before_the_index_moves_into_it_at_open() {
+        let dir = std::env::temp_dir().join(format!("inb-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = crate::config::Config::embedded_default().store;
+        {
+            let store = Store::open(&dir, &cfg).unwrap();
+            store
+                .update(|tx| {
+                    let legacy = br#"{"id":"C1","inbox":"demo","subject":"s","contact":"a@x.example","created_at":1,"updated_at":2,"status":"open","messages":["Q1","Q2","Q3"]}"#;
+                    tx.insert(TreeId::Conversations, b"C1", legacy)?;
+                    tx.remove(TreeId::Counters, super::CONVERSATION_INDEX_DONE)
+                })
+                .unwrap();
+        }
+        let store = Store::open(&dir, &cfg).unwrap();
+        assert_eq!(
+            store.all_conversation_messages("C1").unwrap(),
+            ["Q1", "Q2", "Q3"]
+        );
+        let c = store.conversation("C1").unwrap().unwrap();
+        assert_eq!(c.message_count, 3);
+        assert!(c.legacy_messages.is_empty());
+        let page = store.conversation_messages("C1", Some("Q1"), 1).unwrap();
+        assert_eq!(page.items, ["Q2"]);
+        assert_eq!(page.next.as_deref(), Some(&b"Q2"[..]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -121,18 +121,28 @@ impl Store {
         ids: &[String],
         updated_before_ms: u64,
     ) -> Result<(usize, usize), StoreError> {
+        // A transaction cannot scan, so each conversation's messages are listed first. A message
+        // that joins meanwhile changes the record's count and time, which are checked inside the
+        // transaction: such a conversation is left for the next sweep.
+        let lists = ids
+            .iter()
+            .map(|id| self.all_conversation_messages(id))
+            .collect::<Result<Vec<_>, _>>()?;
         let (conversations, removed) = self.update(|tx| {
             let (mut conversations, mut removed) = (0, Vec::new());
-            for id in ids {
+            for (id, messages) in ids.iter().zip(&lists) {
                 let Some(conv) =
                     tx.get_json::<model::Conversation>(TreeId::Conversations, id.as_bytes())?
                 else {
                     continue;
                 };
-                if conv.status != "closed" || conv.updated_at > updated_before_ms {
+                if conv.status != "closed"
+                    || conv.updated_at > updated_before_ms
+                    || conv.message_count != messages.len() as u64
+                {
                     continue;
                 }
-                tx.remove_conversation(&conv, &mut removed)?;
+                tx.remove_conversation(&conv, messages, &mut removed)?;
                 conversations += 1;
             }
             Ok((conversations, removed))

@@ -39,9 +39,12 @@ pub enum TreeId {
     Outbox = 10,
     /// `due (u64 BE, unix ms) ‖ item id` -> empty: the outbox in delivery order.
     OutboxDue = 11,
+    /// `conversation id \0 queue id` -> empty: a conversation's messages in arrival order (queue
+    /// ids are ULIDs), without growing the conversation record with every new one.
+    ConversationMessages = 12,
 }
 
-pub(super) const TREE_NAMES: [&str; 12] = [
+pub(super) const TREE_NAMES: [&str; 13] = [
     "messages",
     "bodies",
     "conversations",
@@ -54,6 +57,7 @@ pub(super) const TREE_NAMES: [&str; 12] = [
     "inboxes",
     "outbox",
     "outbox_due",
+    "conversation_messages",
 ];
 
 /// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
@@ -65,6 +69,11 @@ pub(super) fn decode_counter(value: Option<sled::IVec>) -> i64 {
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(i64::from_be_bytes)
         .unwrap_or(0)
+}
+
+/// The `ConversationMessages` key of one message in one conversation.
+pub(super) fn conversation_message_key(conversation: &str, queue_id: &str) -> Vec<u8> {
+    [conversation.as_bytes(), &[0], queue_id.as_bytes()].concat()
 }
 
 /// A view of every tree inside one transaction: reads see this transaction's own writes.
@@ -127,8 +136,12 @@ impl Tx<'_> {
             if let Some(mut c) =
                 self.get_json::<model::Conversation>(TreeId::Conversations, conv_key)?
             {
-                c.messages.retain(|m| *m != record.queue_id);
-                self.put_json(TreeId::Conversations, conv_key, &c)?;
+                let link = conversation_message_key(&r.conversation, &record.queue_id);
+                if self.get(TreeId::ConversationMessages, &link)?.is_some() {
+                    self.remove(TreeId::ConversationMessages, &link)?;
+                    c.message_count = c.message_count.saturating_sub(1);
+                    self.put_json(TreeId::Conversations, conv_key, &c)?;
+                }
             }
         }
         Ok(())
@@ -170,6 +183,7 @@ impl Tx<'_> {
     pub(super) fn remove_conversation(
         &self,
         conv: &model::Conversation,
+        messages: &[String],
         removed: &mut Vec<MessageRecord>,
     ) -> TxResult<()> {
         self.remove(TreeId::Conversations, conv.id.as_bytes())?;
@@ -187,7 +201,11 @@ impl Tx<'_> {
                 }
             }
         }
-        for queue_id in &conv.messages {
+        for queue_id in messages {
+            self.remove(
+                TreeId::ConversationMessages,
+                &conversation_message_key(&conv.id, queue_id),
+            )?;
             let key = queue_id.as_bytes();
             let Some(mut record) = self.get_json::<MessageRecord>(TreeId::Messages, key)? else {
                 continue;
@@ -201,6 +219,22 @@ impl Tx<'_> {
                 self.put_json(TreeId::Messages, key, &record)?;
             }
         }
+        Ok(())
+    }
+
+    /// Add a message to a conversation: its index entry and the count on the record (which the
+    /// caller writes).
+    pub fn add_to_conversation(
+        &self,
+        conv: &mut model::Conversation,
+        queue_id: &str,
+    ) -> TxResult<()> {
+        self.insert(
+            TreeId::ConversationMessages,
+            &conversation_message_key(&conv.id, queue_id),
+            b"",
+        )?;
+        conv.message_count += 1;
         Ok(())
     }
 
