@@ -11,7 +11,8 @@
 //! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
 //! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
 //! API: reads and operator actions), [`actions`] (what every operator action changes in the
-//! store, one transaction each), [`bench`] (the load generator behind `inbound bench`).
+//! store, one transaction each), [`bench`] (the load generator behind `inbound bench`), `fuzzing` (the fuzzers'
+//! harnesses, with the `fuzzing` feature only).
 
 pub mod actions;
 pub mod api;
@@ -20,6 +21,8 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dns;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    inbound::pipeline::fuzzing::message(data);
+    inbound::fuzzing::message::message(data);
 });

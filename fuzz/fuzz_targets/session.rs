@@ -1,4 +1,4 @@
-//! Arbitrary bytes -> one SMTP session against a real store (`inbound::smtp::fuzzing`).
+//! Arbitrary bytes -> one SMTP session against a real store (`inbound::fuzzing::session`).
 //! Fails on a panic, a hang, a malformed reply, a 250 for a message the store does not hold
 //! intact, or replies that change with how the input was split into reads (except after
 //! STARTTLS, where pre-handshake input is dropped on purpose).
@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use inbound::smtp::fuzzing::{normalize, Chunking, Harness};
+use inbound::fuzzing::session::{normalize, Chunking, Harness};
 use libfuzzer_sys::fuzz_target;
 
 static HARNESS: OnceLock<Harness> = OnceLock::new();

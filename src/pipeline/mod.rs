@@ -8,7 +8,6 @@ pub mod attribution;
 pub mod auth;
 pub mod content;
 pub mod explain;
-pub mod fuzzing;
 pub mod parse;
 pub mod prepare;
 pub mod release;

@@ -11,7 +11,7 @@ use crate::support;
 
 use std::path::PathBuf;
 
-use inbound::smtp::fuzzing::{normalize, Chunking, Harness};
+use inbound::fuzzing::session::{normalize, Chunking, Harness};
 use support::TempDir;
 
 const SPLITS: [Chunking; 4] = [

@@ -35,14 +35,14 @@ fn message_stage_handles_the_corpus() {
     for f in &files {
         let data = std::fs::read(f).expect("read corpus file");
         assert_eq!(
-            inbound::pipeline::fuzzing::message(&data),
+            inbound::fuzzing::message::message(&data),
             1,
             "{}",
             f.display()
         );
         // Truncations exercise half-read headers and MIME parts.
         for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
-            inbound::pipeline::fuzzing::message(&data[..cut]);
+            inbound::fuzzing::message::message(&data[..cut]);
         }
     }
     println!(

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::session::{Outcome, Session};
 use crate::config::{self, ConfigErrors};
 use crate::context::shutdown::{self, Trigger};
 use crate::context::tls::{self, TlsError};
 use crate::context::Ctx;
 use crate::dns::DnsSetupError;
+use crate::smtp::session::{Outcome, Session};
 use crate::store::{Store, StoreError};
 
 /// How long one session over a finite input may take before the harness calls it a hang.
