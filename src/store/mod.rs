@@ -57,15 +57,6 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-impl StoreError {
-    /// A failure of the database's own writes, after which sled refuses every later write until
-    /// it is reopened (sled keeps the first I/O error as a global error). Aborts decided by a
-    /// plan, encoding errors and a closed store are not.
-    fn breaks_database(&self) -> bool {
-        matches!(self, StoreError::Io(_) | StoreError::Db(_))
-    }
-}
-
 /// Handle to the store, cheap to clone. Dropping every clone stops the committer thread after it
 /// has drained what was already sent to it.
 #[derive(Clone)]
@@ -273,8 +264,10 @@ impl Inner {
         f: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
         engine.transaction(f).map_err(|e| {
+            let storage = matches!(e, sled::transaction::TransactionError::Storage(_));
             let e = tx_error(e);
-            if e.breaks_database() {
+            // A plan's abort is a refusal; only a storage error means sled needs reopening.
+            if storage {
                 self.write_failed(&e);
             }
             e

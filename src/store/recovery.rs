@@ -136,4 +136,20 @@ mod tests {
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A plan or action that refuses (aborts) leaves a healthy store: only a storage error makes
+    /// the database reopen.
+    #[test]
+    fn an_aborted_transaction_is_a_refusal_not_a_broken_store() {
+        let cfg = crate::config::Config::embedded_default().store;
+        let store = Store::open_temporary(&cfg).unwrap();
+        let r: Result<(), _> = store.update(|_| {
+            Err(sled::transaction::ConflictableTransactionError::Abort(
+                "no such conversation".to_string(),
+            ))
+        });
+        assert!(r.unwrap_err().to_string().contains("no such conversation"));
+        assert!(!store.is_broken());
+        store.probe_write().unwrap();
+    }
 }
