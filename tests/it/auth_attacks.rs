@@ -445,3 +445,27 @@ async fn garbage_in_auth_headers_is_a_clear_verdict() {
     .await;
     assert_eq!(r.code, 250, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spf_malformed_target_is_permerror_not_451() {
+    // A target name that cannot be a domain name is the publisher's permanent mistake: answering
+    // 451 would make every sender retry for days (RFC 7208 §4.6: syntax errors are permerror).
+    let e = env().await;
+    e.dns
+        .add_txt("broken.example", "v=spf1 a:example.com:8080 -all");
+    let r = deliver(
+        &e.srv,
+        STRANGER_IP,
+        "x.example",
+        "a@broken.example",
+        &original("a@broken.example", "broken-spf"),
+    )
+    .await;
+    let rec = record(&e.srv, &r);
+    let auth = rec.auth.unwrap();
+    assert_eq!(auth.spf_mail_from, "permerror", "{auth:?}");
+    assert_eq!(
+        auth.verdict, "quarantine",
+        "nothing authenticates it: {auth:?}"
+    );
+}

@@ -8,7 +8,10 @@
 //! domain verifies. DNS trouble is never a verdict: it gives `TempFail` (451 4.7.0), never 5xx
 //! and never an unchecked accept.
 
+mod spf;
 mod tags;
+
+pub use spf::check_identity as check_spf_identity;
 
 use std::net::IpAddr;
 
@@ -17,7 +20,6 @@ use mail_auth::common::crypto::Algorithm;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
     IprevResult, SpfOutput, SpfResult,
@@ -44,24 +46,13 @@ pub async fn check_spf(
     mail_from: &str,
     hostname: &str,
 ) -> SpfResults {
-    let helo_is_domain =
-        !helo.is_empty() && !helo.starts_with('[') && helo.parse::<IpAddr>().is_err();
     // Both identities are checked at once: with slow DNS the wait is one lookup chain, not two.
-    let helo_check = async {
-        if helo_is_domain {
-            dns.authenticator
-                .verify_spf(dns.params(SpfParameters::verify_ehlo(ip, helo, hostname)))
-                .await
-        } else {
-            SpfOutput::new(helo.to_string())
-        }
-    };
+    let helo_check = spf::check_identity(dns, ip, helo, "", hostname);
     let mail_from_check = async {
         if mail_from.is_empty() {
             return None;
         }
-        let params = SpfParameters::verify_mail_from(ip, helo, hostname, mail_from);
-        Some(dns.authenticator.verify_spf(dns.params(params)).await)
+        Some(spf::check_identity(dns, ip, helo, mail_from, hostname).await)
     };
     let (helo_out, mail_from_out) = tokio::join!(helo_check, mail_from_check);
     // RFC 7208 §2.4: with a null reverse path the MAIL FROM check is the HELO check.
