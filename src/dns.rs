@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::hickory_resolver::net::NetError;
-use mail_auth::hickory_resolver::proto::rr::{Name, RecordType};
+use mail_auth::hickory_resolver::net::{DnsError, NetError};
+use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::{MessageAuthenticator, RecordSet, ResolverCache, Txt, MX};
 
@@ -111,6 +111,30 @@ impl Dns {
             Ok(Ok(_)) | Ok(Err(NetError::Dns(_))) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer in time".into()),
+        }
+    }
+
+    /// Every TXT record at `name`, each record's character-strings joined (RFC 7208 §3.3, RFC 6376
+    /// §3.6.2.2), through the resolver's own cache (so a repeated lookup costs no query). No
+    /// record (NXDOMAIN, NODATA) is `Ok` and empty; a name that cannot be encoded is `Ok` and empty
+    /// too (nothing can be published there); only an unanswered query is `Err`. For the checks
+    /// mail-auth's parsed-record cache cannot answer: how many DMARC records a name has, and a
+    /// DKIM key record's tags as published.
+    pub async fn txt_records(&self, name: &str) -> Result<Vec<Vec<u8>>, String> {
+        let Ok(name) = Name::from_str_relaxed(name) else {
+            return Ok(Vec::new());
+        };
+        match self.authenticator.resolver().txt_lookup(name).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(txt.txt_data.iter().flatten().copied().collect()),
+                    _ => None,
+                })
+                .collect()),
+            Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

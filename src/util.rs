@@ -1,4 +1,5 @@
-//! Small formatting helpers shared by several stages: RFC 5322 dates, hex, SHA-256.
+//! Small helpers shared by several stages: RFC 5322 dates, hex, SHA-256, domain relations
+//! (within, organizational domain by the Public Suffix List).
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil(days: i64) -> (i64, u32, u32) {
@@ -68,6 +69,27 @@ pub fn domain_within(domain: &str, parent: &str) -> bool {
     d.len() > p.len()
         && d.as_bytes()[d.len() - p.len() - 1] == b'.'
         && d[d.len() - p.len()..].eq_ignore_ascii_case(p)
+}
+
+/// The organizational domain of `domain` (RFC 7489 §3.2): its registrable part by the Public
+/// Suffix List (the `psl` crate embeds the list, private section included), lowercased, without a
+/// final dot. `mail.victim.co.uk` -> `victim.co.uk`, `a.b.github.io` -> `b.github.io`; a public
+/// suffix itself (`co.uk`), a single label or an empty name is its own organizational domain.
+/// The one place that answers this question: auth alignment, verification, attribution.
+pub fn org_domain(domain: &str) -> String {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    match psl::domain_str(&d) {
+        Some(org) => org.to_string(),
+        None => d,
+    }
+}
+
+/// Relaxed alignment (RFC 7489 §3.1): both names non-empty with the same organizational domain.
+/// `attacker.co.uk` is not aligned with `victim.co.uk`.
+pub fn relaxed_aligned(a: &str, b: &str) -> bool {
+    !a.trim_end_matches('.').is_empty()
+        && !b.trim_end_matches('.').is_empty()
+        && org_domain(a) == org_domain(b)
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
@@ -146,6 +168,31 @@ mod tests {
         assert!(domain_within("google.com", "GOOGLE.COM"));
         assert!(!domain_within("evilgoogle.com", "google.com"));
         assert!(!domain_within("com", "google.com"));
+    }
+
+    #[test]
+    fn organizational_domains_follow_the_public_suffix_list() {
+        for (name, org) in [
+            ("mail.victim.co.uk", "victim.co.uk"),
+            ("attacker.co.uk", "attacker.co.uk"),
+            ("co.uk", "co.uk"),
+            ("shop.example.com.au", "example.com.au"),
+            ("victim.github.io", "victim.github.io"),
+            ("a.b.victim.github.io", "victim.github.io"),
+            ("Mail.ACME.example.", "acme.example"),
+            ("a.b.acme.com", "acme.com"),
+            ("com", "com"),
+            ("", ""),
+        ] {
+            assert_eq!(org_domain(name), org, "{name}");
+        }
+        assert!(relaxed_aligned("mail.acme.example", "acme.example"));
+        assert!(relaxed_aligned("bounce.victim.co.uk", "victim.co.uk"));
+        assert!(!relaxed_aligned("attacker.co.uk", "victim.co.uk"));
+        assert!(!relaxed_aligned("attacker.com.au", "victim.com.au"));
+        assert!(!relaxed_aligned("attacker.github.io", "victim.github.io"));
+        assert!(!relaxed_aligned("co.uk", "victim.co.uk"));
+        assert!(!relaxed_aligned("", ""));
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub struct AuthPolicy {
     pub on_dmarc_reject: Action,
     /// DMARC fail under `p=quarantine`.
     pub on_dmarc_quarantine: Action,
-    /// No DMARC policy, and neither SPF nor DKIM passes.
+    /// Nothing authenticates the message: no SPF pass, no DKIM pass aligned with an author and
+    /// no DMARC pass (p=none included; also a message that names no domain at all).
     pub on_unauthenticated: Action,
 }
 

@@ -714,8 +714,9 @@ impl Mail {
     }
 
     fn link(&self, provider: Provider, sender_domain: &str, hint: Option<&str>) -> Option<String> {
+        let sender_org = crate::util::org_domain(sender_domain);
         let generic_domains: Vec<&str> = match provider {
-            Provider::Generic => [Some(org_domain(sender_domain)), hint]
+            Provider::Generic => [Some(sender_org.as_str()), hint]
                 .into_iter()
                 .flatten()
                 .collect(),
@@ -879,24 +880,6 @@ fn under(domain: &str, base: &str) -> bool {
         || (domain.len() > base.len()
             && domain.ends_with(base)
             && domain.as_bytes()[domain.len() - base.len() - 1] == b'.')
-}
-
-/// The registrable part of a domain, near enough without a public-suffix list: the last two
-/// labels, or three under a two-letter country code with a generic second level (`co.uk`).
-fn org_domain(domain: &str) -> &str {
-    const SECOND_LEVEL: &[&str] = &["co", "com", "net", "org", "gov", "edu", "ac", "ne", "or"];
-    let labels: Vec<&str> = domain.split('.').collect();
-    let n = labels.len();
-    let keep = if n >= 3 && labels[n - 1].len() == 2 && SECOND_LEVEL.contains(&labels[n - 2]) {
-        3
-    } else {
-        2
-    };
-    if n <= keep {
-        return domain;
-    }
-    let skip: usize = labels[..n - keep].iter().map(|l| l.len() + 1).sum();
-    domain.get(skip..).unwrap_or(domain)
 }
 
 /// A local part that a program sends from, not a person.
@@ -1825,9 +1808,9 @@ mod tests {
         assert!(under("mail.google.com", "google.com"));
         assert!(!under("google.com.evil.example", "google.com"));
         assert!(!under("notgoogle.com", "google.com"));
-        assert_eq!(org_domain("mail.acme.co.uk"), "acme.co.uk");
-        assert_eq!(org_domain("a.b.acme.com"), "acme.com");
-        assert_eq!(org_domain("com"), "com");
+        assert_eq!(crate::util::org_domain("mail.acme.co.uk"), "acme.co.uk");
+        assert_eq!(crate::util::org_domain("a.b.acme.com"), "acme.com");
+        assert_eq!(crate::util::org_domain("com"), "com");
     }
 
     #[test]
@@ -1916,7 +1899,7 @@ mod tests {
             let mut links = Vec::new();
             text_links(&lines(text), &mut links);
             let _ = Url::parse(text);
-            let _ = org_domain(text);
+            let _ = crate::util::org_domain(text);
         }
     }
 }

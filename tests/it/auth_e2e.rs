@@ -11,19 +11,19 @@ use support::*;
 use tokio::net::TcpStream;
 
 /// An address outside the trusted networks, as a sending MTA on the internet would have.
-const ORIGIN_IP: &str = "192.0.2.10";
+pub(crate) const ORIGIN_IP: &str = "192.0.2.10";
 /// Gmail's forwarding host in these tests.
-const GOOGLE_IP: &str = "198.51.100.7";
+pub(crate) const GOOGLE_IP: &str = "198.51.100.7";
 
-struct Env {
-    dns: TestDns,
-    srv: TestServer,
-    rsa: TestKey,
+pub(crate) struct Env {
+    pub dns: TestDns,
+    pub srv: TestServer,
+    pub rsa: TestKey,
 }
 
 /// A server that checks every client (no trusted networks), with a PROXY listener trusting
 /// loopback, its resolver pointed at the test DNS server. `extra` is appended.
-async fn env_with(extra: &str) -> Env {
+pub(crate) async fn env_with(extra: &str) -> Env {
     let dns = TestDns::start().await;
     let dir = TempDir::new("auth");
     let text = format!(
@@ -62,12 +62,12 @@ address = "support@demo.inbound.test"
     Env { dns, srv, rsa }
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     env_with("").await
 }
 
 /// Connect through the PROXY listener as `ip`, read the greeting and EHLO as `helo`.
-async fn connect_as(srv: &TestServer, ip: &str, helo: &str) -> Client<TcpStream> {
+pub(crate) async fn connect_as(srv: &TestServer, ip: &str, helo: &str) -> Client<TcpStream> {
     let mut c = Client::connect(srv.addr).await;
     c.send_raw(format!("PROXY TCP4 {ip} 127.0.0.1 40000 25\r\n").as_bytes())
         .await;
@@ -76,7 +76,7 @@ async fn connect_as(srv: &TestServer, ip: &str, helo: &str) -> Client<TcpStream>
     c
 }
 
-fn original(from: &str, subject: &str) -> Vec<u8> {
+pub(crate) fn original(from: &str, subject: &str) -> Vec<u8> {
     format!(
         "From: Carol Customer <{from}>\r\nTo: support@acme-team.example\r\nSubject: {subject}\r\nMessage-ID: <{subject}@acme.example>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello team,\r\nmy order has not arrived.\r\n"
     )
@@ -84,7 +84,13 @@ fn original(from: &str, subject: &str) -> Vec<u8> {
 }
 
 /// Send one message and return the reply to end of data.
-async fn deliver(srv: &TestServer, ip: &str, helo: &str, mail_from: &str, msg: &[u8]) -> Reply {
+pub(crate) async fn deliver(
+    srv: &TestServer,
+    ip: &str,
+    helo: &str,
+    mail_from: &str,
+    msg: &[u8],
+) -> Reply {
     let mut c = connect_as(srv, ip, helo).await;
     // Checks against a dead or slow DNS server take several resolver timeouts.
     c.timeout = Duration::from_secs(30);
@@ -98,7 +104,7 @@ async fn deliver(srv: &TestServer, ip: &str, helo: &str, mail_from: &str, msg: &
     r
 }
 
-fn record(srv: &TestServer, reply: &Reply) -> inbound::store::MessageRecord {
+pub(crate) fn record(srv: &TestServer, reply: &Reply) -> inbound::store::MessageRecord {
     assert_eq!(reply.code, 250, "{reply:?}");
     srv.ctx
         .store
@@ -355,8 +361,30 @@ async fn dmarc_quarantine_and_none_policies() {
     )
     .await;
     let rec = record(&e.srv, &r);
-    assert!(!rec.quarantined, "p=none only monitors");
-    assert_eq!(rec.auth.as_ref().unwrap().dmarc, "fail");
+    let auth = rec.auth.clone().unwrap();
+    assert_eq!(auth.dmarc, "fail");
+    // p=none asks nothing of DMARC, but nothing authenticates this message either (SPF fail, no
+    // DKIM): our own rule for unauthenticated mail applies (issue #10).
+    assert!(rec.quarantined, "{auth:?}");
+    assert!(
+        auth.reason.starts_with("unauthenticated sender n.example"),
+        "{auth:?}"
+    );
+    // With an SPF pass, p=none only monitors.
+    e.dns
+        .add_txt("n2.example", &format!("v=spf1 ip4:{ORIGIN_IP} -all"));
+    e.dns
+        .add_txt("_dmarc.n2.example", "v=DMARC1; p=none; aspf=s");
+    let r = deliver(
+        &e.srv,
+        ORIGIN_IP,
+        "x.example",
+        "a@n2.example",
+        &original("a@n2.example", "n2"),
+    )
+    .await;
+    let rec = record(&e.srv, &r);
+    assert!(!rec.quarantined, "p=none only monitors: {:?}", rec.auth);
 }
 
 #[tokio::test(flavor = "multi_thread")]

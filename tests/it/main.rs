@@ -32,6 +32,10 @@ mod smtp_size;
 mod smtp_tls;
 
 // Sender authentication.
+/// Issue #10's spoofing attempts, one test per attack, each refused or quarantined.
+mod auth_attacks;
+/// DKIM signatures and ARC sets with one tag or key record changed, against RFC 6376/8301/8617.
+mod auth_conformance;
 /// SPF, DKIM, ARC, DMARC and the forwarding policy end to end over SMTP with loopback DNS.
 mod auth_e2e;
 /// The harness's own loopback DNS server and signer answer as a real one would.

@@ -187,6 +187,19 @@ pub async fn arc_forward(
     forwarder: &Forwarder<'_>,
     rewrite: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> Vec<u8> {
+    let mut headers: Vec<&str> = SIGNED_HEADERS.to_vec();
+    headers.push("DKIM-Signature");
+    arc_forward_signing(auth, message, forwarder, rewrite, &headers).await
+}
+
+/// `arc_forward` with the ARC-Message-Signature covering exactly `headers`.
+pub async fn arc_forward_signing(
+    auth: &MessageAuthenticator,
+    message: &[u8],
+    forwarder: &Forwarder<'_>,
+    rewrite: impl FnOnce(&[u8]) -> Vec<u8>,
+    headers: &[&str],
+) -> Vec<u8> {
     let received = AuthenticatedMessage::parse(message).expect("parse message to forward");
     let dkim = auth.verify_dkim(&received).await;
     let arc = auth.verify_arc(&received).await;
@@ -201,8 +214,6 @@ pub async fn arc_forward(
 
     let rewritten = rewrite(message);
     let forwarded = AuthenticatedMessage::parse(&rewritten).expect("parse rewritten message");
-    let mut headers: Vec<&str> = SIGNED_HEADERS.to_vec();
-    headers.push("DKIM-Signature");
     let set = match forwarder.key.kind {
         KeyKind::Rsa => ArcSealer::from_key(rsa_key(&forwarder.key.pkcs8_der))
             .domain(forwarder.domain)
@@ -301,3 +312,304 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
 }
 
 pub use inbound::util::base64;
+
+/// One tag of a signature written by `sign_tags`, in order. An entry with an empty name is
+/// written as nothing (`a=1; ; b=2`: an empty tag-list entry).
+pub type Tags = Vec<(String, String)>;
+
+/// The hash `sign_tags` signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    /// RFC 8301 forbids it for verifiers; signers that still use it exist.
+    Sha1,
+}
+
+/// A DKIM-Signature (or any header shaped like one) over `message`, written from `tags` exactly
+/// as given (order, case, duplicates, odd entries) and signed with the RSA `key`: the way to make
+/// signatures that our verifier must refuse although their cryptography is sound. `bh=` and `b=`
+/// are computed when present (their given value is replaced); `c=` chooses the canonicalization
+/// (absent: simple/simple, RFC 6376 §3.5), `h=` the signed headers (bottom-up instances, §5.4.2).
+/// RFC 6376 §3.4 canonicalization, written out here so the signer does not share code with the
+/// verifier under test.
+pub fn sign_tags(message: &[u8], header: &str, tags: &Tags, key: &TestKey, hash: Hash) -> Vec<u8> {
+    assert_eq!(key.kind, KeyKind::Rsa, "sign_tags signs with RSA only");
+    let split = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(message.len());
+    let (head, body) = (
+        &message[..split],
+        &message[(split + 2).min(message.len())..],
+    );
+    let get = |name: &str| {
+        tags.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (ch, cb) = match get("c").unwrap_or("simple/simple") {
+        c if c.contains('/') => {
+            let (h, b) = c.split_once('/').unwrap();
+            (h.to_string(), b.to_string())
+        }
+        c => (c.to_string(), "simple".to_string()),
+    };
+    let digest_alg = match hash {
+        Hash::Sha256 => &ring::digest::SHA256,
+        Hash::Sha1 => &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+    };
+    let bh = base64(ring::digest::digest(digest_alg, &canon_body(body, cb == "relaxed")).as_ref());
+    let mut tags = tags.clone();
+    for (n, v) in &mut tags {
+        if n == "bh" {
+            *v = bh.clone();
+        }
+        if n == "b" {
+            v.clear();
+        }
+    }
+    // The header fields of the message, bottom-up per name.
+    let fields = header_fields(head);
+    let mut used: Vec<usize> = Vec::new();
+    let mut data = Vec::new();
+    for name in get("h").unwrap_or("").split(':') {
+        let name = name.trim();
+        if let Some(i) = (0..fields.len())
+            .rev()
+            .find(|i| !used.contains(i) && fields[*i].0.eq_ignore_ascii_case(name))
+        {
+            used.push(i);
+            data.extend(canon_header(&fields[i].0, &fields[i].1, ch == "relaxed"));
+            data.extend_from_slice(b"\r\n");
+        }
+    }
+    let unsigned = write_tags(&tags);
+    data.extend(canon_header(
+        header,
+        &format!(" {unsigned}"),
+        ch == "relaxed",
+    ));
+    let sig = rsa_sign(&data, key, hash);
+    for (n, v) in &mut tags {
+        if n == "b" {
+            *v = base64(&sig);
+        }
+    }
+    prepend(format!("{header}: {}\r\n", write_tags(&tags)), message)
+}
+
+fn rsa_sign(data: &[u8], key: &TestKey, hash: Hash) -> Vec<u8> {
+    match hash {
+        Hash::Sha256 => {
+            let pair = ring::signature::RsaKeyPair::from_pkcs8(&key.pkcs8_der).expect("RSA key");
+            let mut sig = vec![0u8; pair.public().modulus_len()];
+            pair.sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                data,
+                &mut sig,
+            )
+            .expect("RSA sign");
+            sig
+        }
+        // ring signs no SHA-1 any more; the openssl command does, with the committed key (the
+        // only RSA key TestKey has).
+        Hash::Sha1 => openssl_sha1_sign(data),
+    }
+}
+
+/// An ARC-Seal (RFC 8617 §4.1.3, §5.1.1) for a message whose only ARC set so far is the
+/// ARC-Authentication-Results and ARC-Message-Signature at its top: the seal signs, relaxed,
+/// those two fields and itself without `b=`, written from `tags` exactly as given.
+pub fn seal_tags(message: &[u8], tags: &Tags, key: &TestKey, hash: Hash) -> Vec<u8> {
+    let split = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(message.len());
+    let fields = header_fields(&message[..split]);
+    let mut data = Vec::new();
+    for name in ["ARC-Authentication-Results", "ARC-Message-Signature"] {
+        if let Some((n, v)) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            data.extend(canon_header(n, v, true));
+            data.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut tags = tags.clone();
+    for (n, v) in &mut tags {
+        if n == "b" {
+            v.clear();
+        }
+    }
+    data.extend(canon_header(
+        "ARC-Seal",
+        &format!(" {}", write_tags(&tags)),
+        true,
+    ));
+    let sig = rsa_sign(&data, key, hash);
+    for (n, v) in &mut tags {
+        if n == "b" {
+            *v = base64(&sig);
+        }
+    }
+    prepend(format!("ARC-Seal: {}\r\n", write_tags(&tags)), message)
+}
+
+/// Tags of a well-formed first ARC-Message-Signature and ARC-Seal by `d=domain; s=selector`.
+pub fn arc_tags(domain: &str, selector: &str) -> (Tags, Tags) {
+    let t = |pairs: &[(&str, &str)]| -> Tags {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    (
+        t(&[
+            ("i", "1"),
+            ("a", "rsa-sha256"),
+            ("c", "relaxed/relaxed"),
+            ("d", domain),
+            ("s", selector),
+            ("h", "From:To:Subject:Date:Message-ID"),
+            ("bh", ""),
+            ("b", ""),
+        ]),
+        t(&[
+            ("i", "1"),
+            ("a", "rsa-sha256"),
+            ("cv", "none"),
+            ("d", domain),
+            ("s", selector),
+            ("b", ""),
+        ]),
+    )
+}
+
+fn openssl_sha1_sign(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha1", "-sign"])
+        .arg(fixture_path("keys/dkim-rsa2048.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl (needed for rsa-sha1 fixtures)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write to openssl");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl dgst -sha1 -sign failed");
+    out.stdout
+}
+
+fn write_tags(tags: &Tags) -> String {
+    tags.iter()
+        .map(|(n, v)| {
+            if n.is_empty() {
+                String::new()
+            } else {
+                format!("{n}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// (name, value after the colon, unfolded lines kept) of each header field.
+fn header_fields(head: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split_inclusive("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push_str(line);
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            fields.push((n.to_string(), v.to_string()));
+        }
+    }
+    for f in &mut fields {
+        if let Some(v) = f.1.strip_suffix("\r\n") {
+            f.1 = v.to_string();
+        }
+    }
+    fields
+}
+
+/// RFC 6376 §3.4.1 / §3.4.2, without the final CRLF.
+fn canon_header(name: &str, value: &str, relaxed: bool) -> Vec<u8> {
+    if !relaxed {
+        return format!("{name}:{value}").into_bytes();
+    }
+    let unfolded = value.replace("\r\n", "");
+    let collapsed = unfolded
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("{}:{}", name.trim().to_ascii_lowercase(), collapsed).into_bytes()
+}
+
+/// RFC 6376 §3.4.3 / §3.4.4.
+fn canon_body(body: &[u8], relaxed: bool) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let mut lines: Vec<String> = text
+        .split("\r\n")
+        .map(|l| {
+            if relaxed {
+                let l = l.trim_end_matches([' ', '\t']);
+                let mut out = String::new();
+                let mut ws = false;
+                for c in l.chars() {
+                    if c == ' ' || c == '\t' {
+                        ws = true;
+                    } else {
+                        if ws {
+                            out.push(' ');
+                        }
+                        ws = false;
+                        out.push(c);
+                    }
+                }
+                out
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    if lines.is_empty() {
+        return if relaxed {
+            Vec::new()
+        } else {
+            b"\r\n".to_vec()
+        };
+    }
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The tag list of a well-formed rsa-sha256 DKIM signature of `d=domain; s=selector` over the
+/// usual headers, for `sign_tags`; tests change one tag.
+pub fn dkim_tags(domain: &str, selector: &str) -> Tags {
+    [
+        ("v", "1"),
+        ("a", "rsa-sha256"),
+        ("c", "relaxed/relaxed"),
+        ("d", domain),
+        ("s", selector),
+        ("h", "From:To:Subject:Date:Message-ID"),
+        ("bh", ""),
+        ("b", ""),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect()
+}
