@@ -9,6 +9,7 @@ pub mod auth;
 pub mod content;
 pub mod explain;
 pub mod fuzzing;
+pub mod html;
 pub mod parse;
 pub mod prepare;
 pub mod release;
