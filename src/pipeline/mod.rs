@@ -10,6 +10,7 @@ pub mod content;
 pub mod explain;
 pub mod fuzzing;
 pub mod html;
+pub mod languages;
 pub mod parse;
 pub mod prepare;
 pub mod release;

@@ -137,11 +137,9 @@ fn corpus_matches_expectations() {
         let Some(want) = expected.get(name) else {
             continue;
         };
-        assert!(
-            Method::from_name(&want.method).is_some(),
-            "{name}: unknown method {:?} in expected.json",
-            want.method
-        );
+        if Method::from_name(&want.method).is_none() {
+            problems.push(format!("{name}: unknown method {:?}", want.method));
+        }
         let bare_lf = raw
             .iter()
             .enumerate()

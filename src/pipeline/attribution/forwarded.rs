@@ -3,60 +3,52 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{Message, MimeHeaders, PartType};
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
 use super::address::{extract_mailbox, same_address, Mailbox};
 use super::header::Headers;
 use super::lines::{
-    attribution_line, is_decoration, label, separator, split_lines, Field, Line, Separator,
+    attribution_line, is_decoration, label, separator, split_lines, unfold_inline_blocks, Field,
+    Line, Separator,
 };
-use super::subject::{strip_subject_prefixes, subject_kind, Prefix};
-use super::{Method, MAX_DEPTH, SCAN_LIMIT_BYTES};
+use super::{Layout, Method, MAX_DEPTH, SCAN_LIMIT_BYTES};
 use crate::pipeline::html;
-
-// Manual forwards: the body, and message/rfc822 attachments
-// ---------------------------------------------------------------------------------------------
+use crate::pipeline::languages::{strip_subject_prefixes, subject_kind, Prefix};
 
 pub(super) struct Found {
     pub(super) mailbox: Mailbox,
     pub(super) method: Method,
 }
 
-/// The innermost original sender of a manually forwarded message, if `msg` is one.
-pub(super) fn manual_forward(msg: &Message<'_>, rcpt: &str, depth: usize) -> Option<Found> {
-    if depth >= MAX_DEPTH {
-        return None;
-    }
+/// The original sender of a manually forwarded message, if `msg` is one: the author of the
+/// top-most forwarded block (plain text first, then the HTML body), else of an attached original.
+pub(super) fn manual_forward(msg: &Message<'_>, rcpt: &str) -> Option<Found> {
     let subject = msg.subject().unwrap_or("");
     let kind = subject_kind(subject);
 
     // Plain text first: it is what the client wrote. The HTML body is read too when the plain
-    // part says nothing, since some clients send a placeholder or a lossy plain part.
+    // part says nothing (a placeholder, a lossy plain part, or a name whose address only the
+    // HTML's mailto link carries).
     let plain = plain_body(msg);
     if let Some(text) = plain {
-        if let Some(m) = innermost_inline(text, kind, rcpt) {
-            return Some(Found {
-                mailbox: m,
-                method: Method::ForwardedInline,
-            });
+        if let Some(found) = topmost_inline(&unfold_inline_blocks(text), kind, rcpt) {
+            return Some(found);
         }
     }
     let html = html_body(msg).map(|h| html::to_text(h, html::FOR_ATTRIBUTION).text);
     if let Some(text) = &html {
-        if let Some(m) = innermost_inline(text, kind, rcpt) {
-            return Some(Found {
-                mailbox: m,
-                method: Method::ForwardedInline,
-            });
+        if let Some(found) = topmost_inline(&unfold_inline_blocks(text), kind, rcpt) {
+            return Some(found);
         }
     }
 
-    // A forwarded message/rfc822 attachment. A delivery report (multipart/report) also carries
-    // one and is not a forward; neither is a reply that happens to attach a message.
+    // An attached original. A delivery report (multipart/report) also carries one and is not a
+    // forward; neither is a reply that happens to attach a message.
     if kind == Prefix::Reply || is_report(msg) {
         return None;
     }
-    let inner = attached_message(msg)?;
+    let attached = attached_original(msg)?;
+    let inner = attached.message();
     let blank_body = plain
         .or(html.as_deref())
         .is_none_or(|t| !t.chars().any(char::is_alphanumeric));
@@ -66,9 +58,6 @@ pub(super) fn manual_forward(msg: &Message<'_>, rcpt: &str, depth: usize) -> Opt
     if !(kind == Prefix::Forward || subject.trim().is_empty() || same_subject || blank_body) {
         return None;
     }
-    if let Some(found) = manual_forward(inner, rcpt, depth + 1) {
-        return Some(found);
-    }
     let headers = Headers::read(inner);
     let evidence = headers.forwarding_evidence("");
     let author = headers.author(evidence.is_some())?;
@@ -77,7 +66,7 @@ pub(super) fn manual_forward(msg: &Message<'_>, rcpt: &str, depth: usize) -> Opt
     }
     Some(Found {
         mailbox: author.mailbox,
-        method: Method::ForwardedAttachment,
+        method: Method::ManualForward(Layout::Attachment),
     })
 }
 
@@ -91,13 +80,44 @@ pub(super) fn is_report(msg: &Message<'_>) -> bool {
     })
 }
 
-pub(super) fn attached_message<'a>(msg: &'a Message<'a>) -> Option<&'a Message<'a>> {
-    msg.attachments
-        .iter()
-        .find_map(|&id| match &msg.parts.get(id as usize)?.body {
-            PartType::Message(inner) => Some(inner),
+/// An attached original: parsed by mail-parser (message/rfc822), or parsed here from the bytes
+/// of an `.eml` that a client or gateway sent as application/octet-stream.
+pub(super) enum Attached<'a> {
+    Parsed(&'a Message<'a>),
+    Bytes(Box<Message<'a>>),
+}
+
+impl<'a> Attached<'a> {
+    pub(super) fn message(&self) -> &Message<'a> {
+        match self {
+            Attached::Parsed(m) => m,
+            Attached::Bytes(m) => m,
+        }
+    }
+}
+
+/// The first attached original among the first [`MAX_DEPTH`] attachments.
+pub(super) fn attached_original<'a>(msg: &'a Message<'a>) -> Option<Attached<'a>> {
+    msg.attachments.iter().take(MAX_DEPTH).find_map(|&id| {
+        let part = msg.parts.get(id as usize)?;
+        match &part.body {
+            PartType::Message(inner) => Some(Attached::Parsed(inner)),
+            PartType::Binary(bytes) if is_eml_name(part.attachment_name()) => {
+                let inner = MessageParser::new().parse(bytes.as_ref())?;
+                // A message has a header section; arbitrary bytes named .eml may not.
+                (inner.from().is_some() || inner.subject().is_some())
+                    .then(|| Attached::Bytes(Box::new(inner)))
+            }
             _ => None,
-        })
+        }
+    })
+}
+
+fn is_eml_name(name: Option<&str>) -> bool {
+    name.is_some_and(|n| {
+        let n = n.trim().trim_matches('"');
+        n.len() > 4 && n[n.len() - 4..].eq_ignore_ascii_case(".eml")
+    })
 }
 
 /// The first text/plain body part, cut to the scan limit.
@@ -229,7 +249,7 @@ pub(super) enum Event<'a> {
     /// "On … wrote:": what follows is a quoted reply.
     Attribution(Option<Mailbox>),
     /// A header block with a From, and the separator above it, if any.
-    Block(Option<Separator>, Block<'a>),
+    Block(Option<(Separator, Layout)>, Block<'a>),
 }
 
 /// The block a separator at `i` introduces, if one starts within the next few lines.
@@ -274,7 +294,7 @@ pub(super) fn next_event<'a>(lines: &[Line<'a>], mut i: usize) -> Option<(Event<
         }
         if let Some(sep) = separator(text) {
             if let Some(block) = block_after_separator(lines, i) {
-                let enough = match sep {
+                let enough = match sep.0 {
                     Separator::Forward => 1,
                     Separator::Ambiguous => 2,
                 };
@@ -302,52 +322,38 @@ pub(super) fn next_event<'a>(lines: &[Line<'a>], mut i: usize) -> Option<(Event<
     None
 }
 
-/// Follow forwarded blocks from the top of `text` to the innermost one and return its sender.
-/// `kind` is what the subject of the message holding `text` says.
-pub(super) fn innermost_inline(text: &str, kind: Prefix, rcpt: &str) -> Option<Mailbox> {
+/// The sender of the top-most forwarded block in `text`, and the layout it was written in.
+/// `kind` is what the subject of the message holding `text` says. A top-most block without an
+/// address (a name only) gives nothing: no address further down stands in for its author.
+pub(super) fn topmost_inline(text: &str, kind: Prefix, rcpt: &str) -> Option<Found> {
     let lines = split_lines(text);
-    let mut level_kind = kind;
-    let mut found: Option<Mailbox> = None;
-    let mut i = 0;
-    for _ in 0..MAX_DEPTH {
-        let Some((event, next)) = next_event(&lines, i) else {
-            break;
-        };
-        match event {
-            Event::Attribution(mailbox) => {
-                // A forward that quotes its original like a reply ("Fwd:" over "On … X
-                // wrote:", as some mobile clients do): the attribution names the author.
-                if level_kind == Prefix::Forward {
-                    if let Some(m) = mailbox.filter(|m| !same_address(&m.email, rcpt)) {
-                        found = Some(m);
-                    }
-                }
-                break;
+    let (event, _) = next_event(&lines, 0)?;
+    let (mailbox, layout) = match event {
+        // A forward that quotes its original like a reply ("Fwd:" over "On … X wrote:", as some
+        // mobile clients do): the attribution names the author. Under any other subject it is
+        // a reply, which keeps its header From.
+        Event::Attribution(mailbox) if kind == Prefix::Forward => (mailbox?, Layout::Quoted),
+        Event::Attribution(_) => return None,
+        Event::Block(sep, block) => {
+            let is_forward = match sep {
+                // A quoted forward banner under a reply subject is a reply to a forward.
+                Some((Separator::Forward, _)) => !(kind == Prefix::Reply && block.depth > 0),
+                _ => kind == Prefix::Forward,
+            };
+            if !is_forward {
+                return None;
             }
-            Event::Block(sep, block) => {
-                let is_forward = match sep {
-                    // A quoted forward banner under a reply subject is a reply to a forward.
-                    Some(Separator::Forward) => !(level_kind == Prefix::Reply && block.depth > 0),
-                    _ => level_kind == Prefix::Forward,
-                };
-                if !is_forward {
-                    break;
-                }
-                let Some(sender) = block.sender() else {
-                    break;
-                };
-                if same_address(&sender.email, rcpt) {
-                    break;
-                }
-                found = Some(sender);
-                // The forwarded message's own subject decides whether the next block down is
-                // another forward.
-                level_kind = block.subject.map_or(Prefix::None, subject_kind);
-                i = next;
-            }
+            let layout = sep.map_or(Layout::Outlook, |(_, layout)| layout);
+            (block.sender()?, layout)
         }
+    };
+    if same_address(&mailbox.email, rcpt) {
+        return None;
     }
-    found
+    Some(Found {
+        mailbox,
+        method: Method::ManualForward(layout),
+    })
 }
 
 #[cfg(test)]
@@ -376,7 +382,8 @@ mod tests {
                 .collect();
             let _ = html::to_text(&s, html::FOR_ATTRIBUTION);
             let _ = extract_mailbox(&s);
-            let _ = innermost_inline(&s, Prefix::Forward, "a@b.c");
+            let _ = topmost_inline(&s, Prefix::Forward, "a@b.c");
+            let _ = unfold_inline_blocks(&s);
             let _ = srs_decode(&s);
             let _ = caf_decode(&s);
             let _ = subject_kind(&s);

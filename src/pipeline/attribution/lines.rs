@@ -5,6 +5,9 @@
 use std::borrow::Cow;
 
 use super::address::{clean_name, extract_mailbox_at, Mailbox};
+use super::Layout;
+pub(super) use crate::pipeline::languages::Field;
+use crate::pipeline::languages::{self, is_bidi_mark, Banner};
 
 /// One body line with its `>` quoting removed.
 pub(super) struct Line<'a> {
@@ -17,7 +20,7 @@ pub(super) struct Line<'a> {
 pub(super) fn split_lines(text: &str) -> Vec<Line<'_>> {
     text.split('\n')
         .map(|raw| {
-            let mut s = raw.trim();
+            let mut s = raw.trim_matches(|c: char| c.is_whitespace() || is_bidi_mark(c));
             let mut depth = 0u8;
             while let Some(rest) = s.strip_prefix('>') {
                 depth = depth.saturating_add(1);
@@ -28,120 +31,24 @@ pub(super) fn split_lines(text: &str) -> Vec<Line<'_>> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Field {
-    From,
-    Date,
-    To,
-    Cc,
-    Subject,
-    Other,
-}
-
-impl Field {
-    pub(super) fn bit(self) -> u8 {
-        match self {
-            Field::From => 1,
-            Field::Date => 2,
-            Field::To => 4,
-            Field::Cc => 8,
-            Field::Subject => 16,
-            Field::Other => 32,
-        }
-    }
-}
-
-/// The labels of a forwarded header block, lower-cased, in the languages we read (see the
-/// module docs). Outlook, Gmail, Apple Mail, Thunderbird and Yahoo each localise a subset.
-pub(super) const LABELS: &[(&str, Field)] = &[
-    ("from", Field::From),
-    ("de", Field::From),
-    ("von", Field::From),
-    ("da", Field::From),
-    ("van", Field::From),
-    ("od", Field::From),
-    ("fra", Field::From),
-    ("från", Field::From),
-    ("mittente", Field::From),
-    ("absender", Field::From),
-    ("afzender", Field::From),
-    ("expéditeur", Field::From),
-    ("remitente", Field::From),
-    ("nadawca", Field::From),
-    ("avsändare", Field::From),
-    ("afsender", Field::From),
-    ("date", Field::Date),
-    ("sent", Field::Date),
-    ("datum", Field::Date),
-    ("gesendet", Field::Date),
-    ("envoyé", Field::Date),
-    ("envoye", Field::Date),
-    ("enviado", Field::Date),
-    ("enviada", Field::Date),
-    ("enviado el", Field::Date),
-    ("enviada em", Field::Date),
-    ("enviado em", Field::Date),
-    ("inviato", Field::Date),
-    ("data", Field::Date),
-    ("fecha", Field::Date),
-    ("verzonden", Field::Date),
-    ("wysłano", Field::Date),
-    ("wysłane", Field::Date),
-    ("sendt", Field::Date),
-    ("skickat", Field::Date),
-    ("skickades", Field::Date),
-    ("dato", Field::Date),
-    ("to", Field::To),
-    ("à", Field::To),
-    ("a", Field::To),
-    ("an", Field::To),
-    ("para", Field::To),
-    ("aan", Field::To),
-    ("do", Field::To),
-    ("til", Field::To),
-    ("till", Field::To),
-    ("pour", Field::To),
-    ("destinatario", Field::To),
-    ("destinataire", Field::To),
-    ("empfänger", Field::To),
-    ("adresat", Field::To),
-    ("mottagare", Field::To),
-    ("modtager", Field::To),
-    ("cc", Field::Cc),
-    ("kopie", Field::Cc),
-    ("copie", Field::Cc),
-    ("copia", Field::Cc),
-    ("kopia", Field::Cc),
-    ("dw", Field::Cc),
-    ("subject", Field::Subject),
-    ("objet", Field::Subject),
-    ("sujet", Field::Subject),
-    ("betreff", Field::Subject),
-    ("asunto", Field::Subject),
-    ("oggetto", Field::Subject),
-    ("assunto", Field::Subject),
-    ("onderwerp", Field::Subject),
-    ("temat", Field::Subject),
-    ("emne", Field::Subject),
-    ("ämne", Field::Subject),
-    ("reply-to", Field::Other),
-    ("répondre à", Field::Other),
-    ("antwort an", Field::Other),
-    ("responder a", Field::Other),
-    ("rispondi a", Field::Other),
-    ("importance", Field::Other),
-    ("wichtigkeit", Field::Other),
-    ("priorität", Field::Other),
-];
-
-/// `From: value`, `*Von:* value`, `De : value` (French spacing, with NBSP) -> (field, value).
+/// `From: value`, `*Von:* value`, `De : value` (French spacing, with NBSP), `差出人：value`
+/// (full-width colon), `‏מאת:‏ value` (with bidirectional marks) -> (field, value).
 pub(super) fn label(text: &str) -> Option<(Field, &str)> {
-    let s = text.trim_start_matches(|c: char| c == '*' || c.is_whitespace());
-    let colon = s.find(':').filter(|&c| c > 0 && c <= 24)?;
-    let name = s[..colon].trim_end_matches(|c: char| c == '*' || c.is_whitespace());
-    let lower = name.to_lowercase();
-    let field = LABELS.iter().find(|(l, _)| *l == lower).map(|&(_, f)| f)?;
-    let value = s[colon + 1..].trim_matches(|c: char| c == '*' || c.is_whitespace());
+    let s = text.trim_start_matches(|c: char| c == '*' || c.is_whitespace() || is_bidi_mark(c));
+    let reach = languages::label_reach();
+    let (colon, width) = s
+        .char_indices()
+        .take_while(|&(i, _)| i <= reach)
+        .find(|&(_, c)| c == ':' || c == '：')
+        .map(|(i, c)| (i, c.len_utf8()))?;
+    if colon == 0 {
+        return None;
+    }
+    let name =
+        s[..colon].trim_end_matches(|c: char| c == '*' || c.is_whitespace() || is_bidi_mark(c));
+    let field = languages::field(name)?;
+    let value =
+        s[colon + width..].trim_matches(|c: char| c == '*' || c.is_whitespace() || is_bidi_mark(c));
     Some((field, value))
 }
 
@@ -153,121 +60,156 @@ pub(super) enum Separator {
     Ambiguous,
 }
 
-/// Banners that say "forwarded" (Gmail, Apple Mail / iOS, Thunderbird, Yahoo, mutt, Outlook
-/// for Android), lower-cased, in the languages we read.
-pub(super) const FORWARD_BANNERS: &[&str] = &[
-    "forwarded message",
-    "begin forwarded message",
-    "forwarded conversation",
-    "forwarded email",
-    "forwarded mail",
-    "message transféré",
-    "message réexpédié",
-    "mail transféré",
-    "courriel transféré",
-    "début du message réexpédié",
-    "début du message transféré",
-    "weitergeleitete nachricht",
-    "weitergeleitete e-mail",
-    "anfang der weitergeleiteten nachricht",
-    "mensaje reenviado",
-    "inicio del mensaje reenviado",
-    "correo reenviado",
-    "messaggio inoltrato",
-    "inizio messaggio inoltrato",
-    "mensagem encaminhada",
-    "mensagem reencaminhada",
-    "início da mensagem encaminhada",
-    "início da mensagem reencaminhada",
-    "doorgestuurd bericht",
-    "begin doorgestuurd bericht",
-    "doorgestuurde e-mail",
-    "wiadomość przekazana dalej",
-    "przekazana wiadomość",
-    "początek przekazywanej wiadomości",
-    "videresendt meddelelse",
-    "videresendt besked",
-    "videresendt e-mail",
-    "start på videresendt besked",
-    "vidarebefordrat meddelande",
-    "vidarebefordrat mejl",
-    "vidarebefordrat brev",
-    "början på vidarebefordrat brev",
-];
+fn is_decoration_char(c: char) -> bool {
+    "-_=*—–".contains(c)
+}
 
-/// Separators clients put above both replies and forwards.
-pub(super) const AMBIGUOUS_BANNERS: &[&str] = &[
-    "original message",
-    "ursprüngliche nachricht",
-    "original-nachricht",
-    "message d'origine",
-    "message d’origine",
-    "mensaje original",
-    "messaggio originale",
-    "mensagem original",
-    "oorspronkelijk bericht",
-    "oryginalna wiadomość",
-    "wiadomość oryginalna",
-    "oprindelig meddelelse",
-    "ursprungligt meddelande",
-    "originalmeddelande",
-];
-
-pub(super) fn separator(text: &str) -> Option<Separator> {
+/// A separator line and the layout it belongs to. The banner's words come from the language
+/// tables; which client wrote it shows in the decoration around them: Apple Mail ends its banner
+/// with a colon and no rule, Yahoo draws five dashes, Thunderbird eight (three in Polish), Gmail
+/// (and HubSpot and Missive, which copy it) ten; Outlook writes `-----Original Message-----`
+/// or a rule, IONOS ten dashes around "Original Message".
+pub(super) fn separator(text: &str) -> Option<(Separator, Layout)> {
+    let text = text.trim_matches(|c: char| c.is_whitespace() || is_bidi_mark(c));
     if text.len() > 160 || text.is_empty() {
         return None;
     }
-    let first = text.as_bytes()[0];
-    if !(b"-_=*".contains(&first) || text.ends_with(':')) {
+    let with_colon = text.ends_with([':', '：']);
+    let first = text.chars().next()?;
+    if !(is_decoration_char(first) || with_colon) {
         return None;
     }
-    let decoration = |c: char| "-_=*—–".contains(c);
-    if text.chars().count() >= 8 && text.chars().all(decoration) {
-        return Some(Separator::Ambiguous);
+    if text.chars().count() >= 8 && text.chars().all(is_decoration_char) {
+        return Some((Separator::Ambiguous, Layout::Outlook));
     }
-    let core = text
-        .trim_matches(|c: char| decoration(c) || c == ':' || c.is_whitespace())
-        .to_lowercase();
-    if FORWARD_BANNERS.iter().any(|b| core.starts_with(b)) {
-        Some(Separator::Forward)
-    } else if AMBIGUOUS_BANNERS.iter().any(|b| core.starts_with(b)) {
-        Some(Separator::Ambiguous)
-    } else {
-        None
+    let dashes = text.chars().take_while(|&c| c == '-').count();
+    let spaced = text[dashes..].starts_with(' ');
+    let core = text.trim_matches(|c: char| {
+        is_decoration_char(c) || c == ':' || c == '：' || c.is_whitespace()
+    });
+    let folded = languages::fold(core);
+    match languages::banner(&folded, with_colon && dashes == 0)? {
+        Banner::Forward(Some(client)) => Some((Separator::Forward, Layout::from_client(client))),
+        Banner::Forward(None) => {
+            let layout = match dashes {
+                0 => Layout::AppleMail,
+                3 | 7 | 8 => Layout::Thunderbird,
+                1..=6 => Layout::Yahoo,
+                _ => Layout::Gmail,
+            };
+            Some((Separator::Forward, layout))
+        }
+        Banner::Original if dashes >= 9 && spaced => Some((Separator::Ambiguous, Layout::Ionos)),
+        Banner::Original => Some((Separator::Ambiguous, Layout::Outlook)),
     }
 }
 
 pub(super) fn is_decoration(text: &str) -> bool {
-    !text.is_empty() && text.chars().all(|c| "-_=*—–".contains(c))
+    !text.is_empty() && text.chars().all(is_decoration_char)
 }
 
-/// Verbs of reply attribution lines ("On … wrote:", "Le … a écrit :", "Am … schrieb …:",
-/// "El … escribió:", "Il … ha scritto:", "Em … escreveu:", "Op … schreef …:", "W dniu …
-/// napisał(a):", "Den … skrev …:").
-pub(super) const REPLY_VERBS: &[&str] = &[
-    "wrote",
-    "écrit",
-    "schrieb",
-    "escribió",
-    "scritto",
-    "escreveu",
-    "schreef",
-    "napisał",
-    "pisze",
-    "skrev",
-    "kirjoitti",
-    "geschreven",
-];
+/// Yahoo's plain-text part writes its forward banner and the whole header block on one line
+/// ("----- Forwarded Message ----- From: Jane <j@x.example>To: … Sent: …Subject: …"): such a
+/// line is cut into a banner line and one line per label, so the block reads like any other.
+/// Other text is returned as it is.
+pub(super) fn unfold_inline_blocks(text: &str) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    let mut done = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let Some(pieces) = inline_block(line.trim_end()) else {
+            continue;
+        };
+        let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+        o.push_str(&text[done..start]);
+        for piece in pieces {
+            o.push_str(piece.trim());
+            o.push('\n');
+        }
+        done = offset;
+    }
+    match out {
+        Some(mut o) => {
+            o.push_str(&text[done..]);
+            Cow::Owned(o)
+        }
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// The pieces of a one-line forward block: the banner, then each `Label: value`.
+fn inline_block(line: &str) -> Option<Vec<&str>> {
+    let t = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
+    let lead = t.len() - t.trim_start_matches('-').len();
+    if lead < 3 {
+        return None;
+    }
+    let after = &t[lead..];
+    let close = after.find("---")?;
+    let rest_at = close + after[close..].len() - after[close..].trim_start_matches('-').len();
+    let rest = &after[rest_at..];
+    if rest.trim().is_empty() || label(rest.trim()).is_none() {
+        return None;
+    }
+    let banner_line = &t[..lead + rest_at];
+    separator(banner_line)?;
+    let mut pieces = vec![banner_line];
+    let mut from = 0;
+    for start in label_starts(rest).into_iter().skip(1) {
+        pieces.push(&rest[from..start]);
+        from = start;
+    }
+    pieces.push(&rest[from..]);
+    Some(pieces)
+}
+
+/// Where the labels of a run-together header block start: a known label right before a colon,
+/// at the start, after a non-letter ("…example>To:", "GMT+1Subject:") or where a lower-case
+/// letter meets the label's capital ("…acme.exampleSent:").
+fn label_starts(rest: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let reach = languages::label_reach();
+    for (colon, _) in rest.match_indices([':', '：']) {
+        let window_start = colon.saturating_sub(reach);
+        let candidates = rest[..colon]
+            .char_indices()
+            .filter(|&(i, _)| i >= window_start);
+        let mut best = None;
+        for (i, c) in candidates {
+            let prev = rest[..i].chars().next_back();
+            let boundary = match prev {
+                None => true,
+                Some(p) => !p.is_alphabetic() || (p.is_lowercase() && c.is_uppercase()),
+            };
+            if boundary && c.is_alphabetic() && languages::field(&rest[i..colon]).is_some() {
+                best = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = best {
+            if starts.last().is_none_or(|&l| l < i) {
+                starts.push(i);
+            }
+        }
+    }
+    starts
+}
 
 /// A reply attribution line at `i` (possibly wrapped onto the next line). Returns the mailbox it
 /// names, if any.
 pub(super) fn attribution_line(lines: &[Line<'_>], i: usize) -> Option<Option<Mailbox>> {
     let text = lines[i].text;
-    let joined: Cow<'_, str> = if text.ends_with(':') {
+    let joined: Cow<'_, str> = if text.ends_with([':', '：']) {
         Cow::Borrowed(text)
     } else {
         let next = lines.get(i + 1)?.text;
-        if next.len() > 80 || !next.ends_with(':') || text.len() > 300 || label(next).is_some() {
+        if next.len() > 80
+            || !next.ends_with([':', '：'])
+            || text.len() > 300
+            || label(next).is_some()
+        {
             return None;
         }
         Cow::Owned(format!("{text} {next}"))
@@ -275,15 +217,7 @@ pub(super) fn attribution_line(lines: &[Line<'_>], i: usize) -> Option<Option<Ma
     if joined.len() > 400 || !joined.contains(|c: char| c.is_ascii_digit() || c == '@') {
         return None;
     }
-    let lower = joined.to_lowercase();
-    let has_verb = REPLY_VERBS.iter().any(|verb| {
-        lower.match_indices(verb).any(|(at, _)| {
-            !lower[..at]
-                .chars()
-                .next_back()
-                .is_some_and(char::is_alphabetic)
-        })
-    });
+    let has_verb = languages::has_reply_verb(&languages::fold(&joined));
     if !has_verb {
         return None;
     }
@@ -336,31 +270,73 @@ mod tests {
         assert_eq!(label("À : Support").map(|l| l.0), Some(Field::To));
         assert_eq!(label("Ämne: Fråga").map(|l| l.0), Some(Field::Subject));
         assert_eq!(label("Enviada em: segunda").map(|l| l.0), Some(Field::Date));
+        assert_eq!(
+            label("差出人： 山田 <t@x.example>").map(|l| l.0),
+            Some(Field::From)
+        );
+        assert_eq!(
+            label("\u{200f}מאת:\u{200f} דנה <d@x.example>"),
+            Some((Field::From, "דנה <d@x.example>"))
+        );
         assert_eq!(label("Note: x"), None);
         assert_eq!(label("On Mon, 8 Jan 2024 at 10:15, Jane wrote:"), None);
     }
 
     #[test]
     fn separators() {
-        assert_eq!(
-            separator("---------- Forwarded message ---------"),
-            Some(Separator::Forward)
-        );
-        assert_eq!(
-            separator("Begin forwarded message:"),
-            Some(Separator::Forward)
-        );
-        assert_eq!(
-            separator("-------- Weitergeleitete Nachricht --------"),
-            Some(Separator::Forward)
-        );
-        assert_eq!(
-            separator("-----Original Message-----"),
-            Some(Separator::Ambiguous)
-        );
-        assert_eq!(separator(RULE_LINE), Some(Separator::Ambiguous));
+        use Layout::*;
+        use Separator::*;
+        let cases = [
+            ("---------- Forwarded message ---------", Forward, Gmail),
+            ("Begin forwarded message:", Forward, AppleMail),
+            ("Forwarded message:", Forward, Mailmate),
+            (
+                "-------- Weitergeleitete Nachricht --------",
+                Forward,
+                Thunderbird,
+            ),
+            ("-------- Forwarded Message --------", Forward, Thunderbird),
+            ("--- Treść przekazanej wiadomości ---", Forward, Thunderbird),
+            ("----- Forwarded Message -----", Forward, Yahoo),
+            ("----- Пересылаемое сообщение -----", Forward, Yahoo),
+            ("---------- İletilen ileti ---------", Forward, Gmail),
+            ("---------- メッセージを転送 ---------", Forward, Hubspot),
+            ("転送されたメッセージ:", Forward, AppleMail),
+            ("以下是转发的邮件：", Forward, AppleMail),
+            ("-----Original Message-----", Ambiguous, Outlook),
+            ("-----Původní zpráva-----", Ambiguous, Outlook),
+            ("-----Alkuperäinen viesti-----", Ambiguous, Outlook),
+            ("---------- Original Message ----------", Ambiguous, Ionos),
+            (
+                "----- Forwarded message from Jane <j@x.example> -----",
+                Forward,
+                Mutt,
+            ),
+            (RULE_LINE, Ambiguous, Outlook),
+        ];
+        for (line, sep, layout) in cases {
+            assert_eq!(separator(line), Some((sep, layout)), "{line}");
+        }
         assert_eq!(separator("-- "), None);
         assert_eq!(separator("We forwarded message logs to you:"), None);
+    }
+
+    #[test]
+    fn yahoo_one_line_block_is_unfolded() {
+        let text = "FYI\n\n----- Forwarded Message ----- From: Jane Doe <jane@client.example>To: \
+                    support@acme.exampleSent: Monday, January 8, 2024, 10:15:00 AM GMT+1Subject: \
+                    Invoice 10:30\n\nHello\n";
+        let unfolded = unfold_inline_blocks(text);
+        assert_eq!(
+            unfolded,
+            "FYI\n\n----- Forwarded Message -----\nFrom: Jane Doe <jane@client.example>\nTo: \
+             support@acme.example\nSent: Monday, January 8, 2024, 10:15:00 AM GMT+1\nSubject: \
+             Invoice 10:30\n\nHello\n"
+        );
+        assert!(matches!(
+            unfold_inline_blocks("a\n--- b ---\n"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

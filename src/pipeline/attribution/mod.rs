@@ -10,9 +10,14 @@
 //! 1. **Header author.** A "Name via Group" rewrite resolves through X-Original-From, Reply-To or
 //!    X-Original-Sender; a relay's X-Original-From wins over From; otherwise From. Without a From:
 //!    Sender, X-Original-From, X-Original-Sender, then the envelope (an SRS address decoded).
-//! 2. **Manual forward.** The sender of the innermost forwarded block in the body (plain text
-//!    first, then the HTML body with its tags stripped), else the author of a forwarded
-//!    message/rfc822 attachment. The header author becomes `forwarded_by`.
+//! 2. **Manual forward.** The sender of the top-most forwarded block in the body (plain text
+//!    first, then the HTML body as text), else the author of an attached original
+//!    (message/rfc822, or an `.eml` sent as application/octet-stream). The header author becomes
+//!    `forwarded_by`. Top-most, not innermost: the forwarded block's own history (older forwards
+//!    and quotes inside it) belongs to the message the forwarder chose to forward, whose author
+//!    is the contact. A top-most block whose author has a name but no address decides nothing:
+//!    the next rule applies, never an address found further down. The method names the layout
+//!    that matched (`manual_forward:yahoo`, see [`Layout`]).
 //! 3. **Automatic forward.** The header author stays; Resent-*, Microsoft 365 headers, Gmail's
 //!    `+caf_` envelope or X-Forwarded-For, an SRS envelope, or a differing Sender name the
 //!    forwarder in `forwarded_by` and the method.
@@ -26,8 +31,11 @@
 //! attribution line ("On … wrote:", localised) met before any block means the message is a
 //! reply, which keeps its header From; so does a reply to a forwarded thread.
 //!
-//! Pure and bounded: no I/O, only the first [`SCAN_LIMIT_BYTES`] of a body are read, nesting
-//! stops at [`MAX_DEPTH`], and no input panics (`tests/it/attribution_corpus.rs` mutates fixtures to
+//! Localised labels, banners, verbs and subject prefixes come from `pipeline::languages`, one
+//! table per language shared with the verification stage.
+//!
+//! Pure and bounded: no I/O, only the first [`SCAN_LIMIT_BYTES`] of a body are read, at most
+//! [`MAX_DEPTH`] attachments are looked at, and no input panics (`tests/it/attribution_corpus.rs` mutates fixtures to
 //! check it). Attribution is not authentication: every source here can be forged by the sender,
 //! and the auth stage's verdict is what says whether to trust the header From.
 
@@ -41,7 +49,6 @@ mod forwarded;
 mod header;
 mod lines;
 mod srs;
-mod subject;
 
 use std::fmt;
 
@@ -58,8 +65,7 @@ use srs::{caf_decode, srs_decode};
 /// huge body stays that of 256 KiB.
 pub const SCAN_LIMIT_BYTES: usize = 256 * 1024;
 
-/// How many forwards deep (inline blocks and attached messages together) the search follows.
-/// Past it the innermost sender found so far is kept.
+/// How many attachments are looked at for an attached original; past it the rest are ignored.
 pub const MAX_DEPTH: usize = 8;
 
 /// Who a message is attributed to.
@@ -77,10 +83,10 @@ pub struct Attribution {
     pub forwarded_by: Option<String>,
 }
 
-/// The rule that decided an [`Attribution`]. Serialised as the stable snake_case names below;
-/// stored records and webhooks depend on them, so a rename is a breaking change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The rule that decided an [`Attribution`]. Serialised as the stable names below (snake_case,
+/// and `manual_forward:<layout>`); stored records and webhooks depend on them, so a rename is a
+/// breaking change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// `header_from`: From, with no sign of forwarding.
     HeaderFrom,
@@ -101,10 +107,9 @@ pub enum Method {
     /// `google_group_rewrite`: From was "Name via Group" (Google Groups, Mailman DMARC
     /// mitigation); the author comes from X-Original-From, Reply-To or X-Original-Sender.
     GoogleGroupRewrite,
-    /// `forwarded_inline`: the sender of the innermost forwarded block in the body.
-    ForwardedInline,
-    /// `forwarded_attachment`: the author of a forwarded message/rfc822 attachment.
-    ForwardedAttachment,
+    /// `manual_forward:<layout>`: the sender of the top-most forwarded block in the body, or the
+    /// author of an attached original; the [`Layout`] says which.
+    ManualForward(Layout),
     /// `header_sender`: no usable From; Sender.
     HeaderSender,
     /// `x_original_sender`: no usable From; X-Original-Sender.
@@ -117,7 +122,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order of the enum.
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 23] = [
         Method::HeaderFrom,
         Method::OnBehalfOf,
         Method::ResentFrom,
@@ -126,8 +131,17 @@ impl Method {
         Method::SrsEnvelope,
         Method::XOriginalFrom,
         Method::GoogleGroupRewrite,
-        Method::ForwardedInline,
-        Method::ForwardedAttachment,
+        Method::ManualForward(Layout::Gmail),
+        Method::ManualForward(Layout::Outlook),
+        Method::ManualForward(Layout::AppleMail),
+        Method::ManualForward(Layout::Thunderbird),
+        Method::ManualForward(Layout::Yahoo),
+        Method::ManualForward(Layout::Hubspot),
+        Method::ManualForward(Layout::Mailmate),
+        Method::ManualForward(Layout::Ionos),
+        Method::ManualForward(Layout::Mutt),
+        Method::ManualForward(Layout::Quoted),
+        Method::ManualForward(Layout::Attachment),
         Method::HeaderSender,
         Method::XOriginalSender,
         Method::EnvelopeMailFrom,
@@ -145,8 +159,7 @@ impl Method {
             Method::SrsEnvelope => "srs_envelope",
             Method::XOriginalFrom => "x_original_from",
             Method::GoogleGroupRewrite => "google_group_rewrite",
-            Method::ForwardedInline => "forwarded_inline",
-            Method::ForwardedAttachment => "forwarded_attachment",
+            Method::ManualForward(layout) => layout.method_name(),
             Method::HeaderSender => "header_sender",
             Method::XOriginalSender => "x_original_sender",
             Method::EnvelopeMailFrom => "envelope_mail_from",
@@ -157,6 +170,94 @@ impl Method {
     /// The method with this stable name.
     pub fn from_name(name: &str) -> Option<Method> {
         Method::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+/// Whether a stored method name says the sender came from a manual forward, including the
+/// names records had before layouts were named (`forwarded_inline`, `forwarded_attachment`).
+pub fn is_manual_forward(method_name: &str) -> bool {
+    method_name.starts_with("manual_forward:")
+        || method_name == "forwarded_inline"
+        || method_name == "forwarded_attachment"
+}
+
+impl Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        let name = String::deserialize(d)?;
+        Method::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown attribution method {name:?}")))
+    }
+}
+
+/// The layout of a manual forward: which client's way of writing the forwarded block matched.
+/// Clients that copy another's layout are reported under it (HubSpot and Missive write Gmail's
+/// in English; new Outlook and Outlook.com write Outlook's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `---------- Forwarded message ---------` (ten dashes), localised: Gmail, and HubSpot and
+    /// Missive, which write the same.
+    Gmail,
+    /// A `From:`/`Sent:` block under `-----Original Message-----`, a rule, Outlook's bordered
+    /// `<div>`, or nothing (Outlook 2013-2019, new Outlook, Outlook.com, Outlook for Mac).
+    Outlook,
+    /// `Begin forwarded message:` (Apple Mail, iOS Mail), localised.
+    AppleMail,
+    /// `-------- Forwarded Message --------` (eight dashes) over a header table.
+    Thunderbird,
+    /// `----- Forwarded Message -----` (five dashes), the block in Yahoo's own field order, or
+    /// all on one line in its plain-text part.
+    Yahoo,
+    /// HubSpot's own localised banners (`メッセージを転送`, `Wiadomość przesłana dalej`).
+    Hubspot,
+    /// MailMate's `Forwarded message:`.
+    Mailmate,
+    /// IONOS / 1&1: `---------- Original Message ----------` (ten dashes, spaced).
+    Ionos,
+    /// mutt's `----- Forwarded message from Name <addr> -----`.
+    Mutt,
+    /// A "Fwd:" whose original is quoted like a reply ("On … X wrote:"), as some mobile clients do.
+    Quoted,
+    /// The original attached (message/rfc822, or an `.eml` sent as application/octet-stream).
+    Attachment,
+}
+
+impl Layout {
+    /// The method name recorded for a forward in this layout.
+    pub fn method_name(self) -> &'static str {
+        match self {
+            Layout::Gmail => "manual_forward:gmail",
+            Layout::Outlook => "manual_forward:outlook",
+            Layout::AppleMail => "manual_forward:apple_mail",
+            Layout::Thunderbird => "manual_forward:thunderbird",
+            Layout::Yahoo => "manual_forward:yahoo",
+            Layout::Hubspot => "manual_forward:hubspot",
+            Layout::Mailmate => "manual_forward:mailmate",
+            Layout::Ionos => "manual_forward:ionos",
+            Layout::Mutt => "manual_forward:mutt",
+            Layout::Quoted => "manual_forward:quoted",
+            Layout::Attachment => "manual_forward:attachment",
+        }
+    }
+
+    /// The layout a language table names for a banner only one client writes.
+    fn from_client(client: &str) -> Layout {
+        match client {
+            "hubspot" => Layout::Hubspot,
+            "mailmate" => Layout::Mailmate,
+            "yahoo" => Layout::Yahoo,
+            "thunderbird" => Layout::Thunderbird,
+            "apple_mail" => Layout::AppleMail,
+            "ionos" => Layout::Ionos,
+            "mutt" => Layout::Mutt,
+            "outlook" => Layout::Outlook,
+            _ => Layout::Gmail,
+        }
     }
 }
 
@@ -173,7 +274,7 @@ pub fn attribute(message: &Message<'_>, mail_from: &str, rcpt: &str) -> Attribut
     let evidence = headers.forwarding_evidence(mail_from);
     let author = headers.author(evidence.is_some());
 
-    if let Some(found) = manual_forward(message, rcpt, 0) {
+    if let Some(found) = manual_forward(message, rcpt) {
         let forwarded_by = author
             .as_ref()
             .map(|a| a.mailbox.email.clone())
@@ -244,6 +345,12 @@ mod tests {
             assert_eq!(back, m);
         }
         assert_eq!(Method::M365Autoforward.as_str(), "m365_autoforward");
+        assert_eq!(
+            Method::ManualForward(Layout::Yahoo).as_str(),
+            "manual_forward:yahoo"
+        );
+        assert!(is_manual_forward("manual_forward:yahoo") && is_manual_forward("forwarded_inline"));
+        assert!(!is_manual_forward("header_from"));
     }
 
     #[test]
@@ -257,7 +364,7 @@ mod tests {
         );
         assert_eq!(a.email, "jean.dupont@client.example");
         assert_eq!(a.name.as_deref(), Some("Jean Dupont"));
-        assert_eq!(a.method, Method::ForwardedInline);
+        assert_eq!(a.method, Method::ManualForward(Layout::Gmail));
         assert_eq!(a.forwarded_by.as_deref(), Some("agent@acme.example"));
     }
 

@@ -6,8 +6,9 @@
 //! my confirmation code" must stay customer mail, so the From address (the envelope sender only
 //! when From is missing) must belong to a provider, and on domains where people have mailboxes of
 //! their own (gmail.com, outlook.com, zoho.com, the `provider_hint` domain …) it must also be an
-//! automated one (`no-reply`, `accounts`, …). Replies and forwards (`Re:`, `Fwd:`, In-Reply-To) are
-//! never confirmations: they quote one. The wording then only decides where the code and link are.
+//! automated one (`no-reply`, `accounts`, …). Replies and forwards (`Re:`, `Fwd:`, In-Reply-To, in
+//! every language of `pipeline::languages`, the table attribution reads) are never confirmations:
+//! they quote one. The wording then only decides where the code and link are.
 //!
 //! This stage does not authenticate: a spoofed `forwarding-noreply@google.com` passes it, so the
 //! caller should trust a result only when DMARC passed for the From domain (the auth stage's
@@ -28,6 +29,7 @@ mod providers;
 use mail_parser::{Message, PartType};
 
 use crate::pipeline::html;
+use crate::pipeline::languages::{subject_kind, Prefix};
 use codes::{code_in, fold};
 use links::{emails_in, text_links, Url, CONTEXT_DENY, DENY_PLACES, LINK_DENY, LINK_POSITIVE};
 use providers::{
@@ -121,13 +123,6 @@ pub fn recognise(
         address,
     })
 }
-
-/// Reply and forward prefixes, folded, in the languages mail clients write them.
-const REPLY_PREFIXES: &[&str] = &[
-    "re:", "re :", "re[", "aw:", "wg:", "fw:", "fwd:", "tr:", "rv:", "r:", "sv:", "vs:", "antw:",
-    "odp:", "enc:", "res:", "ynt:", "doorst:", "vl:", "回复:", "回覆:", "转发:", "轉寄:", "返信:",
-    "転送:",
-];
 
 // --- The message, read once. ---
 
@@ -359,11 +354,7 @@ fn clean(s: &str) -> String {
 }
 
 fn is_reply(message: &Message<'_>, subject: &str) -> bool {
-    if message.header_raw("In-Reply-To").is_some() {
-        return true;
-    }
-    let subject = fold(subject.trim());
-    REPLY_PREFIXES.iter().any(|p| subject.starts_with(p))
+    message.header_raw("In-Reply-To").is_some() || subject_kind(subject) != Prefix::None
 }
 
 /// The From address, or the envelope sender when there is none, split and lower-cased.
