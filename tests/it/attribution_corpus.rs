@@ -129,8 +129,12 @@ fn corpus_matches_expectations() {
         }
     }
 
-    let (mut by_client, mut by_lang, mut by_format) =
-        (Tally::default(), Tally::default(), Tally::default());
+    let (mut by_client, mut by_lang, mut by_format, mut by_kind) = (
+        Tally::default(),
+        Tally::default(),
+        Tally::default(),
+        Tally::default(),
+    );
     let mut correct = 0;
     let mut mismatches = Vec::new();
     for (name, raw) in &fixtures {
@@ -160,12 +164,21 @@ fn corpus_matches_expectations() {
         by_client.add(&want.client, ok);
         by_lang.add(&want.lang, ok);
         by_format.add(&want.format, ok);
+        let kind = if want.method == "header_from" {
+            "negative (header_from)"
+        } else if want.method.starts_with("manual_forward:") {
+            "manual forward"
+        } else {
+            "other header rules"
+        };
+        by_kind.add(kind, ok);
     }
 
     println!("attribution: {correct}/{} correct", fixtures.len());
     by_client.print("client");
     by_lang.print("language");
     by_format.print("format");
+    by_kind.print("kind");
     let by_method = expected.values().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(e.method.as_str()).or_insert(0) += 1;
         m
