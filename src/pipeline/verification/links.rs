@@ -1,7 +1,7 @@
 //! Body lines and anchors -> addresses and `https` links, with the words that say what each link
 //! is for. RFC 3986 (only the parts this stage reads: scheme, authority, path, query).
 
-use super::codes::fold;
+use super::codes::{code_shape, fold};
 use super::{Link, MAX_LINKS};
 
 /// In a link's path or its anchor text: what a confirmation link says.
@@ -154,6 +154,33 @@ impl Url {
     }
 }
 
+/// Query keys that carry a confirmation code in a link (`…/verify?code=482913`).
+pub(super) const CODE_KEYS: &[&str] = &[
+    "code",
+    "otp",
+    "pin",
+    "vcode",
+    "verification_code",
+    "verificationcode",
+    "confirmation_code",
+    "confirmationcode",
+];
+
+/// The confirmation code a link carries as a query parameter, for providers (Fastmail, some
+/// others) whose mail shows the code only inside its confirm link. The value must look like a
+/// code ([`code_shape`]): a long token is a token, not something a person types.
+pub(super) fn code_in_link(url: &str) -> Option<String> {
+    let parsed = Url::parse(url)?;
+    parsed.query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        let key = key.to_ascii_lowercase();
+        if !CODE_KEYS.contains(&key.as_str()) {
+            return None;
+        }
+        code_shape(value, false, 4)
+    })
+}
+
 /// The `https://` links written in text lines, with the words before them as context.
 pub(super) fn text_links(lines: &[String], out: &mut Vec<Link>) {
     for (i, line) in lines.iter().enumerate() {
@@ -202,5 +229,28 @@ pub(super) fn trim_url(url: &str) -> &str {
             return url;
         }
         url = trimmed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_carried_in_links() {
+        let got = |u: &str| code_in_link(u);
+        assert_eq!(
+            got("https://app.fastmail.com/forwarding/verify?code=738204&u=2bq7Kx9R").as_deref(),
+            Some("738204")
+        );
+        assert_eq!(
+            got("https://x.example/v?u=1&OTP=K7Q2ZP").as_deref(),
+            Some("K7Q2ZP")
+        );
+        // A long token, a key that is not a code, or no query: nothing.
+        assert_eq!(got("https://x.example/v?code=2bq7Kx9RmT4wLp8Nc1Zs"), None);
+        assert_eq!(got("https://x.example/v?id=482913"), None);
+        assert_eq!(got("https://x.example/verify/482913"), None);
+        assert_eq!(got("http://x.example/v?code=482913"), None);
     }
 }

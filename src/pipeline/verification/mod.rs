@@ -103,6 +103,8 @@ pub fn recognise(
         _ => mail.code(true),
     };
     let link = mail.link(provider, &sender.domain, hint.as_deref());
+    // Some providers put the code only in the confirm link: read it there when the text has none.
+    let code = code.or_else(|| link.as_deref().and_then(links::code_in_link));
     let keep = match provider {
         Provider::Gmail => code.is_some() || link.is_some(),
         Provider::GoogleGroups => {
