@@ -116,7 +116,10 @@ pub(super) fn attached_original<'a>(msg: &'a Message<'a>) -> Option<Attached<'a>
 fn is_eml_name(name: Option<&str>) -> bool {
     name.is_some_and(|n| {
         let n = n.trim().trim_matches('"');
-        n.len() > 4 && n[n.len() - 4..].eq_ignore_ascii_case(".eml")
+        // `get`, not indexing: the name is arbitrary text and may end inside a character.
+        n.len() > 4
+            && n.get(n.len() - 4..)
+                .is_some_and(|ext| ext.eq_ignore_ascii_case(".eml"))
     })
 }
 
@@ -359,6 +362,15 @@ pub(super) fn topmost_inline(text: &str, kind: Prefix, rcpt: &str) -> Option<Fou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eml_names() {
+        assert!(is_eml_name(Some("\"Invoice 4411.EML\"")));
+        assert!(!is_eml_name(Some("notes.txt")));
+        // Regression (found by the mutation test): a name ending inside a character.
+        assert!(!is_eml_name(Some("x€€")));
+        assert!(!is_eml_name(None));
+    }
     use crate::pipeline::attribution::header::via_name;
     use crate::pipeline::attribution::srs::{caf_decode, srs_decode};
 

@@ -139,8 +139,15 @@ pub(super) fn unfold_inline_blocks(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// The longest line read as a one-line forward block; a real one is well under 1 KiB, and the
+/// bound keeps the label search linear in the body.
+const MAX_INLINE_BLOCK_BYTES: usize = 4096;
+
 /// The pieces of a one-line forward block: the banner, then each `Label: value`.
 fn inline_block(line: &str) -> Option<Vec<&str>> {
+    if line.len() > MAX_INLINE_BLOCK_BYTES {
+        return None;
+    }
     let t = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
     let lead = t.len() - t.trim_start_matches('-').len();
     if lead < 3 {
@@ -172,10 +179,13 @@ fn label_starts(rest: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let reach = languages::label_reach();
     for (colon, _) in rest.match_indices([':', '：']) {
-        let window_start = colon.saturating_sub(reach);
-        let candidates = rest[..colon]
+        let mut window_start = colon.saturating_sub(reach);
+        while !rest.is_char_boundary(window_start) {
+            window_start += 1;
+        }
+        let candidates = rest[window_start..colon]
             .char_indices()
-            .filter(|&(i, _)| i >= window_start);
+            .map(|(i, c)| (window_start + i, c));
         let mut best = None;
         for (i, c) in candidates {
             let prev = rest[..i].chars().next_back();

@@ -1,5 +1,5 @@
-//! The localised strings mail clients write around a forwarded or quoted message, one table per
-//! language: data only, read through `languages::*` lookups. Sources: the clients' published
+//! Language -> the localised strings its mail clients write around a forwarded or quoted message,
+//! one table per language: data only, read through `languages::*` lookups. Sources: the clients' published
 //! translations (Thunderbird's locale files for the forward banner and header names, Apple Mail,
 //! Outlook, Gmail and Yahoo as they render in each language); see `tests/fixtures/attribution/`
 //! for one message per client and language built from them.
@@ -10,8 +10,8 @@
 
 use super::Language;
 
-/// Shared by every table: what clients write in English whatever the user's language (Gmail's
-/// `Date:`/`Subject:`/`To:` next to a localised `From`, Outlook's `-----Original Message-----`).
+/// Every language, English first: what clients write in English whatever the user's language
+/// (Gmail's `Date:`/`Subject:`/`To:` next to a localised `From`) is read in every message.
 pub(super) const LANGUAGES: &[Language] = &[
     Language {
         code: "en",
