@@ -206,7 +206,8 @@ pub struct ContactDetail {
 pub struct Attribution {
     pub email: String,
     pub name: Option<String>,
-    /// How it was decided: "header_from", "forwarded_inline", "x_original_from", ...
+    /// How it was decided: "header_from", "manual_forward:yahoo" (the layout that matched),
+    /// "x_original_from", ...
     pub method: String,
     pub forwarded_by: Option<String>,
 }

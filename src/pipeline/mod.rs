@@ -8,6 +8,8 @@ pub mod attribution;
 pub mod auth;
 pub mod content;
 pub mod explain;
+pub mod html;
+pub mod languages;
 pub mod parse;
 pub mod prepare;
 pub mod release;

@@ -207,7 +207,7 @@ pub fn thread_input(
         subject: parsed.subject.clone(),
         contact_email: attribution.email.to_lowercase(),
         contact_name: attribution.name.clone(),
-        is_forward: attribution.method.starts_with("forwarded"),
+        is_forward: crate::pipeline::attribution::is_manual_forward(&attribution.method),
         automatic: parsed.automatic.is_some(),
         verification: analysis.verification.is_some(),
         received_at: now_ms,

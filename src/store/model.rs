@@ -103,7 +103,8 @@ pub struct AttributionRecord {
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// e.g. "header_from", "forwarded_inline", "x_original_from", "srs_envelope".
+    /// e.g. "header_from", "manual_forward:outlook" (the layout that matched; older records say
+    /// "forwarded_inline"), "x_original_from", "srs_envelope".
     pub method: String,
     /// The mailbox that forwarded it, when it was forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]

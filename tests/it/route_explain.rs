@@ -127,3 +127,21 @@ fn clear_errors() {
     assert_ne!(code, 0);
     assert!(err.contains("--explain"), "{err}");
 }
+
+/// Issue #14: the layout that decided a manual forward shows, in JSON and in text.
+#[test]
+fn the_forward_layout_that_matched_is_shown() {
+    let message = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/attribution/yahoo_en_plain_one_line.eml"),
+    )
+    .expect("fixture");
+    let (code, out, err) = explain(&["--explain", "--json"], &message);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attribution"]["email"], "jane.doe@client-corp.example");
+    assert_eq!(v["attribution"]["method"], "manual_forward:yahoo");
+    let (code, out, _) = explain(&["--explain"], &message);
+    assert_eq!(code, 0);
+    assert!(out.contains("manual_forward:yahoo"), "{out}");
+}
