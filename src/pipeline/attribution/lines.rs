@@ -240,9 +240,27 @@ pub(super) fn attribution_line(lines: &[Line<'_>], i: usize) -> Option<Option<Ma
 }
 
 /// Words between an attribution line's time and the sender's name.
+/// Outlook 2019 puts a word for "user" or "at the time" there in some languages (Dutch heeft,
+/// Hungarian időpontban, Russian пользователь, Slovak používateľ).
 pub(super) const ATTRIBUTION_FILLERS: &[&str] = &[
-    "am", "pm", "a.m.", "p.m.", "uhr", "schrieb", "schreef", "skrev", "h", "hs", "gmt", "utc",
+    "am",
+    "pm",
+    "a.m.",
+    "p.m.",
+    "uhr",
+    "schrieb",
+    "schreef",
+    "skrev",
+    "h",
+    "hs",
+    "gmt",
+    "utc",
     "cet",
+    "heeft",
+    "időpontban",
+    "пользователь",
+    "používateľ",
+    "kl.",
 ];
 
 pub(super) fn attribution_name(before_address: &str) -> Option<String> {
