@@ -349,6 +349,55 @@ mod tests {
         assert_eq!(separator("We forwarded message logs to you:"), None);
     }
 
+    /// Every string of every language table reads as what it is, in each client's decoration.
+    #[test]
+    fn every_table_string_is_recognised() {
+        use crate::pipeline::languages;
+        for lang in languages::all() {
+            for b in lang.forward_banners {
+                let cases = [
+                    (format!("---------- {b} ---------"), Layout::Gmail),
+                    (format!("-------- {b} --------"), Layout::Thunderbird),
+                    (format!("----- {b} -----"), Layout::Yahoo),
+                ];
+                for (line, layout) in cases {
+                    assert_eq!(
+                        separator(&line),
+                        Some((Separator::Forward, layout)),
+                        "{}: {line}",
+                        lang.code
+                    );
+                }
+            }
+            for b in lang.original_banners {
+                let line = format!("-----{b}-----");
+                assert_eq!(
+                    separator(&line),
+                    Some((Separator::Ambiguous, Layout::Outlook)),
+                    "{}: {line}",
+                    lang.code
+                );
+            }
+            let fields = [
+                (lang.from, Field::From),
+                (lang.subject, Field::Subject),
+                (lang.to, Field::To),
+            ];
+            for (labels, field) in fields {
+                for l in labels {
+                    for line in [format!("{l}: x <x@y.example>"), format!("*{l}：* x")] {
+                        assert_eq!(
+                            label(&line).map(|f| f.0),
+                            Some(field),
+                            "{}: {line}",
+                            lang.code
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn yahoo_one_line_block_is_unfolded() {
         let text = "FYI\n\n----- Forwarded Message ----- From: Jane Doe <jane@client.example>To: \
