@@ -62,11 +62,25 @@ pub(super) fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&
 pub(super) fn clean_name(raw: &str) -> Option<String> {
     let mut trimmed = raw.trim_matches(|c: char| c.is_whitespace() || "*,;:".contains(c));
     for _ in 0..3 {
-        let quoted = ['"', '\'', '`']
-            .into_iter()
-            .find(|&q| trimmed.len() >= 2 && trimmed.starts_with(q) && trimmed.ends_with(q));
+        // Straight quotes, and the typographic pairs Outlook writes in French («»), Polish and
+        // German („” „“) and English (“”).
+        let quoted = [
+            ('"', '"'),
+            ('\'', '\''),
+            ('`', '`'),
+            ('«', '»'),
+            ('„', '”'),
+            ('„', '“'),
+            ('“', '”'),
+        ]
+        .into_iter()
+        .find(|&(open, close)| {
+            trimmed.chars().count() >= 2 && trimmed.starts_with(open) && trimmed.ends_with(close)
+        });
         match quoted {
-            Some(q) => trimmed = trimmed[q.len_utf8()..trimmed.len() - q.len_utf8()].trim(),
+            Some((open, close)) => {
+                trimmed = trimmed[open.len_utf8()..trimmed.len() - close.len_utf8()].trim()
+            }
             None => break,
         }
     }

@@ -240,9 +240,27 @@ pub(super) fn attribution_line(lines: &[Line<'_>], i: usize) -> Option<Option<Ma
 }
 
 /// Words between an attribution line's time and the sender's name.
+/// Outlook 2019 puts a word for "user" or "at the time" there in some languages (Dutch heeft,
+/// Hungarian időpontban, Russian пользователь, Slovak používateľ).
 pub(super) const ATTRIBUTION_FILLERS: &[&str] = &[
-    "am", "pm", "a.m.", "p.m.", "uhr", "schrieb", "schreef", "skrev", "h", "hs", "gmt", "utc",
+    "am",
+    "pm",
+    "a.m.",
+    "p.m.",
+    "uhr",
+    "schrieb",
+    "schreef",
+    "skrev",
+    "h",
+    "hs",
+    "gmt",
+    "utc",
     "cet",
+    "heeft",
+    "időpontban",
+    "пользователь",
+    "používateľ",
+    "kl.",
 ];
 
 pub(super) fn attribution_name(before_address: &str) -> Option<String> {
@@ -329,6 +347,55 @@ mod tests {
         }
         assert_eq!(separator("-- "), None);
         assert_eq!(separator("We forwarded message logs to you:"), None);
+    }
+
+    /// Every string of every language table reads as what it is, in each client's decoration.
+    #[test]
+    fn every_table_string_is_recognised() {
+        use crate::pipeline::languages;
+        for lang in languages::all() {
+            for b in lang.forward_banners {
+                let cases = [
+                    (format!("---------- {b} ---------"), Layout::Gmail),
+                    (format!("-------- {b} --------"), Layout::Thunderbird),
+                    (format!("----- {b} -----"), Layout::Yahoo),
+                ];
+                for (line, layout) in cases {
+                    assert_eq!(
+                        separator(&line),
+                        Some((Separator::Forward, layout)),
+                        "{}: {line}",
+                        lang.code
+                    );
+                }
+            }
+            for b in lang.original_banners {
+                let line = format!("-----{b}-----");
+                assert_eq!(
+                    separator(&line),
+                    Some((Separator::Ambiguous, Layout::Outlook)),
+                    "{}: {line}",
+                    lang.code
+                );
+            }
+            let fields = [
+                (lang.from, Field::From),
+                (lang.subject, Field::Subject),
+                (lang.to, Field::To),
+            ];
+            for (labels, field) in fields {
+                for l in labels {
+                    for line in [format!("{l}: x <x@y.example>"), format!("*{l}：* x")] {
+                        assert_eq!(
+                            label(&line).map(|f| f.0),
+                            Some(field),
+                            "{}: {line}",
+                            lang.code
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
