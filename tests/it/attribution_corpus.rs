@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use inbound::pipeline::attribution::{attribute, Attribution, Method};
 use mail_parser::MessageParser;
@@ -374,14 +373,9 @@ fn huge_bodies_are_scanned_only_up_to_the_limit() {
         raw.extend_from_slice(line);
     }
     let msg = MessageParser::new().parse(&raw).expect("parses");
-    let started = Instant::now();
+    // The time this takes is measured by the criterion bench (attribute/*), not asserted here.
     let a = attribute(&msg, "", "support@acme.inbound.example");
-    let took = started.elapsed();
-    println!(
-        "attribution: 8 MiB HTML body in {took:?} -> {} ({})",
-        a.email, a.method
-    );
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(a.email, "agent@acme.example", "{a:?}");
 
     // A forward banner past the limit is not seen.
     let mut raw = b"From: Agent <agent@acme.example>\r\nSubject: Fwd: late\r\n\r\n".to_vec();
@@ -395,56 +389,6 @@ fn huge_bodies_are_scanned_only_up_to_the_limit() {
         (a.email.as_str(), a.method),
         ("agent@acme.example", Method::HeaderFrom)
     );
-}
-
-#[test]
-fn timing() {
-    let (fixtures, expected) = load();
-    let iterations = if cfg!(debug_assertions) { 200 } else { 5000 };
-    let mut rows = Vec::new();
-    // The ~4 KiB ones are the worst case: a reply with plain and HTML parts reads both.
-    for name in [
-        "forward_of_outlook_thread.eml",
-        "outlook_reply_to_forwarded_thread.eml",
-        "nested_forward_gmail_in_outlook.eml",
-        "outlook_desktop_forward_en_html.eml",
-        "gmail_manual_forward_en.eml",
-        "newsletter_with_from_in_body.eml",
-    ] {
-        let raw = &fixtures[name];
-        let want = &expected[name];
-        let msg = MessageParser::new().parse(raw.as_slice()).expect("parses");
-        let started = Instant::now();
-        for _ in 0..iterations {
-            std::hint::black_box(attribute(
-                std::hint::black_box(&msg),
-                &want.mail_from,
-                &want.rcpt,
-            ));
-        }
-        let attribute_us = started.elapsed().as_secs_f64() * 1e6 / iterations as f64;
-        let started = Instant::now();
-        for _ in 0..iterations {
-            let msg = MessageParser::new().parse(raw.as_slice()).expect("parses");
-            std::hint::black_box(attribute(&msg, &want.mail_from, &want.rcpt));
-        }
-        let both_us = started.elapsed().as_secs_f64() * 1e6 / iterations as f64;
-        rows.push(format!(
-            "  {name} ({} bytes): attribute {attribute_us:.1} µs, parse + attribute {both_us:.1} µs",
-            raw.len()
-        ));
-        // A loose bound that only catches pathological regressions, in any build.
-        assert!(attribute_us < 20_000.0, "{name}: {attribute_us} µs");
-    }
-    let build = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    println!("attribution timing ({build} build, {iterations} iterations):");
-    for r in rows {
-        println!("{r}");
-    }
 }
 
 /// Forwarded blocks whose answer is known, as the clients write them (from the generated corpus).

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use inbound::pipeline::verification::{recognise, Verification};
 use mail_parser::MessageParser;
@@ -289,12 +288,6 @@ fn huge_bodies_are_bounded() {
 
     let huge = build(200_000);
     let message = MessageParser::new().parse(&huge).expect("parses");
-    let started = Instant::now();
     let got = recognise(&message, "forwarding-noreply@google.com", None);
     assert_eq!(got, None, "the code past the limit is not read");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
 }
