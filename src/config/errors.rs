@@ -122,6 +122,41 @@ impl Errors {
         }
     }
 
+    /// A duration that must not be zero: a zero deadline would end every session at once.
+    pub(crate) fn positive_duration(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d.is_zero() {
+            self.push(path, "must be greater than 0");
+            return default;
+        }
+        d
+    }
+
+    /// An integer in `min..=max`; out of range it is an error naming the range, and `default`
+    /// stands in so the other checks go on.
+    pub(crate) fn range(
+        &mut self,
+        path: &str,
+        value: Option<u64>,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> u64 {
+        match value {
+            None => default,
+            Some(v) if v < min || v > max => {
+                self.push(path, format!("must be between {min} and {max} (got {v})"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
     pub(crate) fn positive(&mut self, path: &str, value: Option<u64>, default: u64) -> u64 {
         match value {
             Some(0) => {

@@ -153,14 +153,18 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_message_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
     pub connections_per_ip_per_minute: Option<u64>,
     pub messages_per_ip_per_minute: Option<u64>,
+    pub ipv6_prefix_length: Option<u64>,
     pub max_bad_commands: Option<u64>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
+    pub min_data_rate_bytes_per_second: Option<u64>,
+    pub write_timeout: Option<String>,
     pub max_transactions_per_connection: Option<u64>,
 }
 

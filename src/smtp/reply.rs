@@ -61,6 +61,9 @@ impl Reply {
         "Timeout waiting for command, closing connection",
     );
     pub const DATA_TIMEOUT: Reply = r(421, "4.4.2", "Timeout waiting for data, closing connection");
+    /// The client sent message data below `limits.min_data_rate_bytes_per_second`.
+    pub const DATA_TOO_SLOW: Reply =
+        r(421, "4.4.2", "Data arriving too slowly, closing connection");
     pub const TOO_MANY_TRANSACTIONS: Reply =
         r(421, "4.7.0", "Too many transactions on one connection");
     pub const MESSAGE_RATE: Reply = r(
@@ -107,6 +110,13 @@ impl Reply {
         552,
         "5.3.4",
         "Message size exceeds fixed maximum message size",
+    );
+
+    /// The header section ran past `limits.max_header_bytes` (Postfix's `header_size_limit`).
+    pub const HEADER_TOO_BIG: Reply = r(
+        552,
+        "5.3.4",
+        "Message header section exceeds fixed maximum size",
     );
 
     pub const GOODBYE: Reply = r(221, "2.0.0", "Bye");

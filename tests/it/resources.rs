@@ -1,0 +1,99 @@
+//! Issue #11, against the real binary: what one hostile input or a bad neighbour may cost is
+//! bounded. Memory per message (a header bomb, RSS from /proc), file descriptors (half-open HTTP
+//! connections under a low RLIMIT_NOFILE), the modes of the files the server creates, and the
+//! shutdown deadline with a webhook receiver that never answers.
+use crate::process;
+use crate::support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use process::{config_text, free_port, ServerProcess};
+use support::TempDir;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A blocking SMTP client: enough for sending one message to a child server.
+struct Smtp {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Smtp {
+    fn connect(addr: std::net::SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut c = Smtp {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        c.expect("220");
+        c
+    }
+
+    /// Read one reply (its last line) and check its start.
+    fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.r.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "EOF while expecting {prefix:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                assert!(
+                    line.starts_with(prefix),
+                    "expected {prefix:?}, got {line:?}"
+                );
+                return line;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.expect(prefix)
+    }
+}
+
+/// A References header of `bytes` bytes, folded into lines of ids.
+fn references_bomb(bytes: usize) -> Vec<u8> {
+    let mut m = b"From: a@example.com\r\nSubject: bomb\r\nReferences:".to_vec();
+    let mut i = 0u64;
+    while m.len() < bytes {
+        m.extend_from_slice(format!(" <id{i:012}@bomb.example>\r\n").as_bytes());
+        i += 1;
+    }
+    m.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    m
+}
+
+/// Issue #11: one 24 MiB References header took the process to 633 MiB (eight to 2.27 GiB).
+/// Now the header section is capped while it streams in: 552 5.3.4, memory stays near idle.
+#[test]
+fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
+    let dir = TempDir::new("bomb");
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&dir.path().join("data"), "127.0.0.1:0", ""),
+    )
+    .unwrap();
+    let srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
+    let idle_kb = srv.status_kb("VmHWM");
+    let bomb = references_bomb(24 * MIB as usize);
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO bomber.example", "250");
+    c.cmd("MAIL FROM:<a@example.com>", "250");
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+    c.cmd("DATA", "354");
+    c.w.write_all(&bomb).unwrap();
+    let reply = c.expect("552 5.3.4");
+    assert!(reply.contains("header"), "{reply}");
+    // The connection stays usable.
+    c.cmd("NOOP", "250");
+    let peak_kb = srv.status_kb("VmHWM");
+    eprintln!("VmHWM idle {idle_kb} kB, after the header bomb {peak_kb} kB");
+    assert!(
+        peak_kb < idle_kb + 96 * 1024,
+        "a refused header bomb raised the peak RSS from {idle_kb} kB to {peak_kb} kB"
+    );
+}
