@@ -16,7 +16,7 @@ use crate::config::{canonical_ip, LimitsConfig};
 /// Connections refused with a 421 while the server is full are handled by at most this many
 /// extra tasks. When these are taken too, the listener stops accepting until a session ends
 /// (new connections wait in the kernel's backlog).
-const OVERFLOW_REJECTERS: usize = 32;
+pub const OVERFLOW_REJECTERS: usize = 32;
 
 pub struct Limits {
     pub cfg: LimitsConfig,
@@ -133,6 +133,13 @@ impl Limits {
     /// Per-IP message rate (per IPv6 network, as `client_key`), checked at MAIL FROM.
     pub fn message_allowed(&self, ip: IpAddr) -> bool {
         self.message_rate.check_key(&self.client_key(ip)).is_ok()
+    }
+
+    /// Serve at most `n` sessions at once (fewer than `max_connections`), when the process may
+    /// not open enough files for all of them. Called at start, before any session.
+    pub fn cap_sessions(&self, n: usize) {
+        let surplus = self.cfg.max_connections.saturating_sub(n);
+        self.connections.forget_permits(surplus);
     }
 
     /// Sessions open now.

@@ -127,6 +127,12 @@ pub struct RawApi {
     /// the config file.
     #[serde(default)]
     pub token_files: Vec<String>,
+    /// HTTP connections open at once; past it new ones are closed at once.
+    pub max_connections: Option<u64>,
+    /// Time for a request header to arrive, e.g. "10s".
+    pub header_read_timeout: Option<String>,
+    /// A connection with no traffic either way for this long is closed, e.g. "60s".
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

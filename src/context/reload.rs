@@ -295,6 +295,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     );
     check("api.listen", &old.api.listen, &new.api.listen);
     check("api.enabled", &old.api.enabled, &new.api.enabled);
+    check(
+        "api.max_connections",
+        &old.api.max_connections,
+        &new.api.max_connections,
+    );
     out
 }
 

@@ -97,3 +97,58 @@ fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
         "a refused header bomb raised the peak RSS from {idle_kb} kB to {peak_kb} kB"
     );
 }
+
+/// Issue #11: 1,100 half-sent HTTP requests without a token were never timed out; SMTP accepts
+/// then failed with EMFILE. Under a low RLIMIT_NOFILE that the server cannot raise, the API's
+/// connection cap and SMTP's clamped permits leave SMTP its descriptors.
+#[test]
+fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
+    let dir = TempDir::new("fds");
+    let cfg = dir.path().join("inbound.toml");
+    let api_port = free_port();
+    let text = config_text(&dir.path().join("data"), "127.0.0.1:0", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{api_port}\""),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let srv = ServerProcess::start_via(
+        &["prlimit", "--nofile=512:512", "--"],
+        &cfg,
+        free_port(),
+        &dir.path().join("log"),
+    );
+    assert!(
+        srv.log_text().contains("RLIMIT_NOFILE"),
+        "no warning about the file limit\n{}",
+        srv.log_text()
+    );
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..700 {
+        match TcpStream::connect_timeout(&api, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /v1/messages HTTP/1.1\r\nHost: x\r\n");
+                held.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    // SMTP still greets and takes a message, while the half-open requests are held.
+    for i in 0..3 {
+        let mut c = Smtp::connect(srv.addr);
+        c.cmd("EHLO client.example", "250");
+        c.cmd("MAIL FROM:<a@example.com>", "250");
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+        c.cmd("DATA", "354");
+        c.w.write_all(format!("Subject: fd {i}\r\n\r\nhi\r\n.\r\n").as_bytes())
+            .unwrap();
+        c.expect("250");
+        c.cmd("QUIT", "221");
+    }
+    assert!(
+        !srv.log_text().contains("Too many open files"),
+        "{}",
+        srv.log_text()
+    );
+    drop(held);
+}
