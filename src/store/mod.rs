@@ -396,7 +396,8 @@ const COMMIT_QUEUE: usize = 4096;
 impl Store {
     /// Open (creating if needed) the store under `data_dir` and run recovery.
     pub fn open(data_dir: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        crate::util::private_dir(data_dir)?;
+        crate::util::private_dir(&data_dir.join("db"))?;
         let db = sled::Config::new()
             .path(data_dir.join("db"))
             // Durability comes from our explicit flush per batch; sled's own periodic flush only

@@ -152,3 +152,57 @@ fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
     );
     drop(held);
 }
+
+/// Every file under the data directory, with its mode.
+fn modes(dir: &std::path::Path, out: &mut Vec<(String, u32, bool)>) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = e.metadata().unwrap();
+        let mode = md.permissions().mode() & 0o777;
+        out.push((e.path().display().to_string(), mode, md.is_dir()));
+        if md.is_dir() {
+            modes(&e.path(), out);
+        }
+    }
+}
+
+/// Issue #11: under umask 022 data files were 0644 and directories 0755, so mail was readable
+/// by every local user. Whatever the umask, the server creates everything 0600/0700.
+#[test]
+fn data_files_are_private_under_umask_022() {
+    let dir = TempDir::new("modes");
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(&cfg, config_text(&data, "127.0.0.1:0", "")).unwrap();
+    let mut srv = ServerProcess::start_via(
+        &["sh", "-c", "umask 022; exec \"$@\"", "sh"],
+        &cfg,
+        free_port(),
+        &dir.path().join("log"),
+    );
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO client.example", "250");
+    // One small message (inline in the database), one large (a spool file).
+    for size in [100usize, 200_000] {
+        c.cmd("MAIL FROM:<a@example.com>", "250");
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+        c.cmd("DATA", "354");
+        let body = "x".repeat(size);
+        c.w.write_all(format!("Subject: private\r\n\r\n{body}\r\n.\r\n").as_bytes())
+            .unwrap();
+        c.expect("250");
+    }
+    c.cmd("QUIT", "221");
+    srv.terminate(Duration::from_secs(30));
+    let mut all = Vec::new();
+    modes(&data, &mut all);
+    assert!(
+        all.iter().any(|(p, ..)| p.contains("spool/msg/")),
+        "{all:?}"
+    );
+    let open: Vec<_> = all.iter().filter(|(_, m, _)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+    use std::os::unix::fs::PermissionsExt;
+    let top = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(top, 0o700);
+}
