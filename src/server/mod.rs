@@ -252,8 +252,15 @@ impl Bound {
                 api_task.abort();
             }
         }
-        // The worker saw the trigger too; let it record the deliveries it has in flight.
-        let _ = outbox.await;
+        // The worker saw the trigger too; it may record the deliveries it has in flight within
+        // what is left of the same deadline. A receiver that hangs does not extend it: what was
+        // not recorded is delivered again after the restart (receivers dedup by
+        // Idempotency-Key).
+        let mut outbox = outbox;
+        if tokio::time::timeout_at(stop_by, &mut outbox).await.is_err() {
+            tracing::warn!("shutdown deadline reached; webhook and mail deliveries in flight will be retried at start");
+            outbox.abort();
+        }
         admin_task.abort();
         housekeeping.abort();
         let _ = std::fs::remove_file(&config.admin_socket);

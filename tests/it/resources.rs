@@ -206,3 +206,73 @@ fn data_files_are_private_under_umask_022() {
     let top = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(top, 0o700);
 }
+
+/// Issue #11: SIGTERM with a webhook receiver that accepts and never answers took 30 s with
+/// `shutdown_timeout = "5s"`; and webhook URLs were logged with their query strings, where
+/// receivers put tokens.
+#[test]
+fn sigterm_with_a_hanging_webhook_honours_shutdown_timeout_and_logs_no_url_query() {
+    let dir = TempDir::new("hang");
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let extra = format!(
+        r#"
+[outbox]
+retry_initial = "100ms"
+retry_max = "200ms"
+poll_interval = "50ms"
+
+[[webhook]]
+id = "hangs"
+url = "http://127.0.0.1:{}/hook?token=hang-secret-in-query"
+secret = "whsec-test-0123456789abcdef"
+timeout = "60s"
+
+[[webhook]]
+id = "refuses"
+url = "http://user:pw-in-userinfo@127.0.0.1:{refused_port}/refused/path?token=dead-secret-in-query"
+secret = "whsec-test-0123456789abcdef"
+"#,
+        hanging.local_addr().unwrap().port()
+    );
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&dir.path().join("data"), "127.0.0.1:0", &extra),
+    )
+    .unwrap();
+    let mut srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO client.example", "250");
+    c.cmd("MAIL FROM:<a@example.com>", "250");
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+    c.cmd("DATA", "354");
+    c.w.write_all(b"Subject: hook\r\n\r\nhi\r\n.\r\n").unwrap();
+    c.expect("250");
+    c.cmd("QUIT", "221");
+    // The receiver takes the connection and never answers.
+    let (_held, _) = hanging.accept().unwrap();
+    // Let the refused endpoint fail and be logged a few times.
+    let start = std::time::Instant::now();
+    while !srv.log_text().contains("/refused/path") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, took) = srv.terminate(Duration::from_secs(25));
+    assert!(status.success(), "{status}\n{}", srv.log_text());
+    assert!(
+        took < Duration::from_secs(5 + 5),
+        "shutdown took {took:?} with shutdown_timeout = 5s"
+    );
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    assert!(log.contains("http://127.0.0.1:"), "{log}");
+    assert!(log.contains("/refused/path"), "{log}");
+    for secret in [
+        "hang-secret-in-query",
+        "dead-secret-in-query",
+        "pw-in-userinfo",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
