@@ -98,6 +98,8 @@ impl Reply {
     pub const UNSUPPORTED_PARAMETER: Reply =
         r(555, "5.5.4", "Parameter not recognized or not implemented");
     pub const SMTPUTF8_REQUIRED: Reply = r(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+    /// A command line that is not valid UTF-8 (RFC 6531 allows UTF-8, not arbitrary bytes).
+    pub const INVALID_UTF8: Reply = r(553, "5.6.7", "Invalid UTF-8 in command");
 
     pub const MAILBOX_UNKNOWN: Reply = r(550, "5.1.1", "No such mailbox here");
     pub const RELAY_DENIED: Reply = r(

@@ -357,6 +357,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(self.reject(Reply::LINE_TOO_LONG));
             }
         }
+        if let Some(end) = line_end {
+            // RFC 6531 §3.3: SMTPUTF8 allows UTF-8, not any bytes. smtp-proto would read
+            // invalid sequences as replacement characters and we would store those.
+            let line = &rest[..end];
+            let pending = st.receiver.buf();
+            let valid = if pending.is_empty() {
+                std::str::from_utf8(line).is_ok()
+            } else {
+                std::str::from_utf8(&[pending, line].concat()).is_ok()
+            };
+            if !valid {
+                st.pos += end;
+                st.receiver = RequestReceiver::default();
+                return Ok(self.reject(Reply::INVALID_UTF8));
+            }
+        }
         let slice = &rest[..line_end.unwrap_or(rest.len())];
         let mut iter = slice.iter();
         let parsed = st.receiver.ingest(&mut iter).map(|r| r.into_owned());
