@@ -407,3 +407,35 @@ async fn control_characters_in_helo_are_escaped_in_received() {
     assert!(!received.chars().any(|c| c.is_control()), "{received:?}");
     srv.stop().await;
 }
+
+/// Issue #11: the ASCII (`xn--`) form of a hosted internationalised domain was refused 550
+/// 5.7.1; A-labels and U-labels are one domain, whichever form the config uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hosted_idn_domain_is_the_same_domain_in_either_form() {
+    let srv = TestServer::start_with(
+        "[[inbox]]\nid = \"buecher\"\naddress = \"support@b\u{fc}cher.example\"\n\n\
+         [[inbox]]\nid = \"muenchen\"\naddress = \"info@XN--MNCHEN-3YA.example\"\n",
+    )
+    .await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.com> SMTPUTF8", "250").await;
+    c.cmd("RCPT TO:<support@xn--bcher-kva.example>", "250")
+        .await;
+    c.cmd("RCPT TO:<support@B\u{dc}CHER.example>", "250").await;
+    c.cmd("RCPT TO:<info@m\u{fc}nchen.example>", "250").await;
+    c.cmd("RCPT TO:<info@xn--mnchen-3ya.example>", "250").await;
+    c.cmd("RCPT TO:<nobody@xn--bcher-kva.example>", "550 5.1.1")
+        .await;
+    c.cmd("RCPT TO:<support@xn--bcher-kvb.example>", "550 5.7.1")
+        .await;
+    let cfg = srv.ctx.config();
+    let addrs: Vec<&str> = cfg
+        .inboxes
+        .list
+        .iter()
+        .map(|i| i.address.as_str())
+        .collect();
+    assert!(addrs.contains(&"info@m\u{fc}nchen.example"), "{addrs:?}");
+    srv.stop().await;
+}
