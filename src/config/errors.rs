@@ -57,16 +57,23 @@ impl Errors {
         });
     }
 
-    /// Deserialize one part of the document; on failure record the error under `path`.
+    /// Deserialize one part of the document; on failure record the error under the path of
+    /// the key it is about (`limits.max_connections`, `inbox[0].aliases`), not just `path`.
     pub(crate) fn section<T: DeserializeOwned>(
         &mut self,
         path: &str,
         value: toml::Value,
     ) -> Option<T> {
-        match T::deserialize(value) {
+        match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.push(path, e.message().trim().to_string());
+                let inner = e.path().to_string();
+                let full = if inner.is_empty() || inner == "." {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.push(full, e.into_inner().message().trim().to_string());
                 None
             }
         }

@@ -208,6 +208,20 @@ mod tests {
             errs[1].message.contains("between 1 and 1000000"),
             "{errs:#?}"
         );
+        // Issue #11: a type error inside a table names its key, not only the table.
+        let errs = parse(
+            "[[listener]]\naddr = \"127.0.0.1:1\"\n[limits]\nmax_connections = \"many\"\n\
+             [[inbox]]\nid = \"a\"\naddress = \"a@x.example\"\naliases = \"b@x.example\"\n",
+        )
+        .unwrap_err()
+        .0;
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            ["inbox[0].aliases", "limits.max_connections"],
+            "{errs:#?}"
+        );
         let ok = parse("[[listener]]\naddr = \"127.0.0.1:1\"\n")
             .unwrap()
             .limits;

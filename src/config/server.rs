@@ -439,7 +439,7 @@ mod tests {
         );
         let errs = parse(&format!("{base}[api]\nport = 8025\n")).unwrap_err().0;
         assert!(
-            errs[0].path == "api" && errs[0].message.contains("port"),
+            errs[0].path == "api.port" && errs[0].message.contains("port"),
             "{errs:#?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -485,7 +485,7 @@ mod tests {
         let errs = parse(&format!("{base}[retention]\nmessages = \"1d\"\n"))
             .unwrap_err()
             .0;
-        assert_eq!(errs[0].path, "retention", "{errs:#?}");
+        assert_eq!(errs[0].path, "retention.messages", "{errs:#?}");
         assert!(errs[0].message.contains("messages"), "{errs:#?}");
     }
 }
