@@ -16,7 +16,7 @@ use crate::config::{canonical_ip, LimitsConfig};
 /// Connections refused with a 421 while the server is full are handled by at most this many
 /// extra tasks. When these are taken too, the listener stops accepting until a session ends
 /// (new connections wait in the kernel's backlog).
-const OVERFLOW_REJECTERS: usize = 32;
+pub const OVERFLOW_REJECTERS: usize = 32;
 
 pub struct Limits {
     pub cfg: LimitsConfig,
@@ -24,6 +24,8 @@ pub struct Limits {
     connections: Arc<Semaphore>,
     /// Bounds the work spent telling clients we are full.
     rejecters: Arc<Semaphore>,
+    /// Open sessions per client key (`client_key`). Past `max_connections_per_ip` a new
+    /// connection from that key gets `421 4.7.0`.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Sessions registered and not yet ended.
     active: AtomicUsize,
@@ -90,13 +92,27 @@ impl Limits {
         self.connections.clone().try_acquire_owned().ok()
     }
 
+    /// What per-IP limits count a client as: its IPv4 address, or its IPv6 network of
+    /// `ipv6_prefix_length` bits (one host usually holds a whole /64 and could otherwise open
+    /// `max_connections_per_ip` sessions from each of its addresses).
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        match canonical_ip(ip) {
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.cfg.ipv6_prefix_length.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+            v4 => v4,
+        }
+    }
+
     /// Per-IP checks once the real client address is known (after any PROXY header).
     pub fn register(
         self: &Arc<Self>,
         ip: IpAddr,
         permit: OwnedSemaphorePermit,
     ) -> Result<ConnectionGuard, Refusal> {
-        let ip = canonical_ip(ip);
+        let ip = self.client_key(ip);
         if self.connection_rate.check_key(&ip).is_err() {
             return Err(Refusal::RateFromIp);
         }
@@ -114,9 +130,16 @@ impl Limits {
         })
     }
 
-    /// Per-IP message rate, checked at MAIL FROM.
+    /// Per-IP message rate (per IPv6 network, as `client_key`), checked at MAIL FROM.
     pub fn message_allowed(&self, ip: IpAddr) -> bool {
-        self.message_rate.check_key(&canonical_ip(ip)).is_ok()
+        self.message_rate.check_key(&self.client_key(ip)).is_ok()
+    }
+
+    /// Serve at most `n` sessions at once (fewer than `max_connections`), when the process may
+    /// not open enough files for all of them. Called at start, before any session.
+    pub fn cap_sessions(&self, n: usize) {
+        let surplus = self.cfg.max_connections.saturating_sub(n);
+        self.connections.forget_permits(surplus);
     }
 
     /// Sessions open now.

@@ -127,6 +127,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
+/// Create `dir` (and its parents) readable by our user only, and make it so if it exists: mail
+/// and its records are nobody else's business, whatever the umask.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Files and directories this process creates from now on are private (0600/0700), including
+/// those a library creates for us (sled's). Called first thing by the CLI, as Postfix's master
+/// sets `umask 077`.
+pub fn private_umask() {
+    // SAFETY: umask only swaps the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -128,11 +128,158 @@ async fn limit_inflight(State(state): State<Arc<ApiState>>, req: Request, next: 
 
 /// Serve the API on `listener` until the server's shutdown begins; then stop accepting, let
 /// requests in progress finish and close idle connections. `Bound::run` bounds the wait.
+///
+/// Each connection holds a file descriptor, and the SMTP listener needs them too: at most
+/// `api.max_connections` are open at once (a connection past it is closed at once), a request
+/// header must arrive within `api.header_read_timeout` (an idle keep-alive connection gets the
+/// same), and a connection where nothing moves for `api.idle_timeout` is closed.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> {
     let mut shutdown = ctx.shutdown.clone();
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    let connections = Arc::new(Semaphore::new(ctx.config().api.max_connections));
+    let app = router(ctx.clone());
+    let mut open = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections so the set does not grow.
+        while open.try_join_next().is_some() {}
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::info!(peer = %peer, "API at max_connections; connection closed");
+            drop(stream);
+            continue;
+        };
+        let cfg = ctx.config();
+        let (header_timeout, idle) = (cfg.api.header_read_timeout, cfg.api.idle_timeout);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = ctx.shutdown.clone();
+        open.spawn(async move {
+            let _permit = permit;
+            let io = hyper_util::rt::TokioIo::new(idle::IdleTimeout::new(stream, idle));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "API connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    while open.join_next().await.is_some() {}
+    Ok(())
+}
+
+mod idle {
+    //! A stream that fails with `TimedOut` when a read or a write has waited `idle` without
+    //! progress: what `api.idle_timeout` is made of.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::time::{Instant, Sleep};
+
+    pub struct IdleTimeout<S> {
+        inner: S,
+        idle: Duration,
+        /// Armed when an operation first returns Pending, disarmed on progress.
+        read_timer: Option<Pin<Box<Sleep>>>,
+        write_timer: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<S> IdleTimeout<S> {
+        pub fn new(inner: S, idle: Duration) -> Self {
+            IdleTimeout {
+                inner,
+                idle,
+                read_timer: None,
+                write_timer: None,
+            }
+        }
+    }
+
+    fn check(
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        idle: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Error> {
+        let t =
+            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no traffic for the idle timeout",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    use std::future::Future;
+
+    impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    this.read_timer = None;
+                    Poll::Ready(r)
+                }
+                Poll::Pending => check(&mut this.read_timer, this.idle, cx).map(Err),
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = &mut *self;
+            match Pin::new(&mut this.inner).poll_write(cx, buf) {
+                Poll::Ready(r) => {
+                    this.write_timer = None;
+                    Poll::Ready(r)
+                }
+                Poll::Pending => check(&mut this.write_timer, this.idle, cx).map(Err),
+            }
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
 }
 
 /// Every metric of the server in the Prometheus text format (what `GET /metrics` serves, with

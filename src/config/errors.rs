@@ -57,16 +57,23 @@ impl Errors {
         });
     }
 
-    /// Deserialize one part of the document; on failure record the error under `path`.
+    /// Deserialize one part of the document; on failure record the error under the path of
+    /// the key it is about (`limits.max_connections`, `inbox[0].aliases`), not just `path`.
     pub(crate) fn section<T: DeserializeOwned>(
         &mut self,
         path: &str,
         value: toml::Value,
     ) -> Option<T> {
-        match T::deserialize(value) {
+        match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.push(path, e.message().trim().to_string());
+                let inner = e.path().to_string();
+                let full = if inner.is_empty() || inner == "." {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.push(full, e.into_inner().message().trim().to_string());
                 None
             }
         }
@@ -119,6 +126,41 @@ impl Errors {
                 );
                 default
             }
+        }
+    }
+
+    /// A duration that must not be zero: a zero deadline would end every session at once.
+    pub(crate) fn positive_duration(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d.is_zero() {
+            self.push(path, "must be greater than 0");
+            return default;
+        }
+        d
+    }
+
+    /// An integer in `min..=max`; out of range it is an error naming the range, and `default`
+    /// stands in so the other checks go on.
+    pub(crate) fn range(
+        &mut self,
+        path: &str,
+        value: Option<u64>,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> u64 {
+        match value {
+            None => default,
+            Some(v) if v < min || v > max => {
+                self.push(path, format!("must be between {min} and {max} (got {v})"));
+                default
+            }
+            Some(v) => v,
         }
     }
 

@@ -68,7 +68,7 @@ impl Inboxes {
         let Some((local, domain)) = split_address(address) else {
             return Recipient::UnknownMailbox;
         };
-        let domain = domain.trim_end_matches('.').to_lowercase();
+        let domain = super::values::normalize_domain(domain);
         if !self.domains.contains(&domain) {
             return Recipient::ForeignDomain;
         }

@@ -292,7 +292,7 @@ mod tests {
         let errs = parse(text).unwrap_err().0;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         for want in [
-            "server",
+            "server.colour",
             "bogus",
             "listener[0].addr",
             "listener[1].trusted_proxies",

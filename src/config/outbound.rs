@@ -158,6 +158,30 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// The URL as logs and recorded outcomes show it: scheme, host, port and path. Receivers
+    /// put tokens in query strings (and userinfo), which must not end up in a log.
+    pub fn url_for_logs(&self) -> String {
+        url_for_logs(&self.url)
+    }
+}
+
+/// `url` without its userinfo, query and fragment.
+pub fn url_for_logs(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{}{port}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        }
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+impl WebhookConfig {
     pub fn wants(&self, event: &str, inbox: &str) -> bool {
         self.events.iter().any(|e| e == event)
             && (self.inboxes.is_empty() || self.inboxes.iter().any(|i| i == inbox))
@@ -324,10 +348,8 @@ fn compile_webhooks(
                 format!("{path}.url"),
                 "must be an http:// or https:// URL with a host",
             ),
-            Err(e) => errors.push(
-                format!("{path}.url"),
-                format!("invalid URL {:?}: {e}", w.url),
-            ),
+            // Not the URL itself: it may carry a token.
+            Err(e) => errors.push(format!("{path}.url"), format!("invalid URL: {e}")),
         }
         let secret = read_secret(errors, &format!("{path}.secret"), &w.secret, &w.secret_file);
         match &secret {

@@ -127,6 +127,12 @@ pub struct RawApi {
     /// the config file.
     #[serde(default)]
     pub token_files: Vec<String>,
+    /// HTTP connections open at once; past it new ones are closed at once.
+    pub max_connections: Option<u64>,
+    /// Time for a request header to arrive, e.g. "10s".
+    pub header_read_timeout: Option<String>,
+    /// A connection with no traffic either way for this long is closed, e.g. "60s".
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -153,14 +159,18 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_message_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
     pub connections_per_ip_per_minute: Option<u64>,
     pub messages_per_ip_per_minute: Option<u64>,
+    pub ipv6_prefix_length: Option<u64>,
     pub max_bad_commands: Option<u64>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
+    pub min_data_rate_bytes_per_second: Option<u64>,
+    pub write_timeout: Option<String>,
     pub max_transactions_per_connection: Option<u64>,
 }
 

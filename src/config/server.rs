@@ -196,7 +196,19 @@ pub struct ApiConfig {
     /// SHA-256 of each accepted bearer token (`api.tokens` and `api.token_files`). Empty: every
     /// protected endpoint answers 401.
     pub token_digests: Vec<[u8; 32]>,
+    /// HTTP connections open at once. When all are taken a new connection is closed at once
+    /// (its file descriptor is what must not run out), until one ends.
+    pub max_connections: usize,
+    /// How long a request's header may take to arrive, counted from the moment the connection
+    /// waits for one (so an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed: a body trickled
+    /// in, or an answer the client never reads.
+    pub idle_timeout: Duration,
 }
+
+/// Default `api.max_connections`: operators' tools and a scraper, with room to spare.
+pub const DEFAULT_API_MAX_CONNECTIONS: u64 = 256;
 
 impl fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,6 +216,9 @@ impl fmt::Debug for ApiConfig {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("tokens", &self.token_digests.len())
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -276,10 +291,30 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
             }
         }
     }
+    let max_connections = errors.range(
+        "api.max_connections",
+        raw.max_connections,
+        1,
+        100_000,
+        DEFAULT_API_MAX_CONNECTIONS,
+    ) as usize;
+    let header_read_timeout = errors.positive_duration(
+        "api.header_read_timeout",
+        &raw.header_read_timeout,
+        Duration::from_secs(10),
+    );
+    let idle_timeout = errors.positive_duration(
+        "api.idle_timeout",
+        &raw.idle_timeout,
+        Duration::from_secs(60),
+    );
     ApiConfig {
         enabled: raw.enabled.unwrap_or(true),
         listen,
         token_digests,
+        max_connections,
+        header_read_timeout,
+        idle_timeout,
     }
 }
 
@@ -430,7 +465,7 @@ mod tests {
         );
         let errs = parse(&format!("{base}[api]\nport = 8025\n")).unwrap_err().0;
         assert!(
-            errs[0].path == "api" && errs[0].message.contains("port"),
+            errs[0].path == "api.port" && errs[0].message.contains("port"),
             "{errs:#?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -476,7 +511,7 @@ mod tests {
         let errs = parse(&format!("{base}[retention]\nmessages = \"1d\"\n"))
             .unwrap_err()
             .0;
-        assert_eq!(errs[0].path, "retention", "{errs:#?}");
+        assert_eq!(errs[0].path, "retention.messages", "{errs:#?}");
         assert!(errs[0].message.contains("messages"), "{errs:#?}");
     }
 }

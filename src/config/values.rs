@@ -73,6 +73,21 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+/// A domain in the one form every comparison uses: lower case, no final dot, and U-labels for
+/// internationalised names (RFC 5890), so `xn--bcher-kva.example` and `bücher.example` are the
+/// same domain in RCPT, config and API. A name IDNA cannot map is only lower-cased.
+pub fn normalize_domain(domain: &str) -> String {
+    let d = domain.trim_end_matches('.');
+    let lower = d.to_lowercase();
+    if lower.is_ascii() && !lower.contains("xn--") {
+        return lower;
+    }
+    match idna::domain_to_unicode(d) {
+        (u, Ok(())) => u,
+        _ => lower,
+    }
+}
+
 /// `local@domain` in lower case, without a final dot on the domain; `None` when it is not an
 /// address.
 pub fn normalize_address(address: &str) -> Option<String> {
@@ -86,15 +101,13 @@ pub fn normalize_address(address: &str) -> Option<String> {
     Some(format!(
         "{}@{}",
         local.to_lowercase(),
-        domain.trim_end_matches('.').to_lowercase()
+        normalize_domain(domain)
     ))
 }
 
 /// Domains in lower case, without a final dot.
 pub fn domains(list: &[String]) -> Vec<String> {
-    list.iter()
-        .map(|d| d.trim_end_matches('.').to_lowercase())
-        .collect()
+    list.iter().map(|d| normalize_domain(d)).collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! Ready means all three: the store takes a flushed write, every SMTP listener's accept loop is
 //! running, and the configured nameservers answer. Without DNS every checked message would be
 //! deferred (451 4.7.0), so a node that cannot resolve is better taken out of rotation. The DNS
-//! answer is cached for `DNS_CACHE` so that frequent probes cost one query per interval.
+//! answer is cached for `DNS_CACHE` so that frequent probes cost one query per interval, and
+//! the store's for `STORE_CACHE` (the endpoint needs no token: probes must not cost a flushed
+//! write each).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +17,9 @@ use super::Ctx;
 
 /// How long a DNS probe result is reused.
 pub const DNS_CACHE: Duration = Duration::from_secs(10);
+/// How long a store probe result is reused. The probe is a flushed write: unauthenticated
+/// clients may ask for `/readyz` as often as they like, the disk sees one probe per interval.
+pub const STORE_CACHE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
@@ -38,6 +43,8 @@ pub(crate) struct HealthState {
     /// The last DNS probe: when, and its outcome. A tokio mutex, held across the probe, so that
     /// probes arriving together wait for one query instead of each sending their own.
     dns: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The last store probe, shared the same way.
+    store: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// Held by an accept loop while it runs.
@@ -64,19 +71,26 @@ impl Drop for ListenerRunning<'_> {
 pub async fn readiness(ctx: &Ctx) -> Readiness {
     let mut problems = Vec::new();
 
-    // sled's flush is blocking file I/O.
-    let store = ctx.store.clone();
-    let store_writable = match tokio::task::spawn_blocking(move || store.probe_write()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            problems.push(format!("store: {e}"));
-            false
-        }
-        Err(e) => {
-            problems.push(format!("store: probe failed: {e}"));
-            false
+    let store = {
+        let mut last = ctx.health.store.lock().await;
+        match &*last {
+            Some((at, result)) if at.elapsed() < STORE_CACHE => result.clone(),
+            _ => {
+                // sled's flush is blocking file I/O.
+                let store = ctx.store.clone();
+                let result = match tokio::task::spawn_blocking(move || store.probe_write()).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("probe failed: {e}")),
+                };
+                *last = Some((Instant::now(), result.clone()));
+                result
+            }
         }
     };
+    let store_writable = store.is_ok();
+    if let Err(e) = store {
+        problems.push(format!("store: {e}"));
+    }
 
     let expected = ctx.health.listeners_expected.load(Ordering::SeqCst);
     let running = ctx.health.listeners_running.load(Ordering::SeqCst);

@@ -246,6 +246,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     );
     check("limits.data_timeout", &a.data_timeout, &b.data_timeout);
     check(
+        "limits.max_header_bytes",
+        &a.max_header_bytes,
+        &b.max_header_bytes,
+    );
+    check(
+        "limits.ipv6_prefix_length",
+        &a.ipv6_prefix_length,
+        &b.ipv6_prefix_length,
+    );
+    check(
+        "limits.min_data_rate_bytes_per_second",
+        &a.min_data_rate_bytes_per_second,
+        &b.min_data_rate_bytes_per_second,
+    );
+    check("limits.write_timeout", &a.write_timeout, &b.write_timeout);
+    check(
         "limits.max_transactions_per_connection",
         &a.max_transactions_per_connection,
         &b.max_transactions_per_connection,
@@ -284,6 +300,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     );
     check("api.listen", &old.api.listen, &new.api.listen);
     check("api.enabled", &old.api.enabled, &new.api.enabled);
+    check(
+        "api.max_connections",
+        &old.api.max_connections,
+        &new.api.max_connections,
+    );
     out
 }
 

@@ -47,13 +47,14 @@ pub struct Call<'a> {
 }
 
 pub async fn post(w: &WebhookConfig, call: &Call<'_>) -> Outcome {
+    let url = w.url_for_logs();
     match tokio::time::timeout(w.timeout, attempt(w, call)).await {
-        Err(_) => Outcome::Retry(format!("{}: no response within {:?}", w.url, w.timeout)),
-        Ok(Err(e)) => Outcome::Retry(format!("{}: {e}", w.url)),
+        Err(_) => Outcome::Retry(format!("{url}: no response within {:?}", w.timeout)),
+        Ok(Err(e)) => Outcome::Retry(format!("{url}: {e}")),
         Ok(Ok(status)) if (200..300).contains(&status) => {
-            Outcome::Delivered(format!("{} answered {status}", w.url))
+            Outcome::Delivered(format!("{url} answered {status}"))
         }
-        Ok(Ok(status)) => Outcome::Retry(format!("{} answered {status}", w.url)),
+        Ok(Ok(status)) => Outcome::Retry(format!("{url} answered {status}")),
     }
 }
 

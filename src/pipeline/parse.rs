@@ -110,12 +110,34 @@ pub fn parse_message(msg: &Message<'_>, mail_from: &str) -> Parsed {
         from_email,
         from_name,
         message_id: msg.message_id().unwrap_or_default().trim().to_string(),
-        in_reply_to: ids(msg.in_reply_to()),
-        references: ids(msg.references()),
+        in_reply_to: keep_ends(ids(msg.in_reply_to()), IN_REPLY_TO_KEPT, 0),
+        references: keep_ends(
+            ids(msg.references()),
+            REFERENCES_HEAD_KEPT,
+            REFERENCES_TAIL_KEPT,
+        ),
         automatic: automatic_reason(&headers, mail_from, is_report),
         headers,
         attachments,
     }
+}
+
+/// Thread ids kept from References: its first (RFC 5322 §3.6.4: the thread's root) and its last
+/// few dozen (the parents threading looks up first). The rest are dropped: they are stored on the
+/// record and each is looked up on the commit thread, so a header of a million ids must not
+/// mean a million of either.
+pub const REFERENCES_HEAD_KEPT: usize = 1;
+pub const REFERENCES_TAIL_KEPT: usize = 40;
+/// In-Reply-To names the parent, or a few; more are not a reply.
+pub const IN_REPLY_TO_KEPT: usize = 8;
+
+/// The first `head` and the last `tail` of `ids`, in order.
+fn keep_ends(mut ids: Vec<String>, head: usize, tail: usize) -> Vec<String> {
+    if ids.len() > head + tail {
+        ids.drain(head..ids.len() - tail);
+        ids.shrink_to_fit();
+    }
+    ids
 }
 
 /// The attachments of a message, in the one order every user of an attachment index relies on:
@@ -238,6 +260,21 @@ mod tests {
         assert_eq!(p.message_id, "m3@x");
         assert_eq!(p.in_reply_to, ["m2@x"]);
         assert_eq!(p.references, ["m1@x", "m2@x"]);
+
+        // Issue #11: a References header of hundreds of ids keeps its root and its newest.
+        let many: String = (1..500).map(|i| format!(" <r{i}@x>\r\n")).collect();
+        let raw = format!("From: a@x.example\r\nReferences: <r0@x>\r\n{many}\r\nb\r\n");
+        let long = parse(raw.as_bytes(), "a@x.example");
+        assert_eq!(
+            long.references.len(),
+            REFERENCES_HEAD_KEPT + REFERENCES_TAIL_KEPT
+        );
+        assert_eq!(long.references[0], "r0@x");
+        assert_eq!(long.references.last().unwrap(), "r499@x");
+        assert_eq!(
+            long.references[1],
+            format!("r{}@x", 500 - REFERENCES_TAIL_KEPT)
+        );
         assert_eq!(p.attachments.len(), 1);
         assert_eq!(p.attachments[0].name, "Rechnung März.pdf");
         assert_eq!(p.attachments[0].content_type, "application/pdf");

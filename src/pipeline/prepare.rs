@@ -24,13 +24,13 @@ pub fn received_header(hostname: &str, env: &Envelope, queue_id: &str, now_ms: u
         .map(|v| format!(" (using {v})"))
         .unwrap_or_default();
     let for_clause = match env.rcpt.as_slice() {
-        [one] => format!("\r\n\tfor <{}>", one.address),
+        [one] => format!("\r\n\tfor <{}>", trace_text(&one.address)),
         _ => String::new(),
     };
     let helo = if env.helo.is_empty() {
-        "unknown"
+        "unknown".into()
     } else {
-        env.helo.as_str()
+        trace_text(&env.helo)
     };
     format!(
         "Received: from {helo} ({ip}){tls}\r\n\tby {hostname} (inbound) with {proto} id {queue_id}{for_clause};\r\n\t{date}\r\n",
@@ -38,6 +38,25 @@ pub fn received_header(hostname: &str, env: &Envelope, queue_id: &str, now_ms: u
         proto = env.protocol(),
         date = rfc5322_date(now_ms),
     )
+}
+
+/// Client-chosen text for a trace field: control characters (a HELO may carry any byte but CR
+/// and LF) are written as `\xNN`, so they cannot fold, end or corrupt the header or a reader's
+/// terminal.
+fn trace_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// RFC 5321 §4.1.3 address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.

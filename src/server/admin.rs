@@ -242,7 +242,9 @@ fn conversation_view(
 /// before this, guarantees no live server owns it).
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            crate::util::private_dir(dir)?;
+        }
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -39,6 +39,17 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "RLIMIT_NOFILE allows {limit} open files, too few for the server (it needs {needed} at \
+         most: limits.max_connections + api.max_connections + {reserved} for the store, spool \
+         and outbound connections); raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower \
+         limits.max_connections"
+    )]
+    FileLimit {
+        limit: u64,
+        needed: u64,
+        reserved: u64,
+    },
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -125,6 +136,7 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     })?;
     let (trigger, shutdown) = shutdown::channel();
     let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?.with_source(source));
+    size_for_file_limit(&ctx)?;
     Ok(Bound {
         ctx,
         listeners,
@@ -251,8 +263,15 @@ impl Bound {
                 api_task.abort();
             }
         }
-        // The worker saw the trigger too; let it record the deliveries it has in flight.
-        let _ = outbox.await;
+        // The worker saw the trigger too; it may record the deliveries it has in flight within
+        // what is left of the same deadline. A receiver that hangs does not extend it: what was
+        // not recorded is delivered again after the restart (receivers dedup by
+        // Idempotency-Key).
+        let mut outbox = outbox;
+        if tokio::time::timeout_at(stop_by, &mut outbox).await.is_err() {
+            tracing::warn!("shutdown deadline reached; webhook and mail deliveries in flight will be retried at start");
+            outbox.abort();
+        }
         admin_task.abort();
         housekeeping.abort();
         let _ = std::fs::remove_file(&config.admin_socket);
@@ -317,6 +336,77 @@ async fn retention_loop(ctx: Arc<Ctx>) {
         );
         report.log();
     }
+}
+
+/// File descriptors kept for everything but client connections: the store's files, spool files
+/// being written, DNS sockets, webhook and relay connections, the admin socket.
+const RESERVED_FDS: u64 = 128;
+
+/// Make sure the API can never starve SMTP of file descriptors (#11: 1,100 half-open API
+/// requests made every SMTP accept fail with EMFILE). Both listeners' caps are known, so the
+/// process needs at most their sum plus `RESERVED_FDS`: the soft RLIMIT_NOFILE is raised to that
+/// (up to the hard limit), and when even the hard limit is lower, SMTP serves fewer sessions
+/// than `limits.max_connections`, with a warning. A limit too low for a handful of sessions is
+/// a start-up error.
+fn size_for_file_limit(ctx: &Ctx) -> Result<(), ServerError> {
+    let cfg = ctx.config();
+    let api = if cfg.api.enabled {
+        cfg.api.max_connections as u64
+    } else {
+        0
+    };
+    let others = api + crate::limits::OVERFLOW_REJECTERS as u64 + RESERVED_FDS;
+    let needed = cfg.limits.max_connections as u64 + others;
+    let Some(limit) = raise_file_limit(needed) else {
+        tracing::warn!("cannot read RLIMIT_NOFILE; connection caps not checked against it");
+        return Ok(());
+    };
+    if limit >= needed {
+        return Ok(());
+    }
+    let sessions = limit.saturating_sub(others);
+    if sessions < 2 {
+        return Err(ServerError::FileLimit {
+            limit,
+            needed,
+            reserved: RESERVED_FDS,
+        });
+    }
+    ctx.limits.cap_sessions(sessions as usize);
+    tracing::warn!(
+        rlimit_nofile = limit,
+        needed,
+        smtp_sessions = sessions,
+        "RLIMIT_NOFILE is below limits.max_connections + api.max_connections + {RESERVED_FDS}: \
+         serving fewer SMTP sessions at once; raise the limit (LimitNOFILE=) to serve all"
+    );
+    Ok(())
+}
+
+/// Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit); the soft limit
+/// in force afterwards, `None` if it cannot be read.
+// `rlim_t` is u64 on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
+fn raise_file_limit(wanted: u64) -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on our stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if (lim.rlim_cur as u64) < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: (wanted as libc::rlim_t).min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    Some(lim.rlim_cur as u64)
 }
 
 /// Bind and serve: the whole server in one call.

@@ -161,6 +161,62 @@ impl DataDecoder {
     }
 }
 
+/// Message bytes -> the length of its header section (RFC 5322 §2.1: it ends at the first empty
+/// line), counted while the message streams in so the cap on it is applied before the rest of
+/// the message is stored. Fed the stored bytes of DATA (after unstuffing) or BDAT chunks.
+#[derive(Debug, Default)]
+pub struct HeaderMeter {
+    state: MeterState,
+    bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum MeterState {
+    #[default]
+    LineStart,
+    /// A CR at the start of a line: an LF now ends the header section.
+    LineStartCr,
+    Mid,
+    /// The empty line has been seen; nothing more is counted.
+    Done,
+}
+
+impl HeaderMeter {
+    pub fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            match self.state {
+                MeterState::Done => return,
+                MeterState::Mid => match memchr::memchr(b'\n', input) {
+                    None => {
+                        self.bytes += input.len() as u64;
+                        return;
+                    }
+                    Some(i) => {
+                        self.bytes += i as u64 + 1;
+                        input = &input[i + 1..];
+                        self.state = MeterState::LineStart;
+                    }
+                },
+                state => {
+                    let b = input[0];
+                    input = &input[1..];
+                    self.bytes += 1;
+                    self.state = match (state, b) {
+                        (_, b'\n') => MeterState::Done,
+                        (MeterState::LineStart, b'\r') => MeterState::LineStartCr,
+                        _ => MeterState::Mid,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Bytes of the header section seen so far (all of it once `Done`).
+    pub fn header_bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +294,27 @@ mod tests {
         assert_eq!(out.len(), 10);
         assert!(d.feed(b".\r\n", &mut out).is_some());
         assert_eq!(out.len(), 10);
+    }
+
+    #[test]
+    fn header_meter_stops_at_the_first_empty_line_wherever_the_input_is_split() {
+        let msg = b"A: 1\r\nB: 2\r\n continued\r\n\r\nbody\r\n\r\nmore\r\n";
+        for cut in 0..msg.len() {
+            let mut m = HeaderMeter::default();
+            m.feed(&msg[..cut]);
+            m.feed(&msg[cut..]);
+            assert_eq!(m.header_bytes(), 26, "cut at {cut}");
+        }
+        let mut m = HeaderMeter::default();
+        m.feed(b"A: 1\n\nbody");
+        assert_eq!(m.header_bytes(), 6);
+        let mut m = HeaderMeter::default();
+        m.feed(&[b'x'; 1000]);
+        assert_eq!(
+            m.header_bytes(),
+            1000,
+            "no empty line yet: all of it is header"
+        );
     }
 
     #[test]

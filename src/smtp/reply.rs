@@ -61,6 +61,9 @@ impl Reply {
         "Timeout waiting for command, closing connection",
     );
     pub const DATA_TIMEOUT: Reply = r(421, "4.4.2", "Timeout waiting for data, closing connection");
+    /// The client sent message data below `limits.min_data_rate_bytes_per_second`.
+    pub const DATA_TOO_SLOW: Reply =
+        r(421, "4.4.2", "Data arriving too slowly, closing connection");
     pub const TOO_MANY_TRANSACTIONS: Reply =
         r(421, "4.7.0", "Too many transactions on one connection");
     pub const MESSAGE_RATE: Reply = r(
@@ -95,6 +98,8 @@ impl Reply {
     pub const UNSUPPORTED_PARAMETER: Reply =
         r(555, "5.5.4", "Parameter not recognized or not implemented");
     pub const SMTPUTF8_REQUIRED: Reply = r(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+    /// A command line that is not valid UTF-8 (RFC 6531 allows UTF-8, not arbitrary bytes).
+    pub const INVALID_UTF8: Reply = r(553, "5.6.7", "Invalid UTF-8 in command");
 
     pub const MAILBOX_UNKNOWN: Reply = r(550, "5.1.1", "No such mailbox here");
     pub const RELAY_DENIED: Reply = r(
@@ -110,6 +115,13 @@ impl Reply {
         552,
         "5.3.4",
         "Message size exceeds fixed maximum message size",
+    );
+
+    /// The header section ran past `limits.max_header_bytes` (Postfix's `header_size_limit`).
+    pub const HEADER_TOO_BIG: Reply = r(
+        552,
+        "5.3.4",
+        "Message header section exceeds fixed maximum size",
     );
 
     pub const GOODBYE: Reply = r(221, "2.0.0", "Bye");

@@ -9,13 +9,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use smtp_proto::request::receiver::{RequestReceiver, MAX_LINE_LENGTH};
 use smtp_proto::{Error as ProtoError, MailFrom, RcptTo, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::data::DataDecoder;
+use super::data::{DataDecoder, HeaderMeter};
 use super::reply::{write_multiline, Reply};
 use crate::config::Recipient;
 use crate::context::Ctx;
@@ -40,6 +42,18 @@ pub enum Outcome {
 pub enum SessionError {
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The client left our replies unread for `limits.write_timeout`; the connection is dropped
+    /// without a goodbye (it would not read one).
+    #[error("client read no reply for {}ms", .0.as_millis())]
+    WriteTimeout(Duration),
+}
+
+/// When the body bytes of one DATA, or of one BDAT chunk, began to arrive and how many have:
+/// the minimum data rate is measured against it.
+#[derive(Clone, Copy)]
+struct DataClock {
+    started: Instant,
+    bytes: u64,
 }
 
 /// What the state machine is reading.
@@ -64,6 +78,8 @@ struct Transaction {
     error: Option<Reply>,
     /// Body bytes received so far through BDAT (DATA counts in its decoder).
     bdat_bytes: u64,
+    /// The header section's length so far, against `limits.max_header_bytes`.
+    header: HeaderMeter,
     used_bdat: bool,
     /// SPF, running since MAIL FROM; `None` when this client is not checked.
     spf: Option<PendingSpf>,
@@ -86,6 +102,11 @@ pub struct SessionState {
     transactions: u32,
     /// Scratch sink for body bytes that are being discarded.
     discard: Vec<u8>,
+    /// When the command line being read must be complete (`limits.command_timeout` after the
+    /// server began waiting for it); `None` until then. Bytes arriving do not move it.
+    command_deadline: Option<Instant>,
+    /// Set while reading DATA or a BDAT chunk.
+    data_clock: Option<DataClock>,
 }
 
 pub struct Session<S> {
@@ -120,6 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 bad_commands: 0,
                 transactions: 0,
                 discard: Vec::new(),
+                command_deadline: None,
+                data_clock: None,
             },
         }
     }
@@ -134,6 +157,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         st.txn = None;
         st.receiver = RequestReceiver::default();
         st.mode = Input::Command;
+        st.command_deadline = None;
+        st.data_clock = None;
         st.tls = Some(tls_version);
         Session { io, st }
     }
@@ -156,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Flow::Continue => {}
                     Flow::Close => {
                         self.flush().await?;
-                        let _ = self.io.shutdown().await;
+                        self.shutdown_write().await;
                         return Ok(Outcome::Closed);
                     }
                     Flow::StartTls => {
@@ -174,25 +199,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Send the buffered replies. A client that does not take them within
+    /// `limits.write_timeout` ends the session (`SessionError::WriteTimeout`).
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.st.out.is_empty() {
-            self.io.write_all(&self.st.out).await?;
-            self.io.flush().await?;
+            let timeout = self.st.ctx.limits.cfg.write_timeout;
+            let (io, out) = (&mut self.io, &self.st.out);
+            let write = async {
+                io.write_all(out).await?;
+                io.flush().await
+            };
+            match tokio::time::timeout(timeout, write).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    info!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "client reads no replies; dropping the connection"
+                    );
+                    return Err(SessionError::WriteTimeout(timeout));
+                }
+            }
             self.st.out.clear();
         }
         Ok(())
+    }
+
+    /// Close our side. Bounded by the write timeout too: a TLS close_notify is a write.
+    async fn shutdown_write(&mut self) {
+        let timeout = self.st.ctx.limits.cfg.write_timeout;
+        let _ = tokio::time::timeout(timeout, self.io.shutdown()).await;
+    }
+
+    /// When the read now starting must have returned: the command line's deadline, or while
+    /// reading data the sooner of `data_timeout` of silence and the point where the client
+    /// falls below `min_data_rate_bytes_per_second` (after a grace of `data_timeout`).
+    fn read_deadline(&mut self, in_data: bool) -> (Instant, Reply, &'static str) {
+        let limits = &self.st.ctx.limits.cfg;
+        let now = Instant::now();
+        if !in_data {
+            let deadline = *self
+                .st
+                .command_deadline
+                .get_or_insert(now + limits.command_timeout);
+            return (deadline, Reply::COMMAND_TIMEOUT, "command_timeout");
+        }
+        let clock = self.st.data_clock.get_or_insert(DataClock {
+            started: now,
+            bytes: 0,
+        });
+        let earned = Duration::from_secs_f64(
+            clock.bytes as f64 / limits.min_data_rate_bytes_per_second.max(1) as f64,
+        );
+        let idle = now + limits.data_timeout;
+        let rate = clock.started + limits.data_timeout + earned;
+        if rate < idle {
+            (rate, Reply::DATA_TOO_SLOW, "min_data_rate")
+        } else {
+            (idle, Reply::DATA_TIMEOUT, "data_timeout")
+        }
     }
 
     /// Read more input. Returns false when the session must end (EOF, timeout, shutdown); any
     /// final reply has been sent.
     async fn fill(&mut self) -> Result<bool, SessionError> {
         let in_data = matches!(self.st.mode, Input::Data(_) | Input::Bdat { .. });
-        let limits = &self.st.ctx.limits.cfg;
-        let (timeout, timeout_reply) = if in_data {
-            (limits.data_timeout, Reply::DATA_TIMEOUT)
-        } else {
-            (limits.command_timeout, Reply::COMMAND_TIMEOUT)
-        };
+        let (deadline, timeout_reply, limit) = self.read_deadline(in_data);
         let mut shutdown = self.st.ctx.shutdown.clone();
         // An idle session (waiting for a command) is told to go at shutdown; one that is sending
         // a message is allowed to finish it (the server's shutdown deadline still applies).
@@ -202,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let start = self.st.input.len();
         self.st.input.resize(start + READ_CHUNK, 0);
         let read = tokio::select! {
-            r = tokio::time::timeout(timeout, self.io.read(&mut self.st.input[start..])) => r,
+            r = tokio::time::timeout_at(deadline, self.io.read(&mut self.st.input[start..])) => r,
             _ = shutdown.wait(), if !in_data => {
                 self.st.input.truncate(start);
                 return self.close_with(Reply::SHUTTING_DOWN).await;
@@ -211,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match read {
             Err(_) => {
                 self.st.input.truncate(start);
-                debug!(timeout_ms = timeout.as_millis() as u64, "client timed out");
+                info!(limit, "client too slow; closing");
                 self.close_with(timeout_reply).await
             }
             Ok(Err(e)) => {
@@ -229,6 +300,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(Ok(n)) => {
                 self.st.input.truncate(start + n);
                 self.st.ctx.metrics.received_bytes.add(n as u64);
+                if let (true, Some(clock)) = (in_data, self.st.data_clock.as_mut()) {
+                    clock.bytes += n as u64;
+                }
                 Ok(true)
             }
         }
@@ -237,8 +311,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn close_with(&mut self, reply: Reply) -> Result<bool, SessionError> {
         reply.write_to(&mut self.st.out);
         // The client may already be gone; a failed goodbye is not an error worth reporting.
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
+        if self.flush().await.is_ok() {
+            self.shutdown_write().await;
+        }
         Ok(false)
     }
 
@@ -252,6 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Some(i) => {
                         self.st.pos += i + 1;
                         self.st.mode = Input::Command;
+                        self.st.command_deadline = None;
                     }
                     None => self.st.pos = self.st.input.len(),
                 }
@@ -271,10 +347,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // in one read (its limit applies only to lines that span reads). Both made the answers
         // depend on how TCP segmented the input (found by the fuzzer's read-split check).
         let line_end = memchr::memchr(b'\n', rest).map(|i| i + 1);
+        if line_end.is_some() {
+            // This line is complete: the next one gets a deadline of its own.
+            st.command_deadline = None;
+        }
         if let Some(end) = line_end {
             if end > MAX_LINE_LENGTH && st.receiver.buf().is_empty() {
                 st.pos += end;
                 return Ok(self.reject(Reply::LINE_TOO_LONG));
+            }
+        }
+        if let Some(end) = line_end {
+            // RFC 6531 §3.3: SMTPUTF8 allows UTF-8, not any bytes. smtp-proto would read
+            // invalid sequences as replacement characters and we would store those.
+            let line = &rest[..end];
+            let pending = st.receiver.buf();
+            let valid = if pending.is_empty() {
+                std::str::from_utf8(line).is_ok()
+            } else {
+                std::str::from_utf8(&[pending, line].concat()).is_ok()
+            };
+            if !valid {
+                st.pos += end;
+                st.receiver = RequestReceiver::default();
+                return Ok(self.reject(Reply::INVALID_UTF8));
             }
         }
         let slice = &rest[..line_end.unwrap_or(rest.len())];
@@ -484,6 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body: None,
             error: None,
             bdat_bytes: 0,
+            header: HeaderMeter::default(),
             used_bdat: false,
             spf,
         });
@@ -552,6 +649,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         txn.body = Some(BodyBuffer::new(spool, new_queue_id(), inline_max));
         self.st.mode = Input::Data(DataDecoder::new(max));
+        self.st.data_clock = None;
         Reply::START_DATA.write_to(&mut self.st.out);
         Flow::Continue
     }
@@ -561,6 +659,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let inline_max = self.st.ctx.store.inline_max();
         // The chunk's bytes follow the command whatever we answer: always read them.
         self.st.mode = Input::Bdat { left: size, last };
+        self.st.data_clock = None;
         match self.st.txn.as_mut() {
             // Answered 503 once the chunk has been read (`step_bdat`).
             None => {}
@@ -586,21 +685,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn step_data(&mut self) -> Result<Flow, SessionError> {
+        let max_header = self.st.ctx.limits.cfg.max_header_bytes;
         let st = &mut self.st;
         let Input::Data(decoder) = &mut st.mode else {
             return Ok(Flow::Continue);
         };
         let input = &st.input[st.pos..];
-        let sink = match st.txn.as_mut().and_then(|t| t.body.as_mut()) {
-            Some(body) => body.buf(),
-            None => &mut st.discard,
+        let mut header_over = false;
+        let ended = match st.txn.as_mut() {
+            Some(Transaction {
+                body: Some(body),
+                header,
+                ..
+            }) => {
+                let buf = body.buf();
+                let before = buf.len();
+                let ended = decoder.feed(input, buf);
+                header.feed(&buf[before..]);
+                header_over = header.header_bytes() > max_header;
+                ended
+            }
+            _ => decoder.feed(input, &mut st.discard),
         };
-        let ended = decoder.feed(input, sink);
         let overflowed = decoder.overflowed();
         st.pos += ended.unwrap_or(input.len());
         st.discard.clear();
         if overflowed {
             self.fail_transaction(Reply::MESSAGE_TOO_BIG);
+        }
+        if header_over {
+            self.fail_transaction(Reply::HEADER_TOO_BIG);
         }
         if ended.is_some() {
             self.st.mode = Input::Command;
@@ -612,6 +726,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn step_bdat(&mut self) -> Result<Flow, SessionError> {
         let max = self.st.ctx.limits.cfg.max_message_bytes;
+        let max_header = self.st.ctx.limits.cfg.max_header_bytes;
         let st = &mut self.st;
         let Input::Bdat { left, last } = &mut st.mode else {
             return Ok(Flow::Continue);
@@ -622,15 +737,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let chunk = &st.input[st.pos..st.pos + take];
         st.pos += take;
         let mut overflow = false;
+        let mut header_over = false;
         if let Some(txn) = st.txn.as_mut() {
             txn.bdat_bytes += take as u64;
             overflow = txn.bdat_bytes > max;
             if let (Some(body), false) = (txn.body.as_mut(), overflow) {
-                body.buf().extend_from_slice(chunk);
+                txn.header.feed(chunk);
+                header_over = txn.header.header_bytes() > max_header;
+                if !header_over {
+                    body.buf().extend_from_slice(chunk);
+                }
             }
         }
         if overflow {
             self.fail_transaction(Reply::MESSAGE_TOO_BIG);
+        }
+        if header_over {
+            self.fail_transaction(Reply::HEADER_TOO_BIG);
         }
         self.maybe_spill().await;
         if !done {
@@ -694,7 +817,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let metrics = &self.st.ctx.metrics;
         if let Some(reply) = txn.error.take() {
             info!(outcome = "rejected", reason = %reply.text, "message refused");
-            let reason = if reply == Reply::MESSAGE_TOO_BIG {
+            let reason = if reply == Reply::MESSAGE_TOO_BIG || reply == Reply::HEADER_TOO_BIG {
                 Rejection::Size
             } else {
                 Rejection::LocalError

@@ -278,8 +278,9 @@ impl Inner {
 impl Store {
     /// Open (creating if needed) the store under `data_dir` and run recovery.
     pub fn open(data_dir: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        crate::util::private_dir(data_dir)?;
         let path = Self::data_path(data_dir);
+        crate::util::private_dir(&path)?;
         let engine = Engine::open(Some(&path), cfg.cache_bytes)?;
         Self::with_engine(engine, Some(path), &data_dir.join("spool"), cfg)
     }

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes a spilled body keeps in memory before writing them to its temporary file.
@@ -25,8 +26,9 @@ impl Spool {
             tmp: root.join("tmp"),
             msg: root.join("msg"),
         };
-        fs::create_dir_all(&spool.tmp)?;
-        fs::create_dir_all(&spool.msg)?;
+        crate::util::private_dir(root)?;
+        crate::util::private_dir(&spool.tmp)?;
+        crate::util::private_dir(&spool.msg)?;
         Ok(spool)
     }
 
@@ -222,6 +224,7 @@ impl BodyBuffer {
                     None => OpenOptions::new()
                         .write(true)
                         .create_new(true)
+                        .mode(0o600)
                         .open(&path)?,
                 };
                 file.write_all(&chunk)?;

@@ -1237,3 +1237,68 @@ async fn readiness_metrics_and_reload_over_http() {
     assert_eq!(rep.code, 250, "the new inbox takes mail");
     srv.stop().await;
 }
+
+/// Issue #11: a request header that never completes is closed after `api.header_read_timeout`,
+/// an idle keep-alive connection too, and connections past `api.max_connections` at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("apifd");
+    let text = config_text(dir.path(), "").replace(
+        "[api]\n",
+        "[api]\nheader_read_timeout = \"1s\"\nmax_connections = 4\n",
+    );
+    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let addr = srv.api_addr.unwrap();
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut buf))
+        .await
+        .expect("a half-sent request is closed by the header read timeout");
+    assert!(n.is_ok());
+    // Cap: four held connections, the fifth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut b = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut b))
+        .await
+        .expect("the connection past the cap is closed at once");
+    assert!(
+        r.is_err() || b.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&b)
+    );
+    // The idle keep-alive connections are closed by the header read timeout as well, and then
+    // the API serves again.
+    for mut s in held {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("an idle keep-alive connection is closed")
+            .ok();
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"HTTP/1.1 200");
+    srv.stop().await;
+}

@@ -28,6 +28,8 @@ mod smtp_proxy;
 mod smtp_shutdown;
 /// The 30 MB size cap (RFC 1870).
 mod smtp_size;
+/// Slow, trickling and non-reading clients are cut by deadlines, not held (#11).
+mod smtp_slow;
 /// STARTTLS with a real rustls handshake.
 mod smtp_tls;
 
@@ -68,6 +70,8 @@ mod crash;
 mod disk_full;
 /// Recovery at start removes what was never acknowledged.
 mod recovery;
+/// Memory, file descriptors, file modes and the shutdown deadline stay bounded (#11).
+mod resources;
 /// Retention lifetimes and the sweeper.
 mod retention;
 

@@ -102,7 +102,11 @@ async fn an_invalid_config_is_refused_with_every_error_and_the_old_one_keeps_ser
         panic!("expected Invalid, got {err:?}");
     };
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-    for want in ["inbox[1]", "limits.max_recipients", "retention.bodies"] {
+    for want in [
+        "inbox[1].colour",
+        "limits.max_recipients",
+        "retention.bodies",
+    ] {
         assert!(paths.contains(&want), "missing {want} in {errors:?}");
     }
     let text = err.to_string();

@@ -357,3 +357,85 @@ async fn pipelined_data_with_no_accepted_recipient_fails_and_the_session_goes_on
     assert!(srv.messages().is_empty());
     srv.stop().await;
 }
+
+/// Issue #11: invalid UTF-8 in an SMTPUTF8 envelope was stored with replacement characters.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_utf8_in_the_envelope_is_553_5_6_7() {
+    let srv = TestServer::start().await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    c.send_raw(b"MAIL FROM:<j\xf6rg@example.com> SMTPUTF8\r\n")
+        .await;
+    c.expect("553 5.6.7").await;
+    // Also when the line arrives in pieces, split inside the bad sequence's neighbourhood.
+    c.send_raw(b"MAIL FROM:<j\xc3").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    c.send_raw(b"\x28rg@example.com> SMTPUTF8\r\n").await;
+    c.expect("553 5.6.7").await;
+    // Valid UTF-8 goes through.
+    c.cmd("MAIL FROM:<j\u{f6}rg@example.com> SMTPUTF8", "250")
+        .await;
+    c.send_raw(b"RCPT TO:<support\xff@demo.inbound.test>\r\n")
+        .await;
+    c.expect("553 5.6.7").await;
+    srv.stop().await;
+}
+
+/// Issue #11: control characters in HELO were copied raw into the stored `Received:`.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_helo_are_escaped_in_received() {
+    let srv = TestServer::start().await;
+    let mut c = srv.connect().await;
+    c.expect("220").await;
+    c.cmd("EHLO evil\x01\x1b[31mhost\x7f.example", "250").await;
+    let r = c
+        .send_message(
+            "a@example.com",
+            &["support@demo.inbound.test"],
+            &message("helo-escape"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let rec = srv.ctx.store.get(&r.last_word()).unwrap().unwrap();
+    let raw = srv.ctx.store.raw_message(&rec).unwrap();
+    let head = String::from_utf8_lossy(&raw[..400.min(raw.len())]).into_owned();
+    assert!(
+        head.contains("Received: from evil\\x01\\x1b[31mhost\\x7f.example ("),
+        "{head}"
+    );
+    let received = head.split("\r\n\t").next().unwrap();
+    assert!(!received.chars().any(|c| c.is_control()), "{received:?}");
+    srv.stop().await;
+}
+
+/// Issue #11: the ASCII (`xn--`) form of a hosted internationalised domain was refused 550
+/// 5.7.1; A-labels and U-labels are one domain, whichever form the config uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hosted_idn_domain_is_the_same_domain_in_either_form() {
+    let srv = TestServer::start_with(
+        "[[inbox]]\nid = \"buecher\"\naddress = \"support@b\u{fc}cher.example\"\n\n\
+         [[inbox]]\nid = \"muenchen\"\naddress = \"info@XN--MNCHEN-3YA.example\"\n",
+    )
+    .await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.com> SMTPUTF8", "250").await;
+    c.cmd("RCPT TO:<support@xn--bcher-kva.example>", "250")
+        .await;
+    c.cmd("RCPT TO:<support@B\u{dc}CHER.example>", "250").await;
+    c.cmd("RCPT TO:<info@m\u{fc}nchen.example>", "250").await;
+    c.cmd("RCPT TO:<info@xn--mnchen-3ya.example>", "250").await;
+    c.cmd("RCPT TO:<nobody@xn--bcher-kva.example>", "550 5.1.1")
+        .await;
+    c.cmd("RCPT TO:<support@xn--bcher-kvb.example>", "550 5.7.1")
+        .await;
+    let cfg = srv.ctx.config();
+    let addrs: Vec<&str> = cfg
+        .inboxes
+        .list
+        .iter()
+        .map(|i| i.address.as_str())
+        .collect();
+    assert!(addrs.contains(&"info@m\u{fc}nchen.example"), "{addrs:?}");
+    srv.stop().await;
+}

@@ -198,3 +198,35 @@ async fn per_ip_limits_apply_to_the_proxied_address() {
     assert_eq!(rec.client_ip, "203.0.113.11");
     srv.stop().await;
 }
+
+/// Issue #11: a host holds a whole IPv6 /64 and rotated addresses to get past the per-IP limits.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_clients_in_one_64_share_the_per_ip_limits() {
+    let srv = proxy_server(r#""127.0.0.1""#, "[limits]\nmax_connections_per_ip = 1\n").await;
+    let mut a = via_proxy(&srv, &v2_tcp6("2001:db8:1:2::1".parse().unwrap(), 1)).await;
+    // Another address of the same /64 is the same client.
+    let mut c = srv.connect().await;
+    c.send_raw(&v2_tcp6("2001:db8:1:2:ffff::9".parse().unwrap(), 2))
+        .await;
+    c.expect("421 4.7.0").await;
+    c.expect_closed().await;
+    // The next /64 is another client.
+    let mut b = via_proxy(&srv, &v2_tcp6("2001:db8:1:3::1".parse().unwrap(), 3)).await;
+    deliver(&srv, &mut a).await;
+    deliver(&srv, &mut b).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ipv6_prefix_length_is_configurable() {
+    let srv = proxy_server(
+        r#""127.0.0.1""#,
+        "[limits]\nmax_connections_per_ip = 1\nipv6_prefix_length = 128\n",
+    )
+    .await;
+    let mut a = via_proxy(&srv, &v2_tcp6("2001:db8:1:2::1".parse().unwrap(), 1)).await;
+    let mut b = via_proxy(&srv, &v2_tcp6("2001:db8:1:2::2".parse().unwrap(), 2)).await;
+    deliver(&srv, &mut a).await;
+    deliver(&srv, &mut b).await;
+    srv.stop().await;
+}

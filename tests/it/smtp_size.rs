@@ -234,3 +234,38 @@ async fn a_message_of_exactly_30_mib_is_accepted() {
     assert_eq!(rec.sha256, sha256(&body));
     srv.stop().await;
 }
+
+/// Issue #11: the header section has a cap of its own, checked while it streams in (DATA and
+/// BDAT alike); past it the message is refused 552 5.3.4 and the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_section_over_its_cap_is_552_in_data_and_bdat() {
+    let srv = TestServer::start_with("[limits]\nmax_header_bytes = 4096\n").await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let mut big = b"From: a@example.com\r\nReferences:".to_vec();
+    for i in 0..400 {
+        big.extend_from_slice(format!(" <{i}@x.example>\r\n").as_bytes());
+    }
+    big.extend_from_slice(b"Subject: big\r\n\r\nshort body\r\n");
+    let r = c.send_message("a@example.com", &[HOSTED], &big).await;
+    assert_eq!(
+        (r.code, r.lines[0].starts_with("5.3.4")),
+        (552, true),
+        "{r:?}"
+    );
+    assert!(r.text().contains("header"), "{r:?}");
+    c.cmd("MAIL FROM:<a@example.com>", "250").await;
+    c.cmd(&format!("RCPT TO:<{HOSTED}>"), "250").await;
+    let mut w = format!("BDAT {} LAST\r\n", big.len()).into_bytes();
+    w.extend_from_slice(&big);
+    c.send_raw(&w).await;
+    c.expect("552 5.3.4").await;
+    // A big body under a small header is fine.
+    let mut ok = b"From: a@example.com\r\nSubject: long body\r\n\r\n".to_vec();
+    ok.extend_from_slice(&b"body line\r\n".repeat(2000));
+    let r = c.send_message("a@example.com", &[HOSTED], &ok).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(srv.messages().len(), 1);
+    assert_eq!(spool_files(srv.dir.path()), 0);
+    srv.stop().await;
+}

@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary cargo built for this test run.
-pub const BIN: &str = env!("CARGO_BIN_EXE_inbound");
+/// The binary cargo built for this test run, or `INBOUND_TEST_BIN` when set: several checkouts
+/// sharing one target (or build) directory overwrite each other's `debug/inbound`, and a test
+/// that ran another checkout's binary would prove nothing.
+pub fn bin() -> String {
+    std::env::var("INBOUND_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_inbound").into())
+}
 
 /// How long a server gets to print its greeting after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,8 +88,27 @@ impl ServerProcess {
     /// `inbound serve` with these arguments, stderr (the log) to `log`. `addr` is where the
     /// greeting is expected.
     pub fn spawn(args: &[&str], addr: SocketAddr, log: &Path) -> ServerProcess {
+        Self::spawn_via(&[], args, addr, log)
+    }
+
+    /// `spawn` through a wrapper that execs its arguments, so the pid stays the server's:
+    /// `["prlimit", "--nofile=256:256", "--"]`, or `["sh", "-c", "umask 022; exec \"$@\"", "sh"]`.
+    pub fn spawn_via(
+        wrapper: &[&str],
+        args: &[&str],
+        addr: SocketAddr,
+        log: &Path,
+    ) -> ServerProcess {
         let log_file = std::fs::File::create(log).expect("create server log");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("serve")
             .args(args)
             .env("INBOUND_LOG", "info")
@@ -103,8 +126,14 @@ impl ServerProcess {
 
     /// `inbound serve --config FILE --listen 127.0.0.1:PORT`, waiting for the greeting.
     pub fn start(config: &Path, port: u16, log: &Path) -> ServerProcess {
+        Self::start_via(&[], config, port, log)
+    }
+
+    /// `start` through a wrapper (`spawn_via`).
+    pub fn start_via(wrapper: &[&str], config: &Path, port: u16, log: &Path) -> ServerProcess {
         let listen = format!("127.0.0.1:{port}");
-        let mut srv = ServerProcess::spawn(
+        let mut srv = ServerProcess::spawn_via(
+            wrapper,
             &["--config", &config.to_string_lossy(), "--listen", &listen],
             listen.parse().expect("loopback address"),
             log,
@@ -191,6 +220,16 @@ impl ServerProcess {
     pub fn log_text(&self) -> String {
         log_tail(&self.log)
     }
+
+    /// A field of /proc/PID/status in kB (`VmHWM`: the peak resident set so far).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
 }
 
 impl Drop for ServerProcess {
@@ -257,7 +296,7 @@ impl Output {
 
 /// Run `inbound ARGS...` to completion (at most `COMMAND_TIMEOUT`).
 pub fn inbound(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .env("INBOUND_LOG", "warn")
         .stdin(Stdio::null())

@@ -1,0 +1,278 @@
+//! Issue #11, against the real binary: what one hostile input or a bad neighbour may cost is
+//! bounded. Memory per message (a header bomb, RSS from /proc), file descriptors (half-open HTTP
+//! connections under a low RLIMIT_NOFILE), the modes of the files the server creates, and the
+//! shutdown deadline with a webhook receiver that never answers.
+use crate::process;
+use crate::support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use process::{config_text, free_port, ServerProcess};
+use support::TempDir;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A blocking SMTP client: enough for sending one message to a child server.
+struct Smtp {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Smtp {
+    fn connect(addr: std::net::SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut c = Smtp {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        c.expect("220");
+        c
+    }
+
+    /// Read one reply (its last line) and check its start.
+    fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.r.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "EOF while expecting {prefix:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                assert!(
+                    line.starts_with(prefix),
+                    "expected {prefix:?}, got {line:?}"
+                );
+                return line;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.expect(prefix)
+    }
+}
+
+/// A References header of `bytes` bytes, folded into lines of ids.
+fn references_bomb(bytes: usize) -> Vec<u8> {
+    let mut m = b"From: a@example.com\r\nSubject: bomb\r\nReferences:".to_vec();
+    let mut i = 0u64;
+    while m.len() < bytes {
+        m.extend_from_slice(format!(" <id{i:012}@bomb.example>\r\n").as_bytes());
+        i += 1;
+    }
+    m.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    m
+}
+
+/// Issue #11: one 24 MiB References header took the process to 633 MiB (eight to 2.27 GiB).
+/// Now the header section is capped while it streams in: 552 5.3.4, memory stays near idle.
+#[test]
+fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
+    let dir = TempDir::new("bomb");
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&dir.path().join("data"), "127.0.0.1:0", ""),
+    )
+    .unwrap();
+    let srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
+    let idle_kb = srv.status_kb("VmHWM");
+    let bomb = references_bomb(24 * MIB as usize);
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO bomber.example", "250");
+    c.cmd("MAIL FROM:<a@example.com>", "250");
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+    c.cmd("DATA", "354");
+    c.w.write_all(&bomb).unwrap();
+    let reply = c.expect("552 5.3.4");
+    assert!(reply.contains("header"), "{reply}");
+    // The connection stays usable.
+    c.cmd("NOOP", "250");
+    let peak_kb = srv.status_kb("VmHWM");
+    eprintln!("VmHWM idle {idle_kb} kB, after the header bomb {peak_kb} kB");
+    assert!(
+        peak_kb < idle_kb + 96 * 1024,
+        "a refused header bomb raised the peak RSS from {idle_kb} kB to {peak_kb} kB"
+    );
+}
+
+/// Issue #11: 1,100 half-sent HTTP requests without a token were never timed out; SMTP accepts
+/// then failed with EMFILE. Under a low RLIMIT_NOFILE that the server cannot raise, the API's
+/// connection cap and SMTP's clamped permits leave SMTP its descriptors.
+#[test]
+fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
+    let dir = TempDir::new("fds");
+    let cfg = dir.path().join("inbound.toml");
+    let api_port = free_port();
+    let text = config_text(&dir.path().join("data"), "127.0.0.1:0", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{api_port}\""),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let srv = ServerProcess::start_via(
+        &["prlimit", "--nofile=512:512", "--"],
+        &cfg,
+        free_port(),
+        &dir.path().join("log"),
+    );
+    assert!(
+        srv.log_text().contains("RLIMIT_NOFILE"),
+        "no warning about the file limit\n{}",
+        srv.log_text()
+    );
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..700 {
+        match TcpStream::connect_timeout(&api, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /v1/messages HTTP/1.1\r\nHost: x\r\n");
+                held.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    // SMTP still greets and takes a message, while the half-open requests are held.
+    for i in 0..3 {
+        let mut c = Smtp::connect(srv.addr);
+        c.cmd("EHLO client.example", "250");
+        c.cmd("MAIL FROM:<a@example.com>", "250");
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+        c.cmd("DATA", "354");
+        c.w.write_all(format!("Subject: fd {i}\r\n\r\nhi\r\n.\r\n").as_bytes())
+            .unwrap();
+        c.expect("250");
+        c.cmd("QUIT", "221");
+    }
+    assert!(
+        !srv.log_text().contains("Too many open files"),
+        "{}",
+        srv.log_text()
+    );
+    drop(held);
+}
+
+/// Every file under the data directory, with its mode.
+fn modes(dir: &std::path::Path, out: &mut Vec<(String, u32, bool)>) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = e.metadata().unwrap();
+        let mode = md.permissions().mode() & 0o777;
+        out.push((e.path().display().to_string(), mode, md.is_dir()));
+        if md.is_dir() {
+            modes(&e.path(), out);
+        }
+    }
+}
+
+/// Issue #11: under umask 022 data files were 0644 and directories 0755, so mail was readable
+/// by every local user. Whatever the umask, the server creates everything 0600/0700.
+#[test]
+fn data_files_are_private_under_umask_022() {
+    let dir = TempDir::new("modes");
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(&cfg, config_text(&data, "127.0.0.1:0", "")).unwrap();
+    let mut srv = ServerProcess::start_via(
+        &["sh", "-c", "umask 022; exec \"$@\"", "sh"],
+        &cfg,
+        free_port(),
+        &dir.path().join("log"),
+    );
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO client.example", "250");
+    // One small message (inline in the database), one large (a spool file).
+    for size in [100usize, 200_000] {
+        c.cmd("MAIL FROM:<a@example.com>", "250");
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+        c.cmd("DATA", "354");
+        let body = "x".repeat(size);
+        c.w.write_all(format!("Subject: private\r\n\r\n{body}\r\n.\r\n").as_bytes())
+            .unwrap();
+        c.expect("250");
+    }
+    c.cmd("QUIT", "221");
+    srv.terminate(Duration::from_secs(30));
+    let mut all = Vec::new();
+    modes(&data, &mut all);
+    assert!(
+        all.iter().any(|(p, ..)| p.contains("spool/msg/")),
+        "{all:?}"
+    );
+    let open: Vec<_> = all.iter().filter(|(_, m, _)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+    use std::os::unix::fs::PermissionsExt;
+    let top = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(top, 0o700);
+}
+
+/// Issue #11: SIGTERM with a webhook receiver that accepts and never answers took 30 s with
+/// `shutdown_timeout = "5s"`; and webhook URLs were logged with their query strings, where
+/// receivers put tokens.
+#[test]
+fn sigterm_with_a_hanging_webhook_honours_shutdown_timeout_and_logs_no_url_query() {
+    let dir = TempDir::new("hang");
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let extra = format!(
+        r#"
+[outbox]
+retry_initial = "100ms"
+retry_max = "200ms"
+poll_interval = "50ms"
+
+[[webhook]]
+id = "hangs"
+url = "http://127.0.0.1:{}/hook?token=hang-secret-in-query"
+secret = "whsec-test-0123456789abcdef"
+timeout = "60s"
+
+[[webhook]]
+id = "refuses"
+url = "http://user:pw-in-userinfo@127.0.0.1:{refused_port}/refused/path?token=dead-secret-in-query"
+secret = "whsec-test-0123456789abcdef"
+"#,
+        hanging.local_addr().unwrap().port()
+    );
+    let cfg = dir.path().join("inbound.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&dir.path().join("data"), "127.0.0.1:0", &extra),
+    )
+    .unwrap();
+    let mut srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
+    let mut c = Smtp::connect(srv.addr);
+    c.cmd("EHLO client.example", "250");
+    c.cmd("MAIL FROM:<a@example.com>", "250");
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
+    c.cmd("DATA", "354");
+    c.w.write_all(b"Subject: hook\r\n\r\nhi\r\n.\r\n").unwrap();
+    c.expect("250");
+    c.cmd("QUIT", "221");
+    // The receiver takes the connection and never answers.
+    let (_held, _) = hanging.accept().unwrap();
+    // Let the refused endpoint fail and be logged a few times.
+    let start = std::time::Instant::now();
+    while !srv.log_text().contains("/refused/path") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, took) = srv.terminate(Duration::from_secs(25));
+    assert!(status.success(), "{status}\n{}", srv.log_text());
+    assert!(
+        took < Duration::from_secs(5 + 5),
+        "shutdown took {took:?} with shutdown_timeout = 5s"
+    );
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    assert!(log.contains("http://127.0.0.1:"), "{log}");
+    assert!(log.contains("/refused/path"), "{log}");
+    for secret in [
+        "hang-secret-in-query",
+        "dead-secret-in-query",
+        "pw-in-userinfo",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
