@@ -1,0 +1,250 @@
+//! The `inbound` command line: parse, set up logging, dispatch to one file per group of
+//! subcommands. Errors here are `anyhow` with context, printed once with `{:#}`; the library below
+//! returns typed errors.
+
+mod config;
+mod conversations;
+mod inboxes;
+mod messages;
+mod outbox;
+mod route;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::server::admin::{self, Request, Response};
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(name = "inbound", version, about = "The MX for hosted team inboxes")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (on the embedded default config unless --config is given).
+    Serve {
+        /// Config file (TOML); see config/inbound.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on these addresses instead of the config's listeners (repeatable).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        /// Keep data in this directory instead of the config's server.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Serve the HTTP API on this address instead of the config's api.listen.
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
+    },
+    /// Validate a config file and print every error with its key path.
+    CheckConfig { file: PathBuf },
+    /// Look at accepted messages.
+    Messages {
+        #[command(subcommand)]
+        command: messages::MessagesCommand,
+    },
+    /// Hosted inboxes: setup state, forwarding address, counts, latest verification request.
+    Inboxes {
+        #[command(subcommand)]
+        command: inboxes::InboxesCommand,
+    },
+    /// Look at conversations (threads of messages, with assignee and ticket).
+    Conversations {
+        #[command(subcommand)]
+        command: conversations::ConversationsCommand,
+    },
+    /// Show how a message would be attributed, threaded and routed, without storing it.
+    Route {
+        /// Explain the decisions (required: routing without storing is only ever an explanation).
+        #[arg(long)]
+        explain: bool,
+        /// Config whose inboxes and rules to use (default: the embedded config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Envelope sender (matters for SRS and Gmail +caf_ forwarders); default: the From
+        /// address. Use `--mail-from ''` for a null sender (bounce).
+        #[arg(long)]
+        mail_from: Option<String>,
+        /// Envelope recipient (default: the first inbox's address).
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// The message (RFC 5322 .eml file).
+        message: PathBuf,
+    },
+    /// Deliveries waiting in the outbox (notification mail, webhook calls), with their retries.
+    Outbox {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Data directory of the server (default: the config's).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file whose data directory to read (default: the embedded config).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server logs what it does; the other commands print results and log only problems.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_json, default_level);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("INBOUND_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The config for a command: a file, or the embedded default.
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display())),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            api_listen,
+        } => serve::run(config, listen, data_dir, api_listen),
+        Command::CheckConfig { file } => config::check(file),
+        Command::Messages { command } => messages::run(command),
+        Command::Bench(args) => crate::bench::run(args),
+        Command::Conversations { command } => conversations::run(command),
+        Command::Inboxes { command } => inboxes::run(command),
+        Command::Outbox { store, json } => outbox::run(&store, json),
+        Command::Route {
+            explain,
+            config,
+            json,
+            mail_from,
+            rcpt,
+            message,
+        } => {
+            if !explain {
+                bail!("`inbound route` only explains: add --explain");
+            }
+            route::explain(
+                config.as_ref(),
+                json,
+                mail_from.as_deref(),
+                rcpt.as_deref(),
+                &message,
+            )
+        }
+    }
+}
+
+/// Run one admin request: through the running server's socket when there is one, else on the
+/// store directly.
+fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)> {
+    let mut cfg = load_config(store.config.as_ref())?;
+    if let Some(dir) = &store.data_dir {
+        cfg.override_data_dir(dir.clone());
+    }
+    let rt = runtime()?;
+    if let Some(answer) = rt
+        .block_on(admin::call(&cfg.admin_socket, &req))
+        .with_context(|| {
+            format!(
+                "asking the running server at {}",
+                cfg.admin_socket.display()
+            )
+        })?
+    {
+        return Ok(answer);
+    }
+    if !Store::data_path(&cfg.data_dir).exists() {
+        bail!(
+            "no store in {} (has the server run with this data directory?)",
+            cfg.data_dir.display()
+        );
+    }
+    let _guard = rt.enter();
+    let store = Store::open(&cfg.data_dir, &cfg.store).with_context(|| {
+        format!(
+            "opening the store in {} (no server answered on {})",
+            cfg.data_dir.display(),
+            cfg.admin_socket.display()
+        )
+    })?;
+    Ok(admin::execute(&store, &cfg, &req))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T> {
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    serde_json::from_value(resp.data.unwrap_or_default()).context("decoding the server's answer")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
