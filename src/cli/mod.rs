@@ -94,6 +94,7 @@ enum Command {
         json: bool,
     },
     /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
 }
 
@@ -170,6 +171,7 @@ fn run(command: Command) -> Result<ExitCode> {
         } => serve::run(config, listen, data_dir, api_listen),
         Command::CheckConfig { file } => config::check(file),
         Command::Messages { command } => messages::run(command),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args),
         Command::Conversations { command } => conversations::run(command),
         Command::Inboxes { command } => inboxes::run(command),
