@@ -83,12 +83,10 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     let tls = tls::acceptor(&config.tls, &config.hostname)?;
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: l.addr,
-                source,
-            })?;
+        let socket = listener::bind(l.addr).map_err(|source| ServerError::Bind {
+            addr: l.addr,
+            source,
+        })?;
         let mut l = l.clone();
         l.addr = socket.local_addr().map_err(|source| ServerError::Bind {
             addr: l.addr,
@@ -98,9 +96,8 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     }
     let api = if config.api.enabled {
         let addr = config.api.listen;
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::ApiBind { addr, source })?;
+        let socket =
+            listener::bind(addr).map_err(|source| ServerError::ApiBind { addr, source })?;
         let bound = socket
             .local_addr()
             .map_err(|source| ServerError::ApiBind { addr, source })?;

@@ -14,6 +14,8 @@ mod support;
 mod fuzz_corpus;
 /// Other people's SMTP clients (Python's smtplib, swaks) against the real server.
 mod interop;
+/// IPv4 and IPv6 wildcard listeners on one port, as the production example config has them.
+mod listeners;
 /// The basic ESMTP dialogue.
 mod smtp_basic;
 /// DATA transparency, line endings, smuggling.
