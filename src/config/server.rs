@@ -258,8 +258,8 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
     }
     for (i, path) in raw.token_files.iter().enumerate() {
         let key = format!("api.token_files[{i}]");
-        match std::fs::read_to_string(path) {
-            Err(e) => errors.push(key, format!("cannot read {path}: {e}")),
+        match super::values::read_secret_file(path) {
+            Err(e) => errors.push(key, e),
             Ok(text) => {
                 let t = text.trim();
                 if t.is_empty() {
