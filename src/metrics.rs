@@ -88,6 +88,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let o = &mut out;
+        // Which build answers: constant 1, the version and commit as labels (the commit comes
+        // from build.rs; "unknown" when built without git).
+        header(
+            o,
+            "inbound_build_info",
+            "The running build: version and git commit.",
+            "gauge",
+        );
+        let _ = writeln!(
+            o,
+            "inbound_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            escape_label_value(env!("CARGO_PKG_VERSION")),
+            escape_label_value(env!("INBOUND_GIT_COMMIT"))
+        );
         counter(
             o,
             "inbound_connections_accepted_total",

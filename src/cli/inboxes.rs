@@ -76,8 +76,12 @@ fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
     let states: Vec<crate::store::model::InboxState> =
         match admin_request(store, Request::InboxesList) {
             Ok((resp, _)) => decode(resp)?,
-            // No store yet (the server never ran): every inbox is pending.
-            Err(e) if e.to_string().contains("no store in") => Vec::new(),
+            // No store yet (the server never ran): every inbox is pending, and the operator is
+            // told so rather than left to read "pending, 0 messages" as a fact.
+            Err(e) if e.to_string().contains("no store in") => {
+                eprintln!("note: {e:#}; showing the configured inboxes only");
+                Vec::new()
+            }
             Err(e) => return Err(e),
         };
     Ok(cfg

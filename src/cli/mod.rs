@@ -4,6 +4,8 @@
 
 mod config;
 mod conversations;
+mod generate;
+mod health;
 mod inboxes;
 mod messages;
 mod outbox;
@@ -22,8 +24,13 @@ use crate::server::admin::{self, Request, Response};
 use crate::store::Store;
 
 #[derive(Parser)]
-#[command(name = "inbound", version, about = "The MX for hosted team inboxes")]
-struct Cli {
+#[command(
+    name = "inbound",
+    // The commit too: "which build is this?" is the first question about a running server.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("INBOUND_GIT_COMMIT"), ")"),
+    about = "The MX for hosted team inboxes"
+)]
+pub(crate) struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -93,6 +100,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate man pages or shell completions (for packagers; the image installs both).
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
+    /// Probe the running server's API (/healthz): exit 0 when healthy (the image's HEALTHCHECK).
+    Health {
+        /// API address (default: api.listen of the config found as the other commands find it).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
     /// Drive concurrent SMTP clients against a server and print throughput, latency and RSS.
     #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
@@ -153,10 +171,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The config for a command: a file, or the embedded default.
+/// Where the tools look for the config when no `--config` is given, after `$INBOUND_CONFIG`.
+pub const SYSTEM_CONFIG: &str = "/etc/inbound/inbound.toml";
+
+/// The config for an operator command, found as an operator expects without flags: `--config`,
+/// else `$INBOUND_CONFIG`, else /etc/inbound/inbound.toml when it exists, else the embedded
+/// demo config. (`serve` keeps its own rule: `--config` or the demo.)
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
-    match path {
-        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display())),
+    let found = match path {
+        Some(p) => Some(p.clone()),
+        None => match std::env::var_os("INBOUND_CONFIG") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()),
+        },
+    };
+    match found {
+        Some(p) => Config::load(&p).with_context(|| format!("loading {}", p.display())),
         None => Ok(Config::embedded_default()),
     }
 }
@@ -171,6 +201,8 @@ fn run(command: Command) -> Result<ExitCode> {
         } => serve::run(config, listen, data_dir, api_listen),
         Command::CheckConfig { file } => config::check(file),
         Command::Messages { command } => messages::run(command),
+        Command::Health { api } => health::run(api),
+        Command::Generate { command } => generate::run(command),
         #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args),
         Command::Conversations { command } => conversations::run(command),
