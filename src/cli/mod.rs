@@ -134,7 +134,10 @@ pub fn main() -> ExitCode {
     } else {
         "warn"
     };
-    init_tracing(cli.log_json, default_level);
+    if let Err(e) = init_tracing(cli.log_json, default_level) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -144,10 +147,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool, default_level: &str) {
+/// Log to stderr. An `INBOUND_LOG` that is set but does not parse is an error: silently logging
+/// at the default level would hide exactly what the operator asked to see.
+fn init_tracing(json: bool, default_level: &str) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("INBOUND_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = match std::env::var("INBOUND_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).map_err(|e| {
+            anyhow::anyhow!(
+                "INBOUND_LOG={spec:?} is not a valid log filter ({e}); e.g. INBOUND_LOG=info,inbound=debug"
+            )
+        })?,
+        _ => EnvFilter::new(default_level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -162,6 +173,7 @@ fn init_tracing(json: bool, default_level: &str) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -72,6 +72,8 @@ mod retention;
 mod api;
 /// The `inbound` command as an operator runs it.
 mod cli;
+/// The accept and reject lines an operator greps, WARN for deferrals, INBOUND_LOG checked.
+mod logging;
 /// Metrics, readiness and what the HTTP endpoints serve.
 mod observability;
 /// Notification mail through a real relay on loopback.
