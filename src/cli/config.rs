@@ -1,9 +1,12 @@
-//! `inbound check-config`: validate a config file and print every error with its key path.
+//! `inbound check-config`: validate a config file and print every error with its key path;
+//! `inbound config show`: the effective config (defaults filled in, overrides applied) with
+//! every secret masked.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::Subcommand;
 
 use super::{admin_request, decode, StoreArgs};
 use crate::config;
@@ -51,6 +54,42 @@ pub fn check(file: PathBuf) -> Result<ExitCode> {
         Err(errors) => {
             eprint!("{}: {errors}", file.display());
             Ok(ExitCode::from(2))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective config (as compiled, defaults included) with secrets masked.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// What a masked secret prints as.
+const MASK: &str = "********";
+
+pub fn run(command: ConfigCommand) -> Result<ExitCode> {
+    match command {
+        ConfigCommand::Show { store } => {
+            let mut cfg = super::load_config(store.config.as_ref())?;
+            if let Some(dir) = &store.data_dir {
+                cfg.override_data_dir(dir.clone());
+            }
+            // Masked here, before printing: the relay password and webhook secrets. API tokens
+            // are kept only as digests, whose Debug prints their count.
+            let outbound = &mut cfg.outbound;
+            if let Some(relay) = outbound.relay.as_mut() {
+                if let Some((_, password)) = relay.credentials.as_mut() {
+                    *password = MASK.into();
+                }
+            }
+            for w in &mut outbound.webhooks {
+                w.secret = MASK.into();
+            }
+            println!("{cfg:#?}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

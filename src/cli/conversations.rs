@@ -1,5 +1,5 @@
 //! `inbound conversations`: list conversations and show one with its messages, assignee and
-//! ticket.
+//! ticket; assign, unassign, close and reopen one (the API's actions, through `actions`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,6 +34,34 @@ pub enum ConversationsCommand {
         store: StoreArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Assign a conversation to a configured user, a team, or a user on behalf of a team.
+    Assign {
+        id: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Take a conversation off its user and team.
+    Unassign {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Close a conversation (its assignee keeps it, with one open conversation fewer).
+    Close {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Reopen a closed conversation.
+    Reopen {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -86,6 +114,25 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
                 list.len(),
                 if list.len() == 1 { "" } else { "s" }
             )?;
+        }
+        ConversationsCommand::Assign {
+            id,
+            user,
+            team,
+            store,
+        } => change(
+            &mut out,
+            &store,
+            Request::ConversationAssign { id, user, team },
+        )?,
+        ConversationsCommand::Unassign { id, store } => {
+            change(&mut out, &store, Request::ConversationUnassign { id })?
+        }
+        ConversationsCommand::Close { id, store } => {
+            change(&mut out, &store, Request::ConversationClose { id })?
+        }
+        ConversationsCommand::Reopen { id, store } => {
+            change(&mut out, &store, Request::ConversationReopen { id })?
         }
         ConversationsCommand::Show { id, store, json } => {
             let (resp, _) = admin_request(&store, Request::ConversationsShow { id })?;
@@ -167,4 +214,22 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run one conversation action and print the conversation as it now is.
+fn change(out: &mut impl Write, store: &StoreArgs, req: Request) -> Result<()> {
+    let (resp, _) = admin_request(store, req)?;
+    let c: crate::store::model::Conversation = decode(resp)?;
+    writeln!(
+        out,
+        "{}: {} (assignee {}{})",
+        c.id,
+        c.status,
+        c.assignee.as_deref().unwrap_or("none"),
+        c.team
+            .as_deref()
+            .map(|t| format!(", team {t}"))
+            .unwrap_or_default()
+    )?;
+    Ok(())
 }

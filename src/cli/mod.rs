@@ -9,6 +9,7 @@ mod health;
 mod inboxes;
 mod messages;
 mod outbox;
+mod quarantine;
 mod route;
 mod serve;
 
@@ -95,10 +96,22 @@ enum Command {
     },
     /// Deliveries waiting in the outbox (notification mail, webhook calls), with their retries.
     Outbox {
+        #[command(subcommand)]
+        command: Option<outbox::OutboxCommand>,
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// The effective config: `inbound config show`.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+    /// Quarantined messages: list, release into their inboxes, delete.
+    Quarantine {
+        #[command(subcommand)]
+        command: quarantine::QuarantineCommand,
     },
     /// Generate man pages or shell completions (for packagers; the image installs both).
     Generate {
@@ -219,7 +232,17 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Conversations { command } => conversations::run(command),
         Command::Inboxes { command } => inboxes::run(command),
-        Command::Outbox { store, json } => outbox::run(&store, json),
+        Command::Outbox {
+            command: Some(command),
+            ..
+        } => outbox::act(command),
+        Command::Outbox {
+            command: None,
+            store,
+            json,
+        } => outbox::run(&store, json),
+        Command::Quarantine { command } => quarantine::run(command),
+        Command::Config { command } => config::run(command),
         Command::Route {
             explain,
             config,

@@ -57,6 +57,37 @@ pub enum Request {
     },
     /// Deliveries waiting in the outbox.
     OutboxList,
+    /// Quarantined messages, oldest first (`after`: a queue id, for paging).
+    QuarantineList {
+        after: Option<String>,
+        limit: usize,
+    },
+    QuarantineRelease {
+        queue_id: String,
+    },
+    QuarantineDelete {
+        queue_id: String,
+    },
+    ConversationAssign {
+        id: String,
+        user: Option<String>,
+        team: Option<String>,
+    },
+    ConversationUnassign {
+        id: String,
+    },
+    ConversationClose {
+        id: String,
+    },
+    ConversationReopen {
+        id: String,
+    },
+    OutboxRetry {
+        id: String,
+    },
+    OutboxDrop {
+        id: String,
+    },
 }
 
 /// A conversation with everything `conversations show` prints.
@@ -172,11 +203,57 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
                 Err(e) => Response::err(e),
             }
         }
+        Request::QuarantineList { after, limit } => {
+            let quarantined = store.page(
+                crate::store::TreeId::Messages,
+                after.as_deref().map(str::as_bytes),
+                *limit,
+                QUARANTINE_MAX_SCAN,
+                |m: &crate::store::MessageRecord| m.quarantined,
+            );
+            match quarantined {
+                Ok(p) => ok(serde_json::to_value(p.items).ok()),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::QuarantineRelease { queue_id } => {
+            let config = std::sync::Arc::new(config.clone());
+            action_answer(crate::actions::release_quarantined(
+                &config, store, queue_id,
+            ))
+        }
+        Request::QuarantineDelete { queue_id } => {
+            action_answer(crate::actions::delete_quarantined(store, queue_id))
+        }
+        Request::ConversationAssign { id, user, team } => {
+            let to = crate::actions::Assignee {
+                user: user.clone(),
+                team: team.clone(),
+            };
+            action_answer(crate::actions::assign(store, config, id, &to))
+        }
+        Request::ConversationUnassign { id } => action_answer(crate::actions::unassign(store, id)),
+        Request::ConversationClose { id } => action_answer(crate::actions::close(store, id)),
+        Request::ConversationReopen { id } => action_answer(crate::actions::reopen(store, id)),
+        Request::OutboxRetry { id } => action_answer(crate::actions::outbox_retry_now(store, id)),
+        Request::OutboxDrop { id } => action_answer(crate::actions::outbox_drop(store, id)),
         Request::ConversationsShow { id } => match conversation_view(store, id) {
             Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
             Ok(None) => Response::err(format!("no conversation with id {id}")),
             Err(e) => Response::err(e),
         },
+    }
+}
+
+/// Messages a quarantine page examines at most (as the API's page does): past it the page ends
+/// early with what it found.
+const QUARANTINE_MAX_SCAN: usize = 10_000;
+
+/// An action's result as a response.
+fn action_answer<T: Serialize>(r: Result<T, crate::actions::ActionError>) -> (Response, Vec<u8>) {
+    match r {
+        Ok(v) => ok(serde_json::to_value(v).ok()),
+        Err(e) => Response::err(e),
     }
 }
 

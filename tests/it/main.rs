@@ -76,6 +76,8 @@ mod cli;
 mod logging;
 /// Metrics, readiness and what the HTTP endpoints serve.
 mod observability;
+/// The operator's actions from the command line (quarantine, conversations, outbox, config).
+mod operator_cli;
 /// Notification mail through a real relay on loopback.
 mod outbound;
 /// Config reload while mail flows.
