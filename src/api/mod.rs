@@ -144,5 +144,6 @@ pub fn metrics_text(ctx: &Ctx) -> String {
         .set(i64::try_from(ctx.limits.open_sessions()).unwrap_or(i64::MAX));
     m.commit_queue_depth
         .set(i64::try_from(ctx.store.commit_queue_depth()).unwrap_or(i64::MAX));
+    m.known_inboxes(ctx.config().inboxes.list.iter().map(|i| i.id.as_str()));
     m.render()
 }

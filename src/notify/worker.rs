@@ -132,6 +132,27 @@ fn settle(
     })
 }
 
+/// `inbound_webhook_deliveries_total` / `inbound_relay_deliveries_total` by outcome.
+fn count_outcome(
+    metrics: &crate::metrics::Metrics,
+    item: &OutboxItem,
+    outcome: &Outcome,
+    settled: &Settled,
+) {
+    use crate::metrics::DeliveryOutcome as D;
+    let counted = match (outcome, settled) {
+        (_, Settled::Gone) | (Outcome::Retry(_), Settled::Removed) => return,
+        (Outcome::Delivered(_), _) => D::Delivered,
+        (Outcome::Permanent(_), _) => D::Failed,
+        (Outcome::Retry(_), Settled::GaveUp) => D::GaveUp,
+        (Outcome::Retry(_), Settled::Rescheduled(_)) => D::Retry,
+    };
+    match item.delivery {
+        super::Delivery::Mail { .. } => metrics.relay_deliveries.inc(counted),
+        super::Delivery::Webhook { .. } => metrics.webhook_deliveries.inc(counted),
+    }
+}
+
 fn log_outcome(item: &OutboxItem, outcome: &Outcome, settled: &Settled) {
     let what = item.describe();
     let attempts = item.attempts + 1;
@@ -170,6 +191,11 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
         if let Ok(depth) = ctx.store.counter(DEPTH_KEY) {
             ctx.metrics.set_outbox_depth(depth.max(0) as u64);
         }
+        // Items are keyed by ULID: the first is the oldest still waiting.
+        if let Ok(oldest) = ctx.store.outbox_oldest::<OutboxItem>() {
+            let age_ms = oldest.map_or(0, |i| keys::now_ms().saturating_sub(i.created_at));
+            ctx.metrics.set_outbox_oldest_age(age_ms / 1000);
+        }
         if tasks.len() < cfg.concurrency {
             let want = cfg.concurrency - tasks.len() + in_flight.len();
             match ctx.store.outbox_due::<OutboxItem>(keys::now_ms(), want) {
@@ -190,7 +216,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((item, outcome)) = done {
-                    finish(&ctx.store, &cfg, &mut in_flight, item, outcome).await;
+                    finish(&ctx.store, &ctx.metrics, &cfg, &mut in_flight, item, outcome).await;
                 }
             }
             _ = wake.notified() => {}
@@ -203,7 +229,15 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     while !tasks.is_empty() {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
             Ok(Some(Ok((item, outcome)))) => {
-                finish(&ctx.store, &cfg, &mut in_flight, item, outcome).await
+                finish(
+                    &ctx.store,
+                    &ctx.metrics,
+                    &cfg,
+                    &mut in_flight,
+                    item,
+                    outcome,
+                )
+                .await
             }
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
@@ -221,6 +255,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
 
 async fn finish(
     store: &Store,
+    metrics: &crate::metrics::Metrics,
     cfg: &OutboxConfig,
     in_flight: &mut HashSet<String>,
     item: OutboxItem,
@@ -234,7 +269,10 @@ async fn finish(
     })
     .await;
     match settled {
-        Ok((item, outcome, Ok(s))) => log_outcome(&item, &outcome, &s),
+        Ok((item, outcome, Ok(s))) => {
+            count_outcome(metrics, &item, &outcome, &s);
+            log_outcome(&item, &outcome, &s)
+        }
         Ok((item, _, Err(e))) => {
             // Not recorded: the item stays due and is tried again (at least once).
             error!(outbox_id = %item.id, error = %e, "outbox: cannot record a delivery outcome")

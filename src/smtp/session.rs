@@ -699,6 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let metrics = &self.st.ctx.metrics;
         if let Some(reply) = txn.error.take() {
             self.log_reject(&reply, "data", &txn.mail_from, &rcpt_list(&txn.rcpt));
+            metrics.count_inboxes(txn.rcpt.iter().map(|r| r.inbox.as_str()), false);
             let reason = if reply == Reply::MESSAGE_TOO_BIG {
                 Rejection::Size
             } else {
@@ -760,6 +761,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match pipeline::process(&ctx, &envelope, finished, spf).await {
                 Ok(record) => {
                     log_accept(&record);
+                    m.count_inboxes(record.routing.iter().map(|r| r.inbox.as_str()), true);
                     m.messages_accepted.inc();
                     m.accepted_message_bytes.add(size);
                     Reply::queued(&record.queue_id)
@@ -778,6 +780,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         }
                     };
                     reject_line.log(&reply, "data", &detail, label != Rejection::Policy);
+                    m.count_inboxes(envelope.rcpt.iter().map(|r| r.inbox.as_str()), false);
                     m.messages_rejected.inc(label);
                     reply
                 }

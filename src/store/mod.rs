@@ -592,6 +592,14 @@ impl Store {
         ))
     }
 
+    /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
+    pub fn outbox_oldest<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match self.inner.trees[TreeId::Outbox as usize].first()? {
+            Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every outbox item waiting, oldest first.
     pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.inner.trees[TreeId::Outbox as usize]
