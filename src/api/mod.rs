@@ -54,7 +54,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let public = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/openapi.json", get(handlers::openapi));
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/.well-known/mta-sts.txt", get(handlers::mta_sts));
     let protected = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/admin/reload", post(handlers::admin_reload))

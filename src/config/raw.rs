@@ -127,6 +127,9 @@ pub struct RawApi {
     /// the config file.
     #[serde(default)]
     pub token_files: Vec<String>,
+    /// MTA-STS policy mode served at /.well-known/mta-sts.txt: "testing", "enforce" or "none";
+    /// unset: not served.
+    pub mta_sts: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

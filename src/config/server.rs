@@ -192,6 +192,9 @@ pub struct ApiConfig {
     /// SHA-256 of each accepted bearer token (`api.tokens` and `api.token_files`). Empty: every
     /// protected endpoint answers 401.
     pub token_digests: Vec<[u8; 32]>,
+    /// The MTA-STS (RFC 8461) policy mode the API serves at `/.well-known/mta-sts.txt` for the
+    /// hosted domains, with `server.hostname` as the MX; `None`: not served (404).
+    pub mta_sts: Option<&'static str>,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -200,6 +203,7 @@ impl fmt::Debug for ApiConfig {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("tokens", &self.token_digests.len())
+            .field("mta_sts", &self.mta_sts)
             .finish()
     }
 }
@@ -272,10 +276,24 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
             }
         }
     }
+    let mta_sts = match raw.mta_sts.as_deref() {
+        None => None,
+        Some("testing") => Some("testing"),
+        Some("enforce") => Some("enforce"),
+        Some("none") => Some("none"),
+        Some(other) => {
+            errors.push(
+                "api.mta_sts",
+                format!("{other:?} is not an MTA-STS mode (\"testing\", \"enforce\" or \"none\")"),
+            );
+            None
+        }
+    };
     ApiConfig {
         enabled: raw.enabled.unwrap_or(true),
         listen,
         token_digests,
+        mta_sts,
     }
 }
 
