@@ -136,6 +136,31 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> 
         .await
 }
 
+/// Serve only `GET /metrics`, without a token, on `api.metrics_listen`: for a Prometheus that
+/// should not hold an API token. Whoever reaches this socket reads every metric (no message
+/// content, no addresses; inbox ids are label values), so bind it to a private network.
+pub async fn serve_metrics(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    let mut shutdown = ctx.shutdown.clone();
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let ctx = ctx.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    metrics_text(&ctx),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
 /// Every metric of the server in the Prometheus text format (what `GET /metrics` serves, with
 /// `metrics::CONTENT_TYPE`). Gauges that mirror state kept elsewhere (open sessions, the commit
 /// queue) are sampled here, when they are asked for, instead of being kept in step.

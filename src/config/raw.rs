@@ -130,6 +130,9 @@ pub struct RawApi {
     /// MTA-STS policy mode served at /.well-known/mta-sts.txt: "testing", "enforce" or "none";
     /// unset: not served.
     pub mta_sts: Option<String>,
+    /// A second listener serving only GET /metrics, without a token (for a Prometheus on a
+    /// private network); unset: metrics only on the API, with a token.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

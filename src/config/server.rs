@@ -195,6 +195,8 @@ pub struct ApiConfig {
     /// The MTA-STS (RFC 8461) policy mode the API serves at `/.well-known/mta-sts.txt` for the
     /// hosted domains, with `server.hostname` as the MX; `None`: not served (404).
     pub mta_sts: Option<&'static str>,
+    /// Where `GET /metrics` is also served without a token (`api.metrics_listen`); read at start.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -204,6 +206,7 @@ impl fmt::Debug for ApiConfig {
             .field("listen", &self.listen)
             .field("tokens", &self.token_digests.len())
             .field("mta_sts", &self.mta_sts)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -289,11 +292,22 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
             None
         }
     };
+    let metrics_listen = raw.metrics_listen.as_ref().and_then(|s| {
+        let parsed = s.parse::<SocketAddr>();
+        if parsed.is_err() {
+            errors.push(
+                "api.metrics_listen",
+                format!("invalid socket address {s:?} (use \"IP:PORT\", e.g. \"127.0.0.1:9125\")"),
+            );
+        }
+        parsed.ok()
+    });
     ApiConfig {
         enabled: raw.enabled.unwrap_or(true),
         listen,
         token_digests,
         mta_sts,
+        metrics_listen,
     }
 }
 

@@ -279,6 +279,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     );
     check("api.listen", &old.api.listen, &new.api.listen);
     check("api.enabled", &old.api.enabled, &new.api.enabled);
+    check(
+        "api.metrics_listen",
+        &old.api.metrics_listen,
+        &new.api.metrics_listen,
+    );
     out
 }
 

@@ -52,6 +52,8 @@ pub struct Bound {
     listeners: Vec<(TcpListener, ListenerConfig)>,
     /// The HTTP API's socket and the address it got; `None` when `api.enabled = false`.
     api: Option<(TcpListener, SocketAddr)>,
+    /// `api.metrics_listen`'s socket and address, when configured.
+    metrics: Option<(TcpListener, SocketAddr)>,
     admin: tokio::net::UnixListener,
     trigger: shutdown::Trigger,
 }
@@ -105,6 +107,17 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     } else {
         None
     };
+    let metrics = match config.api.metrics_listen {
+        Some(addr) => {
+            let socket =
+                listener::bind(addr).map_err(|source| ServerError::ApiBind { addr, source })?;
+            let bound = socket
+                .local_addr()
+                .map_err(|source| ServerError::ApiBind { addr, source })?;
+            Some((socket, bound))
+        }
+        None => None,
+    };
     let admin = admin::bind(&config.admin_socket).map_err(|source| ServerError::Admin {
         path: config.admin_socket.display().to_string(),
         source,
@@ -115,6 +128,7 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
         ctx,
         listeners,
         api,
+        metrics,
         admin,
         trigger,
     })
@@ -131,6 +145,11 @@ impl Bound {
         self.api.as_ref().map(|(_, a)| *a)
     }
 
+    /// Where `GET /metrics` is served without a token (`api.metrics_listen`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
     pub fn ctx(&self) -> Arc<Ctx> {
         self.ctx.clone()
     }
@@ -145,6 +164,7 @@ impl Bound {
             ctx,
             listeners,
             api,
+            metrics,
             admin,
             trigger,
         } = self;
@@ -177,6 +197,15 @@ impl Bound {
             tokio::spawn(async move {
                 if let Err(e) = crate::api::serve(socket, ctx).await {
                     tracing::error!(error = %e, "API server stopped");
+                }
+            })
+        });
+        let metrics_task = metrics.map(|(socket, addr)| {
+            tracing::info!(addr = %addr, "metrics listening (GET /metrics, no token)");
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::api::serve_metrics(socket, ctx).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
             })
         });
@@ -241,6 +270,10 @@ impl Bound {
         let _ = outbox.await;
         admin_task.abort();
         housekeeping.abort();
+        // A scrape is short and carries no state: it need not be waited for.
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         let _ = std::fs::remove_file(&config.admin_socket);
         if let Err(e) = ctx.store.flush() {
             tracing::warn!(error = %e, "final store flush failed");

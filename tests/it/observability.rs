@@ -292,3 +292,54 @@ async fn per_inbox_counts_webhook_outcomes_outbox_age_and_build_info() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `api.metrics_listen`: Prometheus scrapes /metrics there without a token (the API's own
+/// /metrics still wants one), and the values follow real traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_listener_serves_metrics_without_a_token() {
+    use crate::process::{config_text, free_port, ServerProcess};
+    let root = TempDir::new("metricsl");
+    let port = free_port();
+    let config = root.path().join("inbound.toml");
+    std::fs::write(
+        &config,
+        config_text(&root.path().join("data"), "127.0.0.1:0", "").replace(
+            "[api]\n",
+            &format!("[api]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+        ),
+    )
+    .unwrap();
+    let mut srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
+    let mut c = Client::connect(srv.addr).await;
+    c.hello().await;
+    let r = c
+        .send_message(
+            "alice@example.com",
+            &["sales@acme.inbound.test"],
+            &message("scraped"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.cmd("QUIT", "221").await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = support::http::request(addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    assert_eq!(sample(&text, "inbound_messages_accepted_total"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "inbound_inbox_messages_total{inbox=\"sales\",outcome=\"accepted\"}"
+        ),
+        1.0
+    );
+    // Only /metrics there.
+    let r = support::http::request(addr, "GET", "/v1/messages", &[], None).await;
+    assert_eq!(r.status, 404);
+    let (status, _) = srv.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", srv.log_text());
+}
