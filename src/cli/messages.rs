@@ -13,16 +13,28 @@ use crate::util::rfc3339;
 
 #[derive(Subcommand)]
 pub enum MessagesCommand {
-    /// List accepted messages, oldest first.
+    /// List accepted messages, newest first.
     List {
         #[command(flatten)]
         store: StoreArgs,
         /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Start after this queue id (pagination).
+        /// Start after this queue id (pagination: the last one of the previous page).
         #[arg(long)]
         after: Option<String>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
+        /// Only messages received within this long (30m, 2h, 7d).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::Duration>,
+        /// Only messages to this inbox.
+        #[arg(long)]
+        inbox: Option<String>,
+        /// Only quarantined messages.
+        #[arg(long)]
+        quarantined: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -46,9 +58,23 @@ pub fn run(command: MessagesCommand) -> Result<ExitCode> {
             store,
             limit,
             after,
+            oldest_first,
+            since,
+            inbox,
+            quarantined,
             json,
         } => {
-            let (resp, _) = admin_request(&store, Request::MessagesList { after, limit })?;
+            let since_ms =
+                since.map(|d| crate::store::keys::now_ms().saturating_sub(d.as_millis() as u64));
+            let req = Request::MessagesList {
+                after,
+                limit,
+                oldest_first,
+                since_ms,
+                inbox,
+                quarantined: quarantined.then_some(true),
+            };
+            let (resp, _) = admin_request(&store, req)?;
             let records: Vec<MessageRecord> = decode(resp)?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &records)?;
@@ -143,4 +169,8 @@ fn print_record(out: &mut impl Write, r: &MessageRecord) -> std::io::Result<()> 
     )?;
     writeln!(out, "sha256:      {}", r.sha256)?;
     Ok(())
+}
+
+fn parse_since(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))
 }

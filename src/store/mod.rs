@@ -653,6 +653,38 @@ impl Store {
             .collect()
     }
 
+    /// Messages newest first (queue ids are ULIDs: reversed key order), before `before`
+    /// (exclusive), at most `limit` of those `keep` accepts, stopping at the first received
+    /// before `since_ms` and after examining `max_scan` records (a filter that matches nothing
+    /// must not read the whole store).
+    pub fn list_newest(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+        since_ms: u64,
+        max_scan: usize,
+        keep: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let iter = match before {
+            Some(b) => self.inner.messages.range::<&[u8], _>(..b.as_bytes()),
+            None => self.inner.messages.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.rev().take(max_scan) {
+            if out.len() >= limit {
+                break;
+            }
+            let r: MessageRecord = serde_json::from_slice(&kv?.1)?;
+            if r.received_at < since_ms {
+                break;
+            }
+            if keep(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
         match self.inner.messages.get(queue_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),

@@ -120,6 +120,37 @@ async fn conversations_outbox_and_quarantine_actions_through_the_running_server(
         "not quarantined",
     );
 
+    // Lists: newest first, --oldest-first, filters by inbox, age and quarantine.
+    let mut c = Client::connect(srv.addr).await;
+    c.hello().await;
+    c.send_message(
+        "dave@customer.example",
+        &["sales@acme.inbound.test"],
+        &message("a quote"),
+    )
+    .await;
+    c.cmd("QUIT", "221").await;
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["messages", "list", "-c", cfg.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let out = run(&all, "messages list");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        v.iter()
+            .map(|r| r["subject"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&[]), ["a quote", "needs an owner"]);
+    assert_eq!(ids(&["--oldest-first"]), ["needs an owner", "a quote"]);
+    assert_eq!(ids(&["--inbox", "sales"]), ["a quote"]);
+    assert_eq!(
+        ids(&["--inbox", "demo", "--since", "1h"]),
+        ["needs an owner"]
+    );
+    assert_eq!(ids(&["--limit", "1"]), ["a quote"]);
+    assert!(ids(&["--quarantined"]).is_empty());
+    inbound(&["messages", "list", "-c", &cfg, "--since", "soon"])
+        .assert_fails_with("a bad --since", "not a duration");
+
     let (status, _) = srv.terminate(Duration::from_secs(15));
     assert!(status.success(), "{}", srv.log_text());
 }
