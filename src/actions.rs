@@ -1,5 +1,6 @@
 //! Operator actions -> one durable store transaction each: confirm an inbox, assign, unassign or
-//! close a conversation, set a user's availability, release or delete a quarantined message.
+//! close or reopen a conversation, set a user's availability, release or delete a quarantined
+//! message, retry an outbox item now or drop it.
 //! Every front end (HTTP API, admin socket, CLI) calls these functions, never the store directly,
 //! so an action means the same thing wherever it comes from, and whatever must happen with it
 //! (an outbox item for a webhook or a notification mail) is written inside the same transaction.
@@ -161,6 +162,53 @@ pub fn close(store: &Store, conversation: &str) -> Result<Conversation, ActionEr
         }
         Ok(())
     })
+}
+
+/// Reopen a closed conversation (an operator closed it too early). Its assignee has one open
+/// conversation more again. Reopening an open conversation changes nothing.
+pub fn reopen(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+    change_conversation(store, conversation, |tx, c| {
+        if c.status == "closed" {
+            if let Some(user) = &c.assignee {
+                tx.add(&routing::open_key(user), 1)?;
+            }
+            c.status = "open".into();
+        }
+        Ok(())
+    })
+}
+
+/// Make an outbox item due now (`postqueue -i`): the worker, woken by the caller, tries it on its
+/// next pass. Its attempts and lifetime are unchanged.
+pub fn outbox_retry_now(store: &Store, id: &str) -> Result<crate::notify::OutboxItem, ActionError> {
+    use crate::notify::{due_key, OutboxItem};
+    let now = keys::now_ms();
+    let changed = store.update(|tx| {
+        let Some(mut item) = tx.get_json::<OutboxItem>(TreeId::Outbox, id.as_bytes())? else {
+            return Ok(None);
+        };
+        tx.remove(TreeId::OutboxDue, &due_key(item.next_attempt_at, &item.id))?;
+        item.next_attempt_at = now;
+        tx.insert(TreeId::OutboxDue, &due_key(now, &item.id), b"")?;
+        tx.put_json(TreeId::Outbox, id.as_bytes(), &item)?;
+        Ok(Some(item))
+    })?;
+    changed.ok_or_else(|| ActionError::NotFound(format!("outbox item {id}")))
+}
+
+/// Drop an outbox item for good (`postsuper -d`): the webhook call or mail is never made.
+pub fn outbox_drop(store: &Store, id: &str) -> Result<crate::notify::OutboxItem, ActionError> {
+    use crate::notify::{due_key, OutboxItem, DEPTH_KEY};
+    let removed = store.update(|tx| {
+        let Some(item) = tx.get_json::<OutboxItem>(TreeId::Outbox, id.as_bytes())? else {
+            return Ok(None);
+        };
+        tx.remove(TreeId::OutboxDue, &due_key(item.next_attempt_at, &item.id))?;
+        tx.remove(TreeId::Outbox, id.as_bytes())?;
+        tx.add(DEPTH_KEY, -1)?;
+        Ok(Some(item))
+    })?;
+    removed.ok_or_else(|| ActionError::NotFound(format!("outbox item {id}")))
 }
 
 /// Set a configured user's availability at run time (what `routing::available` reads before the

@@ -11,11 +11,13 @@
 //! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
 //! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
 //! API: reads and operator actions), [`actions`] (what every operator action changes in the
-//! store, one transaction each), [`bench`] (the load generator behind `inbound bench`), `fuzzing` (the fuzzers'
-//! harnesses, with the `fuzzing` feature only).
+//! store, one transaction each), `bench` (the load generator behind `inbound bench`,
+//! compiled only with the `bench` feature), `fuzzing` (the fuzzers' harnesses, with the
+//! `fuzzing` feature only).
 
 pub mod actions;
 pub mod api;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod config;

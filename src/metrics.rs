@@ -49,7 +49,20 @@ pub struct Metrics {
     outbox_depth: Gauge,
     pub retention_removed: CounterVec<RetentionAction>,
     pub config_reloads: CounterVec<ReloadResult>,
+    /// Age of the oldest outbox item waiting, seconds (0 when empty); set by the outbox worker.
+    outbox_oldest_age: Gauge,
+    /// Outcomes of webhook calls and of mail through the relay, as the outbox worker settles them.
+    pub webhook_deliveries: CounterVec<DeliveryOutcome>,
+    pub relay_deliveries: CounterVec<DeliveryOutcome>,
+    /// Accepted and rejected messages per configured inbox. Bounded: only inbox ids of the
+    /// config ever become label values (recipients are resolved to inboxes before counting, and
+    /// an unknown recipient has no inbox), so a client cannot grow the set; at most
+    /// `MAX_INBOX_SERIES` ids are kept, the rest count under `inbox="_other"`.
+    per_inbox: std::sync::Mutex<std::collections::BTreeMap<String, [u64; 2]>>,
 }
+
+/// Most inbox ids with series of their own (see `Metrics::per_inbox`).
+pub const MAX_INBOX_SERIES: usize = 1000;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -74,6 +87,46 @@ impl Metrics {
             outbox_depth: Gauge::default(),
             retention_removed: CounterVec::new(),
             config_reloads: CounterVec::new(),
+            outbox_oldest_age: Gauge::default(),
+            webhook_deliveries: CounterVec::new(),
+            relay_deliveries: CounterVec::new(),
+            per_inbox: Default::default(),
+        }
+    }
+
+    /// Age in seconds of the oldest outbox item (0: empty). Shown as
+    /// `inbound_outbox_oldest_item_age_seconds`.
+    pub fn set_outbox_oldest_age(&self, seconds: u64) {
+        self.outbox_oldest_age
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Count a message for each of its (configured) inboxes, accepted or rejected.
+    pub fn count_inboxes<'a>(&self, inboxes: impl IntoIterator<Item = &'a str>, accepted: bool) {
+        // A poisoned lock only means a panic elsewhere mid-increment; the counts stay usable.
+        // Two recipients in one inbox are one message for it.
+        let inboxes: std::collections::BTreeSet<&str> = inboxes.into_iter().collect();
+        let mut map = self.per_inbox.lock().unwrap_or_else(|p| p.into_inner());
+        for inbox in inboxes {
+            let key = if map.contains_key(inbox) || map.len() < MAX_INBOX_SERIES {
+                inbox
+            } else {
+                "_other"
+            };
+            let counts = map.entry(key.to_string()).or_default();
+            counts[usize::from(!accepted)] += 1;
+        }
+    }
+
+    /// Make the series of these inboxes exist (at 0) before their first message, so a rate over
+    /// them sees the first increment. Called with the config's inboxes at render.
+    pub fn known_inboxes<'a>(&self, inboxes: impl IntoIterator<Item = &'a str>) {
+        let mut map = self.per_inbox.lock().unwrap_or_else(|p| p.into_inner());
+        for inbox in inboxes {
+            if map.len() >= MAX_INBOX_SERIES {
+                break;
+            }
+            map.entry(inbox.to_string()).or_default();
         }
     }
 
@@ -88,6 +141,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let o = &mut out;
+        // Which build answers: constant 1, the version and commit as labels (the commit comes
+        // from build.rs; "unknown" when built without git).
+        header(
+            o,
+            "inbound_build_info",
+            "The running build: version and git commit.",
+            "gauge",
+        );
+        let _ = writeln!(
+            o,
+            "inbound_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            escape_label_value(env!("CARGO_PKG_VERSION")),
+            escape_label_value(env!("INBOUND_GIT_COMMIT"))
+        );
         counter(
             o,
             "inbound_connections_accepted_total",
@@ -172,6 +239,41 @@ impl Metrics {
             "Configuration reloads, by result.",
             &self.config_reloads,
         );
+        gauge(
+            o,
+            "inbound_outbox_oldest_item_age_seconds",
+            "Age of the oldest outbox item still waiting for delivery (0 when the outbox is empty).",
+            &self.outbox_oldest_age,
+        );
+        counter_vec(
+            o,
+            "inbound_webhook_deliveries_total",
+            "Webhook calls settled by the outbox worker, by outcome.",
+            &self.webhook_deliveries,
+        );
+        counter_vec(
+            o,
+            "inbound_relay_deliveries_total",
+            "Mail through the relay settled by the outbox worker, by outcome.",
+            &self.relay_deliveries,
+        );
+        header(
+            o,
+            "inbound_inbox_messages_total",
+            "Messages per configured inbox, by outcome (a message to two inboxes counts in both).",
+            "counter",
+        );
+        let map = self.per_inbox.lock().unwrap_or_else(|p| p.into_inner());
+        for (inbox, counts) in map.iter() {
+            for (outcome, n) in ["accepted", "rejected"].iter().zip(counts) {
+                let _ = writeln!(
+                    o,
+                    "inbound_inbox_messages_total{{inbox=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    escape_label_value(inbox)
+                );
+            }
+        }
+        drop(map);
         out
     }
 }
@@ -351,6 +453,15 @@ label!(
     }
 );
 
+label!(
+    /// How the outbox worker settled one delivery attempt.
+    DeliveryOutcome, "outcome", {
+        Delivered => "delivered",
+        Retry => "retry",
+        Failed => "failed",
+        GaveUp => "gave_up",
+    }
+);
 label!(
     /// How a configuration reload ended.
     ReloadResult, "result", {

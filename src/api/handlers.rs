@@ -43,6 +43,29 @@ pub async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// The MTA-STS policy (RFC 8461 §3.2) for the hosted domains: senders that support MTA-STS then
+/// deliver only over TLS to `server.hostname` (in "enforce" mode). Senders fetch it from
+/// `https://mta-sts.<domain>/.well-known/mta-sts.txt`: put a TLS proxy with that name's
+/// certificate in front of this endpoint. 404 unless `api.mta_sts` is set.
+pub async fn mta_sts(State(s): St) -> Response {
+    let config = s.ctx.config();
+    let Some(mode) = config.api.mta_sts else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no MTA-STS policy configured (api.mta_sts)\n",
+        )
+            .into_response();
+    };
+    // A day while testing, a week once enforced (RFC 8461 §3.2 allows up to a year; a short
+    // max_age lets a mistake expire quickly).
+    let max_age = if mode == "enforce" { 604_800 } else { 86_400 };
+    let body = format!(
+        "version: STSv1\r\nmode: {mode}\r\nmx: {}\r\nmax_age: {max_age}\r\n",
+        config.hostname
+    );
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
 /// Ready to take traffic: 200 with every check, or 503 with what failed.
 pub async fn readyz(State(s): St) -> Response {
     let r = crate::context::health::readiness(&s.ctx).await;

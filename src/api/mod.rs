@@ -54,7 +54,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let public = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/openapi.json", get(handlers::openapi));
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/.well-known/mta-sts.txt", get(handlers::mta_sts));
     let protected = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/admin/reload", post(handlers::admin_reload))
@@ -282,6 +283,31 @@ mod idle {
     }
 }
 
+/// Serve only `GET /metrics`, without a token, on `api.metrics_listen`: for a Prometheus that
+/// should not hold an API token. Whoever reaches this socket reads every metric (no message
+/// content, no addresses; inbox ids are label values), so bind it to a private network.
+pub async fn serve_metrics(listener: TcpListener, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    let mut shutdown = ctx.shutdown.clone();
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let ctx = ctx.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    metrics_text(&ctx),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
 /// Every metric of the server in the Prometheus text format (what `GET /metrics` serves, with
 /// `metrics::CONTENT_TYPE`). Gauges that mirror state kept elsewhere (open sessions, the commit
 /// queue) are sampled here, when they are asked for, instead of being kept in step.
@@ -291,5 +317,6 @@ pub fn metrics_text(ctx: &Ctx) -> String {
         .set(i64::try_from(ctx.limits.open_sessions()).unwrap_or(i64::MAX));
     m.commit_queue_depth
         .set(i64::try_from(ctx.store.commit_queue_depth()).unwrap_or(i64::MAX));
+    m.known_inboxes(ctx.config().inboxes.list.iter().map(|i| i.id.as_str()));
     m.render()
 }

@@ -211,10 +211,10 @@ fn read_secret(
             Err(())
         }
         (Some(s), None) => Ok(Some(s.clone())),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
+        (None, Some(f)) => match super::values::read_secret_file(f) {
             Ok(s) => Ok(Some(s.trim_end_matches(['\r', '\n']).to_string())),
             Err(e) => {
-                errors.push(format!("{path}_file"), format!("cannot read {f:?}: {e}"));
+                errors.push(format!("{path}_file"), e);
                 Err(())
             }
         },

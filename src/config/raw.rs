@@ -133,6 +133,12 @@ pub struct RawApi {
     pub header_read_timeout: Option<String>,
     /// A connection with no traffic either way for this long is closed, e.g. "60s".
     pub idle_timeout: Option<String>,
+    /// MTA-STS policy mode served at /.well-known/mta-sts.txt: "testing", "enforce" or "none";
+    /// unset: not served.
+    pub mta_sts: Option<String>,
+    /// A second listener serving only GET /metrics, without a token (for a Prometheus on a
+    /// private network); unset: metrics only on the API, with a token.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -2,7 +2,6 @@
 //! validated, every error with its key path. What the server binds, where it keeps data, whom it
 //! asks for DNS, and how long it keeps what it stored.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -49,6 +48,14 @@ pub(super) fn compile_server(server: &RawServer, errors: &mut Errors) -> ServerS
     }
 }
 
+/// Whether two listeners would fight over one port: same port and family, and the same address
+/// or a wildcard on either side. IPv4 and IPv6 never overlap: IPv6 listeners are IPv6-only.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// `[[listener]]` items; at least one is required (unless one was given but malformed, which
 /// is already an error of its own).
 pub(super) fn compile_listeners(
@@ -59,7 +66,9 @@ pub(super) fn compile_listeners(
     if raw.is_empty() && !malformed {
         errors.push("listener", "at least one [[listener]] is required");
     }
-    let mut seen_addrs = HashSet::new();
+    // Listeners bind with IPV6_V6ONLY (server::listener::bind), so `0.0.0.0:25` and `[::]:25`
+    // coexist; within one family a wildcard and any address on the same port collide at bind.
+    let mut seen_addrs: Vec<(&str, SocketAddr)> = Vec::new();
     raw.iter()
         .filter_map(|(path, l)| {
             let addr = match l.addr.parse::<SocketAddr>() {
@@ -72,8 +81,16 @@ pub(super) fn compile_listeners(
                     return None;
                 }
             };
-            if addr.port() != 0 && !seen_addrs.insert(addr) {
-                errors.push(format!("{path}.addr"), format!("{addr} is listed twice"));
+            if addr.port() != 0 {
+                if seen_addrs.iter().any(|(_, a)| *a == addr) {
+                    errors.push(format!("{path}.addr"), format!("{addr} is listed twice"));
+                } else if let Some((other, a)) = seen_addrs.iter().find(|(_, a)| overlaps(*a, addr)) {
+                    errors.push(
+                        format!("{path}.addr"),
+                        format!("{addr} overlaps {other}.addr ({a}): both bind port {} in one address family", addr.port()),
+                    );
+                }
+                seen_addrs.push((path, addr));
             }
             let mut trusted = Vec::new();
             for (j, t) in l.trusted_proxies.iter().enumerate() {
@@ -205,6 +222,11 @@ pub struct ApiConfig {
     /// A connection on which no byte moves either way for this long is closed: a body trickled
     /// in, or an answer the client never reads.
     pub idle_timeout: Duration,
+    /// The MTA-STS (RFC 8461) policy mode the API serves at `/.well-known/mta-sts.txt` for the
+    /// hosted domains, with `server.hostname` as the MX; `None`: not served (404).
+    pub mta_sts: Option<&'static str>,
+    /// Where `GET /metrics` is also served without a token (`api.metrics_listen`); read at start.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default `api.max_connections`: operators' tools and a scraper, with room to spare.
@@ -219,6 +241,8 @@ impl fmt::Debug for ApiConfig {
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("mta_sts", &self.mta_sts)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -277,8 +301,8 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
     }
     for (i, path) in raw.token_files.iter().enumerate() {
         let key = format!("api.token_files[{i}]");
-        match std::fs::read_to_string(path) {
-            Err(e) => errors.push(key, format!("cannot read {path}: {e}")),
+        match super::values::read_secret_file(path) {
+            Err(e) => errors.push(key, e),
             Ok(text) => {
                 let t = text.trim();
                 if t.is_empty() {
@@ -308,6 +332,29 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
         &raw.idle_timeout,
         Duration::from_secs(60),
     );
+    let mta_sts = match raw.mta_sts.as_deref() {
+        None => None,
+        Some("testing") => Some("testing"),
+        Some("enforce") => Some("enforce"),
+        Some("none") => Some("none"),
+        Some(other) => {
+            errors.push(
+                "api.mta_sts",
+                format!("{other:?} is not an MTA-STS mode (\"testing\", \"enforce\" or \"none\")"),
+            );
+            None
+        }
+    };
+    let metrics_listen = raw.metrics_listen.as_ref().and_then(|s| {
+        let parsed = s.parse::<SocketAddr>();
+        if parsed.is_err() {
+            errors.push(
+                "api.metrics_listen",
+                format!("invalid socket address {s:?} (use \"IP:PORT\", e.g. \"127.0.0.1:9125\")"),
+            );
+        }
+        parsed.ok()
+    });
     ApiConfig {
         enabled: raw.enabled.unwrap_or(true),
         listen,
@@ -315,6 +362,8 @@ pub(super) fn compile_api(raw: &RawApi, errors: &mut Errors) -> ApiConfig {
         max_connections,
         header_read_timeout,
         idle_timeout,
+        mta_sts,
+        metrics_listen,
     }
 }
 
@@ -414,6 +463,31 @@ pub(super) fn compile_retention(raw: &RawRetention, errors: &mut Errors) -> Rete
 mod tests {
     use super::*;
     use crate::config::{parse, Config};
+
+    #[test]
+    fn listeners_overlapping_within_a_family_are_refused_ipv4_and_ipv6_wildcards_are_not() {
+        let inbox = "[[inbox]]\nid = \"a\"\naddress = \"a@x.example\"\n";
+        let listeners = |addrs: &[&str]| {
+            let mut t = String::new();
+            for a in addrs {
+                t.push_str(&format!("[[listener]]\naddr = \"{a}\"\n"));
+            }
+            format!("{t}{inbox}")
+        };
+        assert!(parse(&listeners(&["0.0.0.0:25", "[::]:25"])).is_ok());
+        assert!(parse(&listeners(&["127.0.0.1:25", "127.0.0.1:587"])).is_ok());
+        let e = parse(&listeners(&["0.0.0.0:25", "192.0.2.1:25"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listener[1].addr") && e.contains("overlaps listener[0].addr"),
+            "{e}"
+        );
+        let e = parse(&listeners(&["[::1]:25", "[::]:25"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps"), "{e}");
+    }
 
     #[test]
     fn api_section_is_validated_with_key_paths() {

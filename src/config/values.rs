@@ -4,6 +4,27 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// Read a secret file (`relay.password_file`, `webhook[].secret_file`, `api.token_files`). A path
+/// starting with `$CREDENTIALS_DIRECTORY/` is read from the directory systemd's `LoadCredential=`
+/// fills (deploy/inbound.service): with `DynamicUser=yes` the service cannot read root-owned
+/// files under /etc, but it can read its own credentials. Errors are the text for the key path.
+pub fn read_secret_file(path: &str) -> Result<String, String> {
+    const VAR: &str = "$CREDENTIALS_DIRECTORY/";
+    let resolved = match path.strip_prefix(VAR) {
+        None => std::path::PathBuf::from(path),
+        Some(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => std::path::Path::new(&dir).join(name),
+            None => {
+                return Err(format!(
+                    "{path:?} needs $CREDENTIALS_DIRECTORY, which is not set (systemd sets it for \
+                     LoadCredential=; elsewhere set it to the directory holding {name:?})"
+                ))
+            }
+        },
+    };
+    std::fs::read_to_string(&resolved).map_err(|e| format!("cannot read {resolved:?}: {e}"))
+}
+
 /// `local@domain` split at the last `@`; `None` when either side is empty.
 pub fn split_address(address: &str) -> Option<(&str, &str)> {
     let (local, domain) = address.rsplit_once('@')?;

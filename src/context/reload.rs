@@ -305,6 +305,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
         &old.api.max_connections,
         &new.api.max_connections,
     );
+    check(
+        "api.metrics_listen",
+        &old.api.metrics_listen,
+        &new.api.metrics_listen,
+    );
     out
 }
 

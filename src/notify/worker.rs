@@ -132,6 +132,27 @@ fn settle(
     })
 }
 
+/// `inbound_webhook_deliveries_total` / `inbound_relay_deliveries_total` by outcome.
+fn count_outcome(
+    metrics: &crate::metrics::Metrics,
+    item: &OutboxItem,
+    outcome: &Outcome,
+    settled: &Settled,
+) {
+    use crate::metrics::DeliveryOutcome as D;
+    let counted = match (outcome, settled) {
+        (_, Settled::Gone) | (Outcome::Retry(_), Settled::Removed) => return,
+        (Outcome::Delivered(_), _) => D::Delivered,
+        (Outcome::Permanent(_), _) => D::Failed,
+        (Outcome::Retry(_), Settled::GaveUp) => D::GaveUp,
+        (Outcome::Retry(_), Settled::Rescheduled(_)) => D::Retry,
+    };
+    match item.delivery {
+        super::Delivery::Mail { .. } => metrics.relay_deliveries.inc(counted),
+        super::Delivery::Webhook { .. } => metrics.webhook_deliveries.inc(counted),
+    }
+}
+
 fn log_outcome(item: &OutboxItem, outcome: &Outcome, settled: &Settled) {
     let what = item.describe();
     let attempts = item.attempts + 1;
@@ -279,7 +300,12 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
         if let Ok(depth) = ctx.store.counter(DEPTH_KEY) {
             ctx.metrics.set_outbox_depth(depth.max(0) as u64);
         }
-        record_waiting(&ctx.store, &cfg, &mut flow).await;
+        // Items are keyed by ULID: the first is the oldest still waiting.
+        if let Ok(oldest) = ctx.store.outbox_oldest::<OutboxItem>() {
+            let age_ms = oldest.map_or(0, |i| keys::now_ms().saturating_sub(i.created_at));
+            ctx.metrics.set_outbox_oldest_age(age_ms / 1000);
+        }
+        record_waiting(&ctx.store, &ctx.metrics, &cfg, &mut flow).await;
         // While outcomes wait to be recorded the store refuses writes: delivering more would
         // only add outcomes it cannot record.
         let now = Instant::now();
@@ -317,7 +343,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((item, outcome)) = done {
-                    finish(&ctx.store, &cfg, &mut flow, item, outcome).await;
+                    finish(&ctx.store, &ctx.metrics, &cfg, &mut flow, item, outcome).await;
                 }
             }
             _ = wake.notified() => {}
@@ -330,7 +356,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     while !tasks.is_empty() {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
             Ok(Some(Ok((item, outcome)))) => {
-                finish(&ctx.store, &cfg, &mut flow, item, outcome).await
+                finish(&ctx.store, &ctx.metrics, &cfg, &mut flow, item, outcome).await
             }
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
@@ -348,7 +374,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     for u in flow.unrecorded.values_mut() {
         u.retry_at = Instant::now();
     }
-    record_waiting(&ctx.store, &cfg, &mut flow).await;
+    record_waiting(&ctx.store, &ctx.metrics, &cfg, &mut flow).await;
     if !flow.unrecorded.is_empty() {
         warn!(
             unrecorded = flow.unrecorded.len(),
@@ -386,6 +412,7 @@ async fn record(
 /// item again.
 async fn finish(
     store: &Store,
+    metrics: &crate::metrics::Metrics,
     cfg: &OutboxConfig,
     flow: &mut Flow,
     item: OutboxItem,
@@ -395,6 +422,7 @@ async fn finish(
     let (item, outcome, settled) = record(store, cfg, item, outcome).await;
     match settled {
         Ok(s) => {
+            count_outcome(metrics, &item, &outcome, &s);
             log_outcome(&item, &outcome, &s);
             flow.in_flight.remove(&item.id);
         }
@@ -415,7 +443,12 @@ async fn finish(
 }
 
 /// Try again to record the outcomes whose time has come.
-async fn record_waiting(store: &Store, cfg: &OutboxConfig, flow: &mut Flow) {
+async fn record_waiting(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    cfg: &OutboxConfig,
+    flow: &mut Flow,
+) {
     let now = Instant::now();
     let due: Vec<String> = flow
         .unrecorded
@@ -431,6 +464,7 @@ async fn record_waiting(store: &Store, cfg: &OutboxConfig, flow: &mut Flow) {
         let (item, outcome, settled) = record(store, cfg, u.item, u.outcome).await;
         match settled {
             Ok(s) => {
+                count_outcome(metrics, &item, &outcome, &s);
                 log_outcome(&item, &outcome, &s);
                 flow.in_flight.remove(&item.id);
             }

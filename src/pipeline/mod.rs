@@ -32,7 +32,7 @@ use crate::config::{AuthPolicy, Config};
 use crate::context::Ctx;
 use crate::metrics::AuthVerdict;
 use crate::store::spool::Finished;
-use crate::store::{Body, RcptRecord};
+use crate::store::{Body, MessageRecord, RcptRecord};
 use auth::{Assessment, SpfResults, Verdict};
 use content::believe_verification;
 
@@ -142,7 +142,7 @@ pub async fn process(
     env: &Envelope,
     body: Finished,
     spf: Option<PendingSpf>,
-) -> Result<String, Refusal> {
+) -> Result<MessageRecord, Refusal> {
     let config = ctx.config();
     // A large body is read back from its spool file for the stages that need all of it; the
     // memory that takes is bounded by the budget.
@@ -167,6 +167,12 @@ pub async fn process(
             &spooled
         }
     };
+    // The session's `message` span carries it, so its accept or reject line names the message
+    // (headers only: cheap).
+    tracing::Span::current().record(
+        "message_id",
+        tracing::field::display(parse::summarize(raw).message_id),
+    );
     let assessment = match authenticate(ctx, &config, env, raw, spf).await {
         Ok(a) => a,
         Err(r) => return Err(discard(&body, r)),
@@ -221,10 +227,11 @@ pub async fn process(
                     "routed"
                 );
             }
-            Ok(record.queue_id)
+            Ok(record)
         }
         Err(e) => {
-            warn!(error = %e, "commit failed");
+            // The store refusing writes defers every message: an operator must act.
+            tracing::error!(error = %e, "commit failed: the store refused the message");
             Err(Refusal::Local)
         }
     }

@@ -23,9 +23,19 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// Newest first unless `oldest_first`; `after` is the last queue id of the previous page
+    /// (in the order listed). Filters: received at or after `since_ms`, to `inbox`, quarantined.
     MessagesList {
         after: Option<String>,
         limit: usize,
+        #[serde(default)]
+        oldest_first: bool,
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        inbox: Option<String>,
+        #[serde(default)]
+        quarantined: Option<bool>,
     },
     MessagesShow {
         queue_id: String,
@@ -62,6 +72,37 @@ pub enum Request {
     },
     /// Deliveries waiting in the outbox.
     OutboxList,
+    /// Quarantined messages, oldest first (`after`: a queue id, for paging).
+    QuarantineList {
+        after: Option<String>,
+        limit: usize,
+    },
+    QuarantineRelease {
+        queue_id: String,
+    },
+    QuarantineDelete {
+        queue_id: String,
+    },
+    ConversationAssign {
+        id: String,
+        user: Option<String>,
+        team: Option<String>,
+    },
+    ConversationUnassign {
+        id: String,
+    },
+    ConversationClose {
+        id: String,
+    },
+    ConversationReopen {
+        id: String,
+    },
+    OutboxRetry {
+        id: String,
+    },
+    OutboxDrop {
+        id: String,
+    },
 }
 
 fn default_messages_page() -> usize {
@@ -132,7 +173,22 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             Ok(items) => ok(serde_json::to_value(items).ok()),
             Err(e) => Response::err(e),
         },
-        Request::MessagesList { after, limit } => match store.list(after.as_deref(), *limit) {
+        Request::MessagesList {
+            after,
+            limit,
+            oldest_first,
+            since_ms,
+            inbox,
+            quarantined,
+        } => match list_messages(
+            store,
+            after.as_deref(),
+            *limit,
+            *oldest_first,
+            since_ms.unwrap_or(0),
+            inbox.as_deref(),
+            *quarantined,
+        ) {
             Ok(list) => (
                 Response {
                     ok: true,
@@ -185,6 +241,40 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
                 Err(e) => Response::err(e),
             }
         }
+        Request::QuarantineList { after, limit } => {
+            let quarantined = store.page(
+                crate::store::TreeId::Messages,
+                after.as_deref().map(str::as_bytes),
+                *limit,
+                QUARANTINE_MAX_SCAN,
+                |m: &crate::store::MessageRecord| m.quarantined,
+            );
+            match quarantined {
+                Ok(p) => ok(serde_json::to_value(p.items).ok()),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::QuarantineRelease { queue_id } => {
+            let config = std::sync::Arc::new(config.clone());
+            action_answer(crate::actions::release_quarantined(
+                &config, store, queue_id,
+            ))
+        }
+        Request::QuarantineDelete { queue_id } => {
+            action_answer(crate::actions::delete_quarantined(store, queue_id))
+        }
+        Request::ConversationAssign { id, user, team } => {
+            let to = crate::actions::Assignee {
+                user: user.clone(),
+                team: team.clone(),
+            };
+            action_answer(crate::actions::assign(store, config, id, &to))
+        }
+        Request::ConversationUnassign { id } => action_answer(crate::actions::unassign(store, id)),
+        Request::ConversationClose { id } => action_answer(crate::actions::close(store, id)),
+        Request::ConversationReopen { id } => action_answer(crate::actions::reopen(store, id)),
+        Request::OutboxRetry { id } => action_answer(crate::actions::outbox_retry_now(store, id)),
+        Request::OutboxDrop { id } => action_answer(crate::actions::outbox_drop(store, id)),
         Request::ConversationsShow { id, after, limit } => {
             match conversation_view(store, id, after.as_deref(), *limit) {
                 Ok(Some(view)) => ok(serde_json::to_value(view).ok()),
@@ -192,6 +282,55 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
                 Err(e) => Response::err(e),
             }
         }
+    }
+}
+
+/// Records a filtered message list examines at most: past it the list ends early with what it
+/// found (narrow with --since, or page on with --after).
+const LIST_MAX_SCAN: usize = 100_000;
+
+fn list_messages(
+    store: &Store,
+    after: Option<&str>,
+    limit: usize,
+    oldest_first: bool,
+    since_ms: u64,
+    inbox: Option<&str>,
+    quarantined: Option<bool>,
+) -> Result<Vec<crate::store::MessageRecord>, crate::store::StoreError> {
+    let keep = |r: &crate::store::MessageRecord| {
+        r.received_at >= since_ms
+            && inbox.is_none_or(|i| r.rcpt.iter().any(|x| x.inbox == i))
+            && quarantined.is_none_or(|q| r.quarantined == q)
+    };
+    let filtered = since_ms > 0 || inbox.is_some() || quarantined.is_some();
+    if !oldest_first {
+        let max_scan = if filtered { LIST_MAX_SCAN } else { usize::MAX };
+        return store.list_newest(after, limit, since_ms, max_scan, keep);
+    }
+    if !filtered {
+        return store.list(after, limit);
+    }
+    Ok(store
+        .page(
+            crate::store::TreeId::Messages,
+            after.map(str::as_bytes),
+            limit,
+            LIST_MAX_SCAN,
+            keep,
+        )?
+        .items)
+}
+
+/// Messages a quarantine page examines at most (as the API's page does): past it the page ends
+/// early with what it found.
+const QUARANTINE_MAX_SCAN: usize = 10_000;
+
+/// An action's result as a response.
+fn action_answer<T: Serialize>(r: Result<T, crate::actions::ActionError>) -> (Response, Vec<u8>) {
+    match r {
+        Ok(v) => ok(serde_json::to_value(v).ok()),
+        Err(e) => Response::err(e),
     }
 }
 

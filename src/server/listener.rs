@@ -19,6 +19,29 @@ use crate::metrics::ConnectionRefusal;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{tls_version_name, Outcome, Session};
 
+/// Connections the kernel queues before `accept` (tokio's own default for `TcpListener::bind`).
+/// When full, new SYNs wait or are dropped by the kernel until the accept loop catches up.
+const BACKLOG: i32 = 1024;
+
+/// Bind a listening socket. An IPv6 address is bound IPv6-only (`IPV6_V6ONLY`), whatever the
+/// host's `net.ipv6.bindv6only`: with Linux's default (0) `[::]:25` would also claim IPv4 port 25,
+/// and a config listening on `0.0.0.0:25` and `[::]:25` could not start. IPv4 clients reach the
+/// IPv4 listener; each family is configured explicitly.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As tokio's bind does: a restarted server can listen again while old connections linger in
+    // TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// How long a trusted proxy has to send its PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -74,6 +74,8 @@ pub struct Bound {
     listeners: Vec<(TcpListener, ListenerConfig)>,
     /// The HTTP API's socket and the address it got; `None` when `api.enabled = false`.
     api: Option<(TcpListener, SocketAddr)>,
+    /// `api.metrics_listen`'s socket and address, when configured.
+    metrics: Option<(TcpListener, SocketAddr)>,
     admin: tokio::net::UnixListener,
     trigger: shutdown::Trigger,
 }
@@ -105,12 +107,10 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     let tls = tls::acceptor(&config.tls, &config.hostname)?;
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: l.addr,
-                source,
-            })?;
+        let socket = listener::bind(l.addr).map_err(|source| ServerError::Bind {
+            addr: l.addr,
+            source,
+        })?;
         let mut l = l.clone();
         l.addr = socket.local_addr().map_err(|source| ServerError::Bind {
             addr: l.addr,
@@ -120,15 +120,25 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     }
     let api = if config.api.enabled {
         let addr = config.api.listen;
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::ApiBind { addr, source })?;
+        let socket =
+            listener::bind(addr).map_err(|source| ServerError::ApiBind { addr, source })?;
         let bound = socket
             .local_addr()
             .map_err(|source| ServerError::ApiBind { addr, source })?;
         Some((socket, bound))
     } else {
         None
+    };
+    let metrics = match config.api.metrics_listen {
+        Some(addr) => {
+            let socket =
+                listener::bind(addr).map_err(|source| ServerError::ApiBind { addr, source })?;
+            let bound = socket
+                .local_addr()
+                .map_err(|source| ServerError::ApiBind { addr, source })?;
+            Some((socket, bound))
+        }
+        None => None,
     };
     let admin = admin::bind(&config.admin_socket).map_err(|source| ServerError::Admin {
         path: config.admin_socket.display().to_string(),
@@ -141,6 +151,7 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
         ctx,
         listeners,
         api,
+        metrics,
         admin,
         trigger,
     })
@@ -157,6 +168,11 @@ impl Bound {
         self.api.as_ref().map(|(_, a)| *a)
     }
 
+    /// Where `GET /metrics` is served without a token (`api.metrics_listen`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
     pub fn ctx(&self) -> Arc<Ctx> {
         self.ctx.clone()
     }
@@ -171,6 +187,7 @@ impl Bound {
             ctx,
             listeners,
             api,
+            metrics,
             admin,
             trigger,
         } = self;
@@ -203,6 +220,15 @@ impl Bound {
             tokio::spawn(async move {
                 if let Err(e) = crate::api::serve(socket, ctx).await {
                     tracing::error!(error = %e, "API server stopped");
+                }
+            })
+        });
+        let metrics_task = metrics.map(|(socket, addr)| {
+            tracing::info!(addr = %addr, "metrics listening (GET /metrics, no token)");
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::api::serve_metrics(socket, ctx).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
             })
         });
@@ -274,6 +300,10 @@ impl Bound {
         }
         admin_task.abort();
         housekeeping.abort();
+        // A scrape is short and carries no state: it need not be waited for.
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         let _ = std::fs::remove_file(&config.admin_socket);
         if let Err(e) = ctx.store.flush() {
             tracing::warn!(error = %e, "final store flush failed");

@@ -413,6 +413,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.handle(request).await
     }
 
+    /// The rejection line for a refusal outside the message span (RCPT, or before the body was
+    /// handed over).
+    fn log_reject(&self, reply: &Reply, stage: &'static str, mail_from: &str, to: &str) {
+        RejectLine {
+            peer: self.st.peer,
+            helo: self.st.helo.clone().unwrap_or_default(),
+            from: mail_from.to_string(),
+            to: to.to_string(),
+        }
+        .log(reply, stage, "", false);
+    }
+
     /// Send an error reply for a bad command; too many of them end the session.
     fn reject(&mut self, reply: Reply) -> Flow {
         reply.write_to(&mut self.st.out);
@@ -623,13 +635,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 ctx.metrics
                     .messages_rejected
                     .inc(Rejection::UnknownRecipient);
-                info!(rcpt = %to.address, "unknown hosted mailbox");
-                Reply::MAILBOX_UNKNOWN
+                let reply = Reply::MAILBOX_UNKNOWN;
+                let mail_from = txn.mail_from.clone();
+                self.log_reject(&reply, "rcpt", &mail_from, &format!("<{}>", to.address));
+                reply
             }
             Recipient::ForeignDomain => {
                 ctx.metrics.messages_rejected.inc(Rejection::RelayDenied);
-                info!(rcpt = %to.address, "relay attempt refused");
-                Reply::RELAY_DENIED
+                let reply = Reply::RELAY_DENIED;
+                let mail_from = txn.mail_from.clone();
+                self.log_reject(&reply, "rcpt", &mail_from, &format!("<{}>", to.address));
+                reply
             }
         }
     }
@@ -816,7 +832,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let ended = std::time::Instant::now();
         let metrics = &self.st.ctx.metrics;
         if let Some(reply) = txn.error.take() {
-            info!(outcome = "rejected", reason = %reply.text, "message refused");
+            self.log_reject(&reply, "data", &txn.mail_from, &rcpt_list(&txn.rcpt));
+            metrics.count_inboxes(txn.rcpt.iter().map(|r| r.inbox.as_str()), false);
             let reason = if reply == Reply::MESSAGE_TOO_BIG || reply == Reply::HEADER_TOO_BIG {
                 Rejection::Size
             } else {
@@ -827,6 +844,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.reply_end_of_data(reply);
         }
         let Some(body) = txn.body.take() else {
+            self.log_reject(
+                &Reply::LOCAL_ERROR,
+                "data",
+                &txn.mail_from,
+                &rcpt_list(&txn.rcpt),
+            );
             metrics.messages_rejected.inc(Rejection::LocalError);
             metrics.end_of_data_duration.observe(ended.elapsed());
             return self.reply_end_of_data(Reply::LOCAL_ERROR);
@@ -844,8 +867,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body_type: txn.body_type,
             smtputf8: txn.smtputf8,
         };
-        let span =
-            tracing::info_span!("message", queue_id = %queue_id, size = tracing::field::Empty);
+        // message_id is recorded by the pipeline once it has read the header section.
+        let span = tracing::info_span!(
+            "message",
+            queue_id = %queue_id,
+            size = tracing::field::Empty,
+            message_id = tracing::field::Empty
+        );
+        let reject_line = RejectLine {
+            peer: self.st.peer,
+            helo: self.st.helo.clone().unwrap_or_default(),
+            from: envelope.mail_from.clone(),
+            to: rcpt_list(&envelope.rcpt),
+        };
         let spf = txn.spf.take();
         let reply = async move {
             let finished = match body.finish().await {
@@ -859,25 +893,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let size = finished.len;
             let m = &ctx.metrics;
             match pipeline::process(&ctx, &envelope, finished, spf).await {
-                Ok(queue_id) => {
-                    info!(outcome = "accepted", rcpts = envelope.rcpt.len(), from = %envelope.mail_from, "message accepted");
+                Ok(record) => {
+                    log_accept(&record);
+                    m.count_inboxes(record.routing.iter().map(|r| r.inbox.as_str()), true);
                     m.messages_accepted.inc();
                     m.accepted_message_bytes.add(size);
-                    Reply::queued(&queue_id)
+                    Reply::queued(&record.queue_id)
                 }
-                Err(Refusal::Policy(reason)) => {
-                    info!(outcome = "rejected", reason = %reason, "message rejected by policy");
-                    m.messages_rejected.inc(Rejection::Policy);
-                    Reply::policy_rejected(&reason)
-                }
-                Err(Refusal::TempFail(reason)) => {
-                    info!(outcome = "tempfail", reason = %reason, "message deferred");
-                    m.messages_rejected.inc(Rejection::TempFail);
-                    Reply::AUTH_TEMPFAIL
-                }
-                Err(Refusal::Local) => {
-                    m.messages_rejected.inc(Rejection::LocalError);
-                    Reply::LOCAL_ERROR
+                Err(refusal) => {
+                    let (reply, label, detail) = match refusal {
+                        Refusal::Policy(reason) => {
+                            (Reply::policy_rejected(&reason), Rejection::Policy, reason)
+                        }
+                        // A DNS failure defers mail: an operator must see it without debug logs.
+                        Refusal::TempFail(reason) => {
+                            (Reply::AUTH_TEMPFAIL, Rejection::TempFail, reason)
+                        }
+                        Refusal::Local => {
+                            (Reply::LOCAL_ERROR, Rejection::LocalError, String::new())
+                        }
+                    };
+                    reject_line.log(&reply, "data", &detail, label != Rejection::Policy);
+                    m.count_inboxes(envelope.rcpt.iter().map(|r| r.inbox.as_str()), false);
+                    m.messages_rejected.inc(label);
+                    reply
                 }
             }
         }
@@ -927,5 +966,91 @@ pub fn tls_version_name(v: Option<rustls::ProtocolVersion>) -> String {
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
         Some(other) => format!("{other:?}"),
         None => "TLS".into(),
+    }
+}
+
+/// `<a@x>,<b@y>`: every recipient of a transaction, as the log lines name them.
+fn rcpt_list(rcpt: &[crate::store::RcptRecord]) -> String {
+    rcpt.iter()
+        .map(|r| format!("<{}>", r.address))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The one line per accepted message, Postfix-style and grep-able (`grep 'accepted' | grep
+/// 'to=<support@'`): queue id, client, HELO, envelope sender, every recipient, Message-ID,
+/// size, the sender-authentication verdict, and the inbox and conversation of each recipient.
+fn log_accept(r: &crate::store::MessageRecord) {
+    let inbox = r
+        .routing
+        .iter()
+        .map(|x| x.inbox.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let conversation = r
+        .routing
+        .iter()
+        .map(|x| x.conversation.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let auth = r
+        .auth
+        .as_ref()
+        .map(|a| a.verdict.as_str())
+        .unwrap_or("none");
+    info!(
+        queue_id = %r.queue_id,
+        client = %format_args!("[{}]:{}", r.client_ip, r.client_port),
+        helo = %r.helo,
+        from = %format_args!("<{}>", r.mail_from),
+        to = %rcpt_list(&r.rcpt),
+        message_id = %r.message_id,
+        size = r.size,
+        auth = %auth,
+        quarantined = r.quarantined,
+        inbox = %inbox,
+        conversation = %conversation,
+        code = 250,
+        "accepted"
+    );
+}
+
+/// The fields of the one line per rejection (the accepted line's, with the reply instead of the
+/// inbox): logged at INFO, since refusing mail is the server doing its job; the bad states
+/// behind a refusal (DNS down, store failing) have WARN lines of their own.
+struct RejectLine {
+    peer: SocketAddr,
+    helo: String,
+    from: String,
+    to: String,
+}
+
+impl RejectLine {
+    /// `stage`: "rcpt" or "data". Inside the message span, that span adds queue id, size and
+    /// Message-ID to the line. `our_fault`: the refusal is a deferral caused by a bad state
+    /// here (DNS failing, the store refusing writes), logged at WARN so it is seen without
+    /// reading every INFO line; a policy verdict is INFO.
+    fn log(&self, reply: &Reply, stage: &'static str, detail: &str, our_fault: bool) {
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    stage,
+                    client = %format_args!("[{}]:{}", self.peer.ip(), self.peer.port()),
+                    helo = %self.helo,
+                    from = %format_args!("<{}>", self.from),
+                    to = %self.to,
+                    code = reply.code,
+                    status = reply.enhanced,
+                    reply = %reply.text,
+                    detail,
+                    "reject"
+                )
+            };
+        }
+        if our_fault {
+            line!(warn)
+        } else {
+            line!(info)
+        }
     }
 }

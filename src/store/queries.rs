@@ -92,6 +92,14 @@ impl Store {
         ))
     }
 
+    /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
+    pub fn outbox_oldest<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match self.inner.engine()?.tree(TreeId::Outbox).first()? {
+            Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every outbox item waiting, oldest first.
     pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.inner
@@ -134,6 +142,40 @@ impl Store {
         iter.take(limit)
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
+    }
+
+    /// Messages newest first (queue ids are ULIDs: reversed key order), before `before`
+    /// (exclusive), at most `limit` of those `keep` accepts, stopping at the first received
+    /// before `since_ms` and after examining `max_scan` records (a filter that matches nothing
+    /// must not read the whole store).
+    pub fn list_newest(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+        since_ms: u64,
+        max_scan: usize,
+        keep: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let engine = self.inner.engine()?;
+        let messages = engine.tree(TreeId::Messages);
+        let iter = match before {
+            Some(b) => messages.range::<&[u8], _>(..b.as_bytes()),
+            None => messages.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.rev().take(max_scan) {
+            if out.len() >= limit {
+                break;
+            }
+            let r: MessageRecord = serde_json::from_slice(&kv?.1)?;
+            if r.received_at < since_ms {
+                break;
+            }
+            if keep(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {

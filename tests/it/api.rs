@@ -114,10 +114,12 @@ async fn every_protected_route_needs_a_valid_token() {
                     .await;
                 if public {
                     // /readyz answers 503 when a check fails (the test machine may have no
-                    // reachable nameserver); never 401.
+                    // reachable nameserver), the MTA-STS policy 404 when none is configured;
+                    // never 401.
                     let ready_or_not = path == "/readyz" && r.status == 503;
+                    let no_policy = path == "/.well-known/mta-sts.txt" && r.status == 404;
                     assert!(
-                        r.status == 200 || ready_or_not,
+                        r.status == 200 || ready_or_not || no_policy,
                         "{method} {path} is public: {}",
                         r.status
                     );
@@ -1301,4 +1303,40 @@ async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"HTTP/1.1 200");
     srv.stop().await;
+}
+
+/// Issue #16: the MTA-STS policy for the hosted domains, over real HTTP and without a token,
+/// with the configured mode and the server's hostname as the MX; 404 when not configured.
+#[tokio::test(flavor = "multi_thread")]
+async fn mta_sts_policy_is_served_with_the_configured_mode() {
+    let dir = TempDir::new("mtasts");
+    let text = config_text(dir.path(), "").replace("[api]\n", "[api]\nmta_sts = \"enforce\"\n");
+    assert!(text.contains("mta_sts = \"enforce\""));
+    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let api = srv.api().await.with_token(None);
+    let r = api.get("/.well-known/mta-sts.txt").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        String::from_utf8(r.body.clone()).unwrap(),
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.test.example\r\nmax_age: 604800\r\n"
+    );
+    srv.stop().await;
+
+    let srv = TestServer::start().await;
+    let r = srv
+        .api()
+        .await
+        .with_token(None)
+        .get("/.well-known/mta-sts.txt")
+        .await;
+    assert_eq!(r.status, 404);
+    srv.stop().await;
+    let e = inbound::config::parse(
+        &config_text(std::path::Path::new("/tmp/x"), "")
+            .replace("[api]\n", "[api]\nmta_sts = \"strict\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("api.mta_sts"), "{e}");
 }

@@ -100,7 +100,8 @@ fn list_json(data: &str) -> Vec<MessageRecord> {
 fn check_messages_cli(data: &str, expected: &[(String, Vec<u8>)], when: &str) {
     let records = list_json(data);
     let ids: Vec<&str> = records.iter().map(|r| r.queue_id.as_str()).collect();
-    let want: Vec<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
+    // Newest first by default.
+    let want: Vec<&str> = expected.iter().rev().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, want, "{when}: messages list --json");
 
     let table = inbound(&["messages", "list", "--data-dir", data]);

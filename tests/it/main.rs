@@ -14,6 +14,8 @@ mod support;
 mod fuzz_corpus;
 /// Other people's SMTP clients (Python's smtplib, swaks) against the real server.
 mod interop;
+/// IPv4 and IPv6 wildcard listeners on one port, as the production example config has them.
+mod listeners;
 /// The basic ESMTP dialogue.
 mod smtp_basic;
 /// DATA transparency, line endings, smuggling.
@@ -80,8 +82,12 @@ mod retention;
 mod api;
 /// The `inbound` command as an operator runs it.
 mod cli;
+/// The accept and reject lines an operator greps, WARN for deferrals, INBOUND_LOG checked.
+mod logging;
 /// Metrics, readiness and what the HTTP endpoints serve.
 mod observability;
+/// The operator's actions from the command line (quarantine, conversations, outbox, config).
+mod operator_cli;
 /// Notification mail through a real relay on loopback.
 mod outbound;
 /// Config reload while mail flows.

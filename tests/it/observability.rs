@@ -191,3 +191,155 @@ async fn not_ready_when_the_nameserver_does_not_answer() {
     );
     assert!(dns.queries() >= 1);
 }
+
+/// Issue #16's metrics after real traffic: per-inbox accepted/rejected, webhook outcomes from the
+/// outbox worker, the oldest outbox item's age, and which build answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_inbox_counts_webhook_outcomes_outbox_age_and_build_info() {
+    let srv = TestServer::start_with(
+        "[limits]\nmax_message_bytes = 4000\n\n[[webhook]]\nid = \"app\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"metrics-webhook-secret-0123\"\ntimeout = \"1s\"\n",
+    )
+    .await;
+    let text = render(&srv.ctx);
+    // Every configured inbox has its series before its first message.
+    assert_eq!(
+        sample(
+            &text,
+            "inbound_inbox_messages_total{inbox=\"sales\",outcome=\"accepted\"}"
+        ),
+        0.0
+    );
+    let mut c = srv.connect().await;
+    c.hello().await;
+    for (to, n) in [
+        ("support@demo.inbound.test", 2),
+        ("sales@acme.inbound.test", 1),
+    ] {
+        for i in 0..n {
+            let r = c
+                .send_message("alice@example.com", &[to], &message(&format!("inbox-{i}")))
+                .await;
+            assert_eq!(r.code, 250, "{r:?}");
+        }
+    }
+    // Two recipients of one inbox: one message for it.
+    let r = c
+        .send_message(
+            "alice@example.com",
+            &["support@demo.inbound.test", "help@demo.inbound.test"],
+            &message("twice"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Over the size cap at the end of data: rejected, counted for its inbox.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(6000));
+    let r = c
+        .send_message(
+            "alice@example.com",
+            &["sales@acme.inbound.test"],
+            big.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.code, 552, "{r:?}");
+    c.cmd("QUIT", "221").await;
+
+    let text = render(&srv.ctx);
+    for (inbox, outcome, n) in [
+        ("demo", "accepted", 3.0),
+        ("demo", "rejected", 0.0),
+        ("sales", "accepted", 1.0),
+        ("sales", "rejected", 1.0),
+    ] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("inbound_inbox_messages_total{{inbox=\"{inbox}\",outcome=\"{outcome}\"}}")
+            ),
+            n,
+            "{inbox} {outcome}"
+        );
+    }
+    assert!(
+        text.contains("inbound_build_info{version=\"0.1.0\",commit=\""),
+        "{text}"
+    );
+
+    // The webhook endpoint is a closed port: the worker's first attempts fail and are retried,
+    // and the waiting items age.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = render(&srv.ctx);
+        let retried = sample(&text, "inbound_webhook_deliveries_total{outcome=\"retry\"}");
+        let age = sample(&text, "inbound_outbox_oldest_item_age_seconds");
+        if retried >= 1.0 && age >= 1.0 {
+            assert_eq!(
+                sample(
+                    &text,
+                    "inbound_webhook_deliveries_total{outcome=\"delivered\"}"
+                ),
+                0.0
+            );
+            assert_eq!(
+                sample(&text, "inbound_relay_deliveries_total{outcome=\"retry\"}"),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry counted or no age after 15s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `api.metrics_listen`: Prometheus scrapes /metrics there without a token (the API's own
+/// /metrics still wants one), and the values follow real traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_listener_serves_metrics_without_a_token() {
+    use crate::process::{config_text, free_port, ServerProcess};
+    let root = TempDir::new("metricsl");
+    let port = free_port();
+    let config = root.path().join("inbound.toml");
+    std::fs::write(
+        &config,
+        config_text(&root.path().join("data"), "127.0.0.1:0", "").replace(
+            "[api]\n",
+            &format!("[api]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+        ),
+    )
+    .unwrap();
+    let mut srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
+    let mut c = Client::connect(srv.addr).await;
+    c.hello().await;
+    let r = c
+        .send_message(
+            "alice@example.com",
+            &["sales@acme.inbound.test"],
+            &message("scraped"),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.cmd("QUIT", "221").await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = support::http::request(addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    assert_eq!(sample(&text, "inbound_messages_accepted_total"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "inbound_inbox_messages_total{inbox=\"sales\",outcome=\"accepted\"}"
+        ),
+        1.0
+    );
+    // Only /metrics there.
+    let r = support::http::request(addr, "GET", "/v1/messages", &[], None).await;
+    assert_eq!(r.status, 404);
+    let (status, _) = srv.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", srv.log_text());
+}
