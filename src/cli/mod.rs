@@ -140,6 +140,7 @@ pub struct StoreArgs {
 }
 
 pub fn main() -> ExitCode {
+    crate::util::private_umask();
     let cli = Cli::parse();
     // The server logs what it does; the other commands print results and log only problems.
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
