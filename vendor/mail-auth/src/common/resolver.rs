@@ -81,16 +81,53 @@ impl MessageAuthenticator {
     }
 }
 
+/// A name from an answer as text to query again: its raw labels when they are printable ASCII
+/// (`to_ascii` escapes ':', '/' and the like, which would then be queried as backslashes).
+fn name_text(name: &Name) -> String {
+    if name.iter().all(|label| {
+        label
+            .iter()
+            .all(|b| (0x21..0x7f).contains(b) && *b != b'.' && *b != b'\\')
+    }) {
+        let mut text = String::new();
+        for label in name.iter() {
+            text.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
+            text.push('.');
+        }
+        if text.is_empty() {
+            text.push('.');
+        }
+        text
+    } else {
+        name.to_lowercase().to_ascii()
+    }
+}
+
+/// A name to query. RFC 2181 §11: a label may hold any octets, and an SPF domain-spec can expand
+/// to names with ':', '/', '%' or spaces (RFC 7208 §7.1), which hickory's text parser refuses;
+/// those are built from their raw labels instead.
+fn dns_name(key: &str) -> crate::Result<Name> {
+    match Name::from_str_relaxed(key) {
+        Ok(name) => Ok(name),
+        Err(err) => {
+            let trimmed = key.strip_suffix('.').unwrap_or(key);
+            if trimmed.is_empty() || !trimmed.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(err.into());
+            }
+            let mut name = Name::from_labels(trimmed.split('.').map(str::as_bytes))?;
+            name.set_fqdn(true);
+            Ok(name)
+        }
+    }
+}
+
 impl MessageAuthenticator {
     pub async fn txt_raw_lookup(&self, key: impl ToFqdn) -> crate::Result<Vec<u8>> {
         let key = key.to_fqdn();
 
         #[cfg(not(feature = "dns-doh"))]
         let records = {
-            let lookup = self
-                .0
-                .txt_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
-                .await?;
+            let lookup = self.0.txt_lookup(dns_name(key.as_ref())?).await?;
             let mut records: Vec<Vec<u8>> = Vec::new();
             for record in lookup.answers() {
                 if let RData::TXT(txt) = &record.data {
@@ -110,6 +147,33 @@ impl MessageAuthenticator {
         Ok(records.into_iter().flatten().collect())
     }
 
+    /// Every TXT record at `key`, each one's strings joined: for an SPF explanation, which
+    /// must be exactly one record (RFC 7208 §6.2).
+    pub async fn txt_records(&self, key: impl ToFqdn) -> crate::Result<Vec<Vec<u8>>> {
+        let key = key.to_fqdn();
+
+        #[cfg(not(feature = "dns-doh"))]
+        let records = {
+            let lookup = self.0.txt_lookup(dns_name(key.as_ref())?).await?;
+            let mut records: Vec<Vec<u8>> = Vec::new();
+            for record in lookup.answers() {
+                if let RData::TXT(txt) = &record.data {
+                    let mut entry = Vec::new();
+                    for item in &txt.txt_data {
+                        entry.extend_from_slice(item);
+                    }
+                    records.push(entry);
+                }
+            }
+            records
+        };
+
+        #[cfg(feature = "dns-doh")]
+        let records = self.doh_txt(key.as_ref()).await?.entry;
+
+        Ok(records)
+    }
+
     pub async fn txt_lookup<T: TxtRecordParser + Into<Txt> + UnwrapTxtRecord>(
         &self,
         key: impl ToFqdn,
@@ -127,10 +191,7 @@ impl MessageAuthenticator {
 
         #[cfg(not(feature = "dns-doh"))]
         let (records, expires) = {
-            let lookup = self
-                .0
-                .txt_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
-                .await?;
+            let lookup = self.0.txt_lookup(dns_name(key.as_ref())?).await?;
             let expires = lookup.valid_until();
             let mut records: Vec<Vec<u8>> = Vec::new();
             for record in lookup.answers() {
@@ -192,10 +253,7 @@ impl MessageAuthenticator {
 
         #[cfg(not(feature = "dns-doh"))]
         let (mx_records, expires): (Vec<(u16, Box<str>)>, Instant) = {
-            let lookup = self
-                .0
-                .mx_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
-                .await?;
+            let lookup = self.0.mx_lookup(dns_name(key.as_ref())?).await?;
             let expires = lookup.valid_until();
             let mx_records = lookup
                 .answers()
@@ -204,10 +262,7 @@ impl MessageAuthenticator {
                     let RData::MX(mx) = &r.data else {
                         return None;
                     };
-                    Some((
-                        mx.preference,
-                        mx.exchange.to_lowercase().to_ascii().into_boxed_str(),
-                    ))
+                    Some((mx.preference, name_text(&mx.exchange).into_boxed_str()))
                 })
                 .collect();
             (mx_records, expires)
@@ -283,10 +338,7 @@ impl MessageAuthenticator {
 
         #[cfg(not(feature = "dns-doh"))]
         {
-            let lookup = self
-                .0
-                .ipv4_lookup(Name::from_str_relaxed::<&str>(key)?)
-                .await?;
+            let lookup = self.0.ipv4_lookup(dns_name(key)?).await?;
             let expires = lookup.valid_until();
             let entry: Arc<[Ipv4Addr]> = lookup
                 .answers()
@@ -342,10 +394,7 @@ impl MessageAuthenticator {
 
         #[cfg(not(feature = "dns-doh"))]
         {
-            let lookup = self
-                .0
-                .ipv6_lookup(Name::from_str_relaxed::<&str>(key)?)
-                .await?;
+            let lookup = self.0.ipv6_lookup(dns_name(key)?).await?;
             let expires = lookup.valid_until();
             let entry: Arc<[Ipv6Addr]> = lookup
                 .answers()

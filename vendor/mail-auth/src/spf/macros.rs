@@ -310,7 +310,13 @@ fn add_part(result: &mut Vec<u8>, part: &[u8], pos: usize, escape: bool) {
             if ch.is_ascii_alphanumeric() || matches!(ch, b'-' | b'.' | b'_' | b'~') {
                 result.push(ch);
             } else {
-                result.extend_from_slice(&[b'%', hex_nibble(ch >> 4), hex_nibble(ch)]);
+                // RFC 3986 §2.1: percent-encodings use uppercase hex digits.
+                let hex = b"0123456789ABCDEF";
+                result.extend_from_slice(&[
+                    b'%',
+                    hex[(ch >> 4) as usize],
+                    hex[(ch & 0x0f) as usize],
+                ]);
             }
         }
     }

@@ -46,14 +46,15 @@ impl TxtRecordParser for Spf {
                     match stop_char {
                         b' ' => (),
                         b':' | b'=' => {
-                            let (ds, stop_char) = record.macro_string(false)?;
+                            // RFC 7208 §5.3, §5.4, §7.1: a domain-spec may contain '/'; the
+                            // dual-cidr-length is read from the end of the term.
+                            let (spec, cidr) = split_dual_cidr(take_term(&mut record));
+                            let (ds, _) = spec.iter().macro_string(true)?;
                             macro_string = ds;
-                            if stop_char == b'/' {
-                                let (l1, l2) = record.dual_cidr_length()?;
+                            if let Some(cidr) = cidr {
+                                let (l1, l2) = cidr.iter().dual_cidr_length()?;
                                 ip4_cidr_length = l1;
                                 ip6_cidr_length = l2;
-                            } else if stop_char != b' ' {
-                                return Err(Error::ParseError);
                             }
                         }
                         b'/' => {
@@ -190,6 +191,11 @@ impl TxtRecordParser for Spf {
                 RR => {
                     rr = record.rr()?;
                 }
+                _ if stop_char == b'=' => {
+                    // RFC 7208 §6: an unknown modifier's value is a macro-string, which may
+                    // contain '/'; it is read to the end of the term and ignored.
+                    take_term(&mut record).iter().macro_string(true)?;
+                }
                 _ => {
                     let (_, stop_char) = record.macro_string(false)?;
                     if stop_char != b' ' {
@@ -208,6 +214,37 @@ impl TxtRecordParser for Spf {
             rp,
             rr,
         })
+    }
+}
+
+/// The rest of the current term, up to whitespace; `record` moves past it.
+fn take_term<'a>(record: &mut Iter<'a, u8>) -> &'a [u8] {
+    let input = record.as_slice();
+    let end = input
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(input.len());
+    *record = input[end..].iter();
+    &input[..end]
+}
+
+/// `domain-spec dual-cidr-length` -> (domain-spec, the cidr text after its first '/'): the
+/// lengths are `/n`, `//m` or `/n//m` at the very end of the term.
+fn split_dual_cidr(arg: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let digits_at_end = |s: &[u8]| s.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let mut end = arg.len();
+    let n = digits_at_end(&arg[..end]);
+    if n > 0 && arg[..end - n].ends_with(b"//") {
+        end -= n + 2;
+    }
+    let n = digits_at_end(&arg[..end]);
+    if n > 0 && arg[..end - n].ends_with(b"/") {
+        end -= n + 1;
+    }
+    if end < arg.len() {
+        (&arg[..end], Some(&arg[end + 1..]))
+    } else {
+        (arg, None)
     }
 }
 

@@ -7,6 +7,7 @@
 use super::{Macro, Mechanism, Qualifier, Spf, Variables};
 use crate::DnsError;
 use crate::Instant;
+use crate::common::parse::TxtRecordParser;
 use crate::{
     Error, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult,
     Txt, common::cache::NoCache,
@@ -108,6 +109,7 @@ impl MessageAuthenticator {
         vars.set_helo_domain(helo_domain.as_bytes());
 
         let mut lookup_limit = LookupLimit::new();
+        let mut void_limit = VoidLimit(0);
         let mut spf_record = match self.txt_lookup::<Spf>(domain, params.cache_txt).await {
             Ok(spf_record) => spf_record,
             Err(err) => return output.with_result(err.into()),
@@ -127,21 +129,25 @@ impl MessageAuthenticator {
                             .with_result(SpfResult::PermError)
                             .with_report(&spf_record);
                     }
-                    if let Some(ptr) = self
-                        .ptr_lookup(ip, params.cache_ptr)
-                        .await
-                        .ok()
-                        .and_then(|ptrs| ptrs.rrset.first().map(|ptr| ptr.as_bytes().to_vec()))
-                    {
-                        vars.set_validated_domain(ptr);
-                    }
+                    let ptr = self
+                        .validated_ptr(
+                            ip,
+                            &domain,
+                            params.cache_ptr,
+                            params.cache_ipv4,
+                            params.cache_ipv6,
+                        )
+                        .await;
+                    vars.set_validated_domain(ptr.into_bytes());
                     has_p_var = true;
                 }
 
                 let matches = match &directive.mechanism {
                     Mechanism::All => true,
                     Mechanism::Ip4 { addr, mask } => ip.matches_ipv4_mask(addr, *mask),
-                    Mechanism::Ip6 { addr, mask } => ip.matches_ipv6_mask(addr, *mask),
+                    Mechanism::Ip6 { addr, mask } => {
+                        ip.is_ipv6() && ip.matches_ipv6_mask(addr, *mask)
+                    }
                     Mechanism::A {
                         macro_string,
                         ip4_mask,
@@ -152,23 +158,38 @@ impl MessageAuthenticator {
                                 .with_result(SpfResult::PermError)
                                 .with_report(&spf_record);
                         }
-                        match self
-                            .ip_matches(
-                                macro_string.eval(&vars, &domain, true).as_ref(),
-                                ip,
-                                *ip4_mask,
-                                *ip6_mask,
-                                params.cache_ipv4,
-                                params.cache_ipv6,
-                            )
-                            .await
-                        {
-                            Ok(true) => true,
-                            Ok(false) | Err(Error::Dns(DnsError::RecordNotFound(_))) => false,
-                            Err(_) => {
-                                return output
-                                    .with_result(SpfResult::TempError)
-                                    .with_report(&spf_record);
+                        let target = target_name(macro_string.eval(&vars, &domain, true));
+                        if !valid_target(&target) {
+                            false
+                        } else {
+                            match self
+                                .ip_matches(
+                                    target.as_ref(),
+                                    ip,
+                                    *ip4_mask,
+                                    *ip6_mask,
+                                    params.cache_ipv4,
+                                    params.cache_ipv6,
+                                )
+                                .await
+                            {
+                                Ok(true) => true,
+                                Ok(false) => false,
+                                Err(Error::Dns(DnsError::RecordNotFound(_))) => {
+                                    if !void_limit.count() {
+                                        return output
+                                            .with_result(SpfResult::PermError)
+                                            .with_report(&spf_record);
+                                    }
+                                    false
+                                }
+                                // The resolver cannot encode the name: no DNS name, no match.
+                                Err(Error::ParseError) => false,
+                                Err(_) => {
+                                    return output
+                                        .with_result(SpfResult::TempError)
+                                        .with_report(&spf_record);
+                                }
                             }
                         }
                     }
@@ -184,10 +205,16 @@ impl MessageAuthenticator {
                         }
 
                         let mut matches = false;
-                        match self
-                            .mx_lookup(&*macro_string.eval(&vars, &domain, true), params.cache_mx)
-                            .await
-                        {
+                        let target = target_name(macro_string.eval(&vars, &domain, true));
+                        let records = if valid_target(&target) {
+                            self.mx_lookup(target.as_str(), params.cache_mx).await
+                        } else {
+                            Ok(RecordSet {
+                                rrset: Default::default(),
+                                dnssec_status: crate::DnssecStatus::Indeterminate,
+                            })
+                        };
+                        match records {
                             Ok(records) => {
                                 for (mx_num, exchange) in records
                                     .rrset
@@ -217,7 +244,8 @@ impl MessageAuthenticator {
                                             break;
                                         }
                                         Ok(false)
-                                        | Err(Error::Dns(DnsError::RecordNotFound(_))) => (),
+                                        | Err(Error::Dns(DnsError::RecordNotFound(_)))
+                                        | Err(Error::ParseError) => (),
                                         Err(_) => {
                                             return output
                                                 .with_result(SpfResult::TempError)
@@ -226,7 +254,14 @@ impl MessageAuthenticator {
                                     }
                                 }
                             }
-                            Err(Error::Dns(DnsError::RecordNotFound(_))) => (),
+                            Err(Error::Dns(DnsError::RecordNotFound(_))) => {
+                                if !void_limit.count() {
+                                    return output
+                                        .with_result(SpfResult::PermError)
+                                        .with_report(&spf_record);
+                                }
+                            }
+                            Err(Error::ParseError) => (),
                             Err(_) => {
                                 return output
                                     .with_result(SpfResult::TempError)
@@ -284,7 +319,7 @@ impl MessageAuthenticator {
 
                         let target_name = macro_string.eval(&vars, &domain, true);
                         let target_addr = to_lowercase(target_name.as_ref());
-                        let target_addr = target_addr.as_ref();
+                        let target_addr = target_addr.strip_suffix('.').unwrap_or(&target_addr);
                         let mut matches = false;
 
                         if let Ok(records) = self.ptr_lookup(ip, params.cache_ptr).await {
@@ -301,10 +336,9 @@ impl MessageAuthenticator {
                                         )
                                         .await
                                 {
-                                    matches = record.as_ref() == target_addr
-                                        || record
-                                            .strip_suffix('.')
-                                            .unwrap_or(record.as_ref())
+                                    let name = record.strip_suffix('.').unwrap_or(record.as_ref());
+                                    matches = name == target_addr
+                                        || name
                                             .strip_suffix(target_addr)
                                             .is_some_and(|prefix| prefix.ends_with('.'));
                                     if matches {
@@ -322,19 +356,27 @@ impl MessageAuthenticator {
                                 .with_report(&spf_record);
                         }
 
-                        if let Ok(result) = self
-                            .exists(
-                                &*macro_string.eval(&vars, &domain, true),
-                                params.cache_ipv4,
-                                params.cache_ipv6,
-                            )
-                            .await
-                        {
-                            result
+                        let target = target_name(macro_string.eval(&vars, &domain, true));
+                        if !valid_target(&target) {
+                            false
                         } else {
-                            return output
-                                .with_result(SpfResult::TempError)
-                                .with_report(&spf_record);
+                            match self.ipv4_lookup(target.as_str(), params.cache_ipv4).await {
+                                Ok(records) if !records.rrset.is_empty() => true,
+                                Ok(_) | Err(Error::Dns(DnsError::RecordNotFound(_))) => {
+                                    if !void_limit.count() {
+                                        return output
+                                            .with_result(SpfResult::PermError)
+                                            .with_report(&spf_record);
+                                    }
+                                    false
+                                }
+                                Err(Error::ParseError) => false,
+                                Err(_) => {
+                                    return output
+                                        .with_result(SpfResult::TempError)
+                                        .with_report(&spf_record);
+                                }
+                            }
                         }
                     }
                 };
@@ -403,12 +445,27 @@ impl MessageAuthenticator {
             }
         }
 
-        // Evaluate explain
+        // Evaluate explain (RFC 7208 §6.2): exactly one TXT record of ASCII text, else none.
         if let (Some(macro_string), Some(SpfResult::Fail)) = (&spf_record.exp, &result)
-            && let Ok(macro_string) = self
-                .txt_lookup::<Macro>(macro_string.eval(&vars, &domain, true), params.cache_txt)
-                .await
+            && let target = target_name(macro_string.eval(&vars, &domain, true))
+            && valid_target(&target)
+            && let Ok(records) = self.txt_records(target.as_str()).await
+            && let [text] = records.as_slice()
+            && text.iter().all(|b| (0x20..0x7f).contains(b))
+            && let Ok(macro_string) = Macro::parse(text)
         {
+            if !has_p_var && macro_string.needs_ptr() {
+                let ptr = self
+                    .validated_ptr(
+                        ip,
+                        &domain,
+                        params.cache_ptr,
+                        params.cache_ipv4,
+                        params.cache_ipv6,
+                    )
+                    .await;
+                vars.set_validated_domain(ptr.into_bytes());
+            }
             return output
                 .with_result(SpfResult::Fail)
                 .with_explanation(macro_string.eval(&vars, &domain, false).into_owned())
@@ -418,6 +475,44 @@ impl MessageAuthenticator {
         output
             .with_result(result.unwrap_or(SpfResult::Neutral))
             .with_report(&spf_record)
+    }
+
+    /// The validated domain name of `ip` for `%{p}` (RFC 7208 §7.3): a PTR name whose own
+    /// addresses include `ip`, preferably `domain` or a subdomain of it; `unknown` if none. At most
+    /// 10 PTR names are tried (§4.6.4); names are compared without their final dot.
+    async fn validated_ptr(
+        &self,
+        ip: IpAddr,
+        domain: &str,
+        cache_ptr: Option<&impl ResolverCache<IpAddr, RecordSet<Box<str>>>>,
+        cache_ipv4: Option<&impl ResolverCache<Box<str>, RecordSet<Ipv4Addr>>>,
+        cache_ipv6: Option<&impl ResolverCache<Box<str>, RecordSet<Ipv6Addr>>>,
+    ) -> String {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let mut found: Option<String> = None;
+        if let Ok(records) = self.ptr_lookup(ip, cache_ptr).await {
+            for record in records.rrset.iter().take(10) {
+                let name = record.strip_suffix('.').unwrap_or(record.as_ref());
+                if !valid_target(name) {
+                    continue;
+                }
+                if let Ok(true) = self
+                    .ip_matches(record, ip, u32::MAX, u128::MAX, cache_ipv4, cache_ipv6)
+                    .await
+                {
+                    let lower = name.to_ascii_lowercase();
+                    if lower == domain
+                        || lower
+                            .strip_suffix(domain.as_str())
+                            .is_some_and(|prefix| prefix.ends_with('.'))
+                    {
+                        return name.to_string();
+                    }
+                    found.get_or_insert_with(|| name.to_string());
+                }
+            }
+        }
+        found.unwrap_or_else(|| "unknown".to_string())
     }
 
     async fn ip_matches(
@@ -617,6 +712,43 @@ impl From<Error> for SpfResult {
             _ => SpfResult::TempError,
         }
     }
+}
+
+/// RFC 7208 §4.6.4: more than two lookups that find nothing is a permerror.
+struct VoidLimit(u32);
+
+impl VoidLimit {
+    /// Counts one void lookup; false once over the limit.
+    fn count(&mut self) -> bool {
+        self.0 += 1;
+        self.0 <= 2
+    }
+}
+
+/// An expanded domain-spec as a name to look up: over 253 bytes, labels are removed from the
+/// left until it fits (RFC 7208 §7.3).
+fn target_name(name: Cow<'_, str>) -> String {
+    let mut name: &str = name.as_ref();
+    while name.trim_end_matches('.').len() > 253 {
+        match name.split_once('.') {
+            Some((_, rest)) => name = rest,
+            None => break,
+        }
+    }
+    name.to_string()
+}
+
+/// Whether an expanded target can be a DNS name at all (RFC 7208 §4.3, §4.8): labels of 1 to 63
+/// bytes, at most 253 in all, printable ASCII. Otherwise the term does not match (no lookup;
+/// never a temperror).
+fn valid_target(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && name.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 struct LookupLimit {
