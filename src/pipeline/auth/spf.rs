@@ -3,12 +3,13 @@
 //! syntax: any error is a permerror before anything is evaluated), §5.6 (CIDR lengths), §7.1
 //! (domain-spec and macro syntax).
 //!
-//! mail-auth skips terms it cannot read, clamps CIDR lengths, uses the first of several records,
-//! looks up target names that are no domain names, and reports a name it cannot encode as a DNS
-//! temperror (a 451 that makes the sender retry a broken record for days). The top-level record
-//! is where all of that shows, and RFC 7208 §4.6 makes its syntax decide first, so it is read here
-//! before mail-auth evaluates it. Records reached through include:/redirect= are left to
-//! mail-auth (whether they are reached depends on evaluation).
+//! mail-auth skips terms it cannot read, clamps CIDR lengths and uses the first of several
+//! records; a literal target that is no domain name would only fail to match in evaluation. The
+//! top-level record is where all of that shows, and RFC 7208 §4.6 makes its syntax decide first,
+//! so it is read here before mail-auth evaluates it. Records reached through include:/redirect=
+//! are left to mail-auth (whether they are reached depends on evaluation). What mail-auth got
+//! wrong in evaluation itself (macro-made targets that were a temperror, ptr, exp=, void lookups,
+//! '/' in a domain-spec, ...) is fixed in our patched copy: vendor/mail-auth/PATCHES.md.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
