@@ -151,3 +151,30 @@ fn the_store_imports_no_stage() {
         .collect();
     assert!(wrong.is_empty(), "store imports stages: {wrong:?}");
 }
+
+/// Files that do one job stay short enough to read whole: a source file over this many lines
+/// must say why at its top, in a module-doc line starting with `//! Long file:`.
+const MAX_LINES_WITHOUT_REASON: usize = 800;
+
+#[test]
+fn long_files_say_why_they_are_long() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut unexplained = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let lines = text.lines().count();
+        let explained = text
+            .lines()
+            .take_while(|l| l.starts_with("//!") || l.trim().is_empty())
+            .any(|l| l.starts_with("//! Long file:"));
+        if lines > MAX_LINES_WITHOUT_REASON && !explained {
+            unexplained.push(format!("{} ({lines} lines)", file.display()));
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "over {MAX_LINES_WITHOUT_REASON} lines without a `//! Long file:` reason at the top: {unexplained:?}"
+    );
+}
