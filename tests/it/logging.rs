@@ -51,6 +51,12 @@ async fn one_line_per_accepted_message_and_per_rejection_with_every_field() {
     .await;
     let queued = c.expect("250").await.text();
     let queue_id = queued.rsplit(' ').next().unwrap().to_string();
+    // A message refused at MAIL (declared too big) gets its reject line too.
+    c.cmd(
+        "MAIL FROM:<bob@sender.example> SIZE=99999999999",
+        "552 5.3.4",
+    )
+    .await;
     c.cmd("QUIT", "221").await;
     // Let the server write its lines before reading the file.
     let (status, _) = srv.terminate(Duration::from_secs(15));
@@ -95,6 +101,11 @@ async fn one_line_per_accepted_message_and_per_rejection_with_every_field() {
             line.contains(field),
             "{field:?} missing from the reject line:\n{line}"
         );
+    }
+    let at_mail = lines_with(&log, &[" reject", "from=<bob@sender.example>"]);
+    assert_eq!(at_mail.len(), 1, "one reject line at MAIL:\n{log}");
+    for field in ["stage=\"mail\"", "helo=client.log.example", "code=552"] {
+        assert!(at_mail[0].contains(field), "{field:?}:\n{}", at_mail[0]);
     }
 }
 

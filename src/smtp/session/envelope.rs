@@ -131,7 +131,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     ctx.metrics
                         .messages_rejected
                         .inc(Rejection::TooManyRecipients);
-                    return Reply::TOO_MANY_RECIPIENTS;
+                    let (reply, mail_from) = (Reply::TOO_MANY_RECIPIENTS, txn.mail_from.clone());
+                    self.log_reject(&reply, "rcpt", &mail_from, &format!("<{}>", to.address));
+                    return reply;
                 }
                 txn.rcpt.push(RcptRecord {
                     address: to.address,

@@ -463,7 +463,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Ehlo { host } => self.helo(host, true),
             Request::Helo { host } => self.helo(host, false),
             Request::Mail { from } => {
+                let mail_from = from.address.clone();
                 let r = self.mail(from);
+                // A refusal of the message itself (size, rate, storage), not of the dialogue
+                // (5.5.x sequence and syntax errors), gets its reject line like a RCPT refusal.
+                if r.code >= 400 && !r.enhanced.starts_with("5.5.") {
+                    self.log_reject(&r, "mail", &mail_from, "");
+                }
                 self.reply(r)
             }
             Request::Rcpt { to } => {
