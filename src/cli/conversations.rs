@@ -13,15 +13,25 @@ use crate::util::rfc3339;
 
 #[derive(Subcommand)]
 pub enum ConversationsCommand {
-    /// List conversations, oldest first.
+    /// List conversations, newest first.
     List {
         #[command(flatten)]
         store: StoreArgs,
         /// Only this inbox.
         #[arg(long)]
         inbox: Option<String>,
+        /// Only open or only closed ones.
+        #[arg(long, value_parser = ["open", "closed"])]
+        status: Option<String>,
+        /// Only those started within this long (30m, 2h, 7d).
+        #[arg(long, value_parser = super::messages::parse_since)]
+        since: Option<std::time::Duration>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Continue after this conversation id (the last one the previous page printed).
         #[arg(long)]
         after: Option<String>,
         #[arg(long)]
@@ -77,16 +87,24 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
         ConversationsCommand::List {
             store,
             inbox,
+            status,
+            since,
+            oldest_first,
             limit,
             after,
             json,
         } => {
+            let since_ms =
+                since.map(|d| crate::store::keys::now_ms().saturating_sub(d.as_millis() as u64));
             let (resp, _) = admin_request(
                 &store,
                 Request::ConversationsList {
                     inbox,
                     after,
                     limit,
+                    oldest_first,
+                    status,
+                    since_ms,
                 },
             )?;
             let list: Vec<crate::store::model::Conversation> = decode(resp)?;

@@ -171,6 +171,6 @@ fn print_record(out: &mut impl Write, r: &MessageRecord) -> std::io::Result<()> 
     Ok(())
 }
 
-fn parse_since(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_since(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))
 }

@@ -41,10 +41,17 @@ pub enum Request {
         queue_id: String,
         raw: bool,
     },
+    /// Conversations, newest first unless `oldest_first`, filtered by inbox, status and start.
     ConversationsList {
         inbox: Option<String>,
         after: Option<String>,
         limit: usize,
+        #[serde(default)]
+        oldest_first: bool,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        since_ms: Option<u64>,
     },
     /// A conversation and one page of its messages (in arrival order, after `after`).
     ConversationsShow {
@@ -227,7 +234,18 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             inbox,
             after,
             limit,
-        } => match store.conversations(inbox.as_deref(), after.as_deref(), *limit) {
+            oldest_first,
+            status,
+            since_ms,
+        } => match list_conversations(
+            store,
+            after.as_deref(),
+            *limit,
+            *oldest_first,
+            inbox.as_deref(),
+            status.as_deref(),
+            since_ms.unwrap_or(0),
+        ) {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
@@ -320,6 +338,43 @@ fn list_messages(
             keep,
         )?
         .items)
+}
+
+/// Conversations for `conversations list`: newest first unless `oldest_first`; a filtered list
+/// examines at most `LIST_MAX_SCAN` records per page, like the message list.
+fn list_conversations(
+    store: &Store,
+    after: Option<&str>,
+    limit: usize,
+    oldest_first: bool,
+    inbox: Option<&str>,
+    status: Option<&str>,
+    since_ms: u64,
+) -> Result<Vec<crate::store::model::Conversation>, crate::store::StoreError> {
+    use crate::store::model::Conversation;
+    let keep = |c: &Conversation| {
+        inbox.is_none_or(|i| c.inbox == i) && status.is_none_or(|s| c.status == s)
+    };
+    let filtered = since_ms > 0 || inbox.is_some() || status.is_some();
+    let max_scan = if filtered { LIST_MAX_SCAN } else { usize::MAX };
+    if oldest_first {
+        return Ok(store
+            .page(
+                crate::store::TreeId::Conversations,
+                after.map(str::as_bytes),
+                limit,
+                max_scan,
+                |c: &Conversation| c.created_at >= since_ms && keep(c),
+            )?
+            .items);
+    }
+    store.newest(
+        crate::store::TreeId::Conversations,
+        after,
+        limit,
+        max_scan,
+        |c: &Conversation| (c.created_at >= since_ms).then(|| keep(c)),
+    )
 }
 
 /// Messages a quarantine page examines at most (as the API's page does): past it the page ends

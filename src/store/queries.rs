@@ -156,23 +156,42 @@ impl Store {
         max_scan: usize,
         keep: impl Fn(&MessageRecord) -> bool,
     ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.newest(
+            TreeId::Messages,
+            before,
+            limit,
+            max_scan,
+            |r: &MessageRecord| (r.received_at >= since_ms).then(|| keep(r)),
+        )
+    }
+
+    /// Records of a tree keyed by ULID, newest first (reversed key order), before `before`
+    /// (exclusive): at most `limit` that `keep` accepts (`Some(true)`), ending at the first for
+    /// which it says `None` (older than wanted) or after examining `max_scan` records.
+    pub fn newest<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        before: Option<&str>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&T) -> Option<bool>,
+    ) -> Result<Vec<T>, StoreError> {
         let engine = self.inner.engine()?;
-        let messages = engine.tree(TreeId::Messages);
+        let tree = engine.tree(tree);
         let iter = match before {
-            Some(b) => messages.range::<&[u8], _>(..b.as_bytes()),
-            None => messages.iter(),
+            Some(b) => tree.range::<&[u8], _>(..b.as_bytes()),
+            None => tree.iter(),
         };
         let mut out = Vec::new();
         for kv in iter.rev().take(max_scan) {
             if out.len() >= limit {
                 break;
             }
-            let r: MessageRecord = serde_json::from_slice(&kv?.1)?;
-            if r.received_at < since_ms {
-                break;
-            }
-            if keep(&r) {
-                out.push(r);
+            let r: T = serde_json::from_slice(&kv?.1)?;
+            match keep(&r) {
+                None => break,
+                Some(true) => out.push(r),
+                Some(false) => {}
             }
         }
         Ok(out)

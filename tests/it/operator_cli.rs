@@ -248,3 +248,53 @@ fn version_names_the_commit_and_generate_writes_man_pages_and_completions() {
         );
     }
 }
+
+/// `conversations list` reads like `messages list`: newest first, `--oldest-first`, and filters
+/// by status and inbox, through the running server.
+#[tokio::test(flavor = "multi_thread")]
+async fn conversations_list_is_newest_first_and_filters_by_status() {
+    let root = TempDir::new("opconv");
+    let data = root.path().join("data");
+    let config = root.path().join("inbound.toml");
+    std::fs::write(&config, config_text(&data, "127.0.0.1:0", EXTRA)).unwrap();
+    let cfg = s(&config);
+    let _srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
+    let mut c = Client::connect(_srv.addr).await;
+    c.hello().await;
+    for subject in ["first", "second", "third"] {
+        let r = c
+            .send_message(
+                &format!("{subject}@customer.example"),
+                &["support@demo.inbound.test"],
+                &message(subject),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    c.cmd("QUIT", "221").await;
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["conversations", "list", "-c", &cfg, "--json"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&run(&all, "list")).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["subject"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&[]), ["third", "second", "first"]);
+    assert_eq!(ids(&["--oldest-first"]), ["first", "second", "third"]);
+    let v: serde_json::Value = serde_json::from_str(&run(
+        &["conversations", "list", "-c", &cfg, "--json"],
+        "list",
+    ))
+    .unwrap();
+    let second = v[1]["id"].as_str().unwrap().to_string();
+    run(&["conversations", "close", &second, "-c", &cfg], "close");
+    assert_eq!(ids(&["--status", "closed"]), ["second"]);
+    assert_eq!(ids(&["--status", "open"]), ["third", "first"]);
+    assert_eq!(ids(&["--inbox", "sales"]), Vec::<String>::new());
+    assert_eq!(ids(&["--since", "1h", "--limit", "2"]), ["third", "second"]);
+    inbound(&["conversations", "list", "-c", &cfg, "--status", "pending"])
+        .assert_fails_with("an unknown status", "pending");
+}
