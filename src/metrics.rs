@@ -51,6 +51,9 @@ pub struct Metrics {
     pub config_reloads: CounterVec<ReloadResult>,
     /// Age of the oldest outbox item waiting, seconds (0 when empty); set by the outbox worker.
     outbox_oldest_age: Gauge,
+    /// When the configured TLS certificate expires (Unix seconds; 0: none configured, or a
+    /// generated self-signed one). Set when the certificate is loaded, at start and reload.
+    tls_certificate_not_after: Gauge,
     /// Outcomes of webhook calls and of mail through the relay, as the outbox worker settles them.
     pub webhook_deliveries: CounterVec<DeliveryOutcome>,
     pub relay_deliveries: CounterVec<DeliveryOutcome>,
@@ -88,6 +91,7 @@ impl Metrics {
             retention_removed: CounterVec::new(),
             config_reloads: CounterVec::new(),
             outbox_oldest_age: Gauge::default(),
+            tls_certificate_not_after: Gauge::default(),
             webhook_deliveries: CounterVec::new(),
             relay_deliveries: CounterVec::new(),
             per_inbox: Default::default(),
@@ -99,6 +103,12 @@ impl Metrics {
     pub fn set_outbox_oldest_age(&self, seconds: u64) {
         self.outbox_oldest_age
             .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// The expiry of the certificate now served (Unix seconds), or `None` for none configured.
+    pub fn set_tls_certificate_not_after(&self, unix_seconds: Option<i64>) {
+        self.tls_certificate_not_after
+            .set(unix_seconds.unwrap_or(0));
     }
 
     /// Count a message for each of its (configured) inboxes, accepted or rejected.
@@ -238,6 +248,12 @@ impl Metrics {
             "inbound_config_reloads_total",
             "Configuration reloads, by result.",
             &self.config_reloads,
+        );
+        gauge(
+            o,
+            "inbound_tls_certificate_not_after_seconds",
+            "When the configured TLS certificate expires, as Unix time (0: none configured or self-signed).",
+            &self.tls_certificate_not_after,
         );
         gauge(
             o,

@@ -154,6 +154,8 @@ impl Ctx {
         let summary = summarize(file, &old, &new, tls_changed);
         if let Some(acceptor) = new_tls {
             *self.tls.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+            self.metrics
+                .set_tls_certificate_not_after(tls::configured_not_after(&new.tls));
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         Ok(summary)

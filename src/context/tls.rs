@@ -80,3 +80,109 @@ pub fn self_signed(
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     Ok((vec![ck.cert.der().clone()], key))
 }
+
+/// When the configured certificate (the first of its file) stops being valid, as Unix seconds;
+/// `None` for a generated self-signed certificate or one that cannot be read. Read right after
+/// `acceptor` loaded the same file, for `inbound_tls_certificate_not_after_seconds`.
+pub fn configured_not_after(cfg: &TlsConfig) -> Option<i64> {
+    let (cert, _) = cfg.cert_and_key.as_ref()?;
+    let first = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    not_after(first.as_ref())
+}
+
+/// `notAfter` of an X.509 certificate (RFC 5280 §4.1.2.5) as Unix seconds, read with the few
+/// DER rules the path to it needs: Certificate → tbsCertificate → (version) serialNumber
+/// signature issuer validity → notAfter, a UTCTime or GeneralizedTime. `None` for anything else.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    /// One TLV: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (first as usize, b)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | x as usize);
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] version
+    }
+    for _ in 0..3 {
+        rest = tlv(rest)?.2; // serialNumber, signature, issuer
+    }
+    let (0x30, validity, _) = tlv(rest)? else {
+        return None;
+    };
+    let (_, _, after_before) = tlv(validity)?;
+    let (tag, time, _) = tlv(after_before)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit()).then_some(());
+    digits(text)?;
+    let (year, rest) = match (tag, text.len()) {
+        // RFC 5280 §4.1.2.5.1: two-digit years 50-99 are 19xx, 00-49 are 20xx.
+        (0x17, 12) => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        (0x18, 14) => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    Some(
+        crate::util::days_from_civil(year, month as u32, day as u32) * 86_400
+            + hour * 3600
+            + minute * 60
+            + second,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// rcgen writes the validity we ask for; the reader must find it, in both time encodings
+    /// (RFC 5280 uses UTCTime up to 2049 and GeneralizedTime from 2050).
+    #[test]
+    fn not_after_is_read_from_real_certificates() {
+        for (y, m, d, expect) in [
+            (2031, 7, 14, 1_941_753_600i64),
+            (2055, 1, 2, 2_682_460_800),
+            (1999, 12, 31, 946_598_400),
+        ] {
+            let mut params = rcgen::CertificateParams::new(vec!["mx.example".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(not_after(cert.der()), Some(expect), "{y}-{m}-{d}");
+        }
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(&[0x30, 0x82, 0xff]), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
+    }
+}

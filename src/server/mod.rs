@@ -146,6 +146,8 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
     })?;
     let (trigger, shutdown) = shutdown::channel();
     let ctx = Arc::new(Ctx::new(config, store, tls, shutdown)?.with_source(source));
+    ctx.metrics
+        .set_tls_certificate_not_after(tls::configured_not_after(&ctx.config().tls));
     size_for_file_limit(&ctx)?;
     Ok(Bound {
         ctx,

@@ -343,3 +343,42 @@ async fn the_metrics_listener_serves_metrics_without_a_token() {
     let (status, _) = srv.terminate(Duration::from_secs(15));
     assert!(status.success(), "{}", srv.log_text());
 }
+
+/// Issue #16: the configured certificate's expiry is a metric (for an alert before it lapses);
+/// a generated self-signed certificate reports 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configured_certificates_expiry_is_a_metric() {
+    let dir = TempDir::new("certexp");
+    let mut params = rcgen::CertificateParams::new(vec!["mx.test.example".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2031, 7, 14);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let extra = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let srv = TestServer::start_in(dir, &extra).await;
+    // 2031-07-14T00:00:00Z.
+    assert_eq!(
+        sample(
+            &render(&srv.ctx),
+            "inbound_tls_certificate_not_after_seconds"
+        ),
+        1_941_753_600.0
+    );
+    srv.stop().await;
+
+    let srv = TestServer::start().await;
+    assert_eq!(
+        sample(
+            &render(&srv.ctx),
+            "inbound_tls_certificate_not_after_seconds"
+        ),
+        0.0
+    );
+    srv.stop().await;
+}
