@@ -5,54 +5,14 @@
 use crate::process;
 use crate::support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use process::{config_text, free_port, ServerProcess};
-use support::TempDir;
+use support::{Client, TempDir};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A blocking SMTP client: enough for sending one message to a child server.
-struct Smtp {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Smtp {
-    fn connect(addr: std::net::SocketAddr) -> Smtp {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut c = Smtp {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        };
-        c.expect("220");
-        c
-    }
-
-    /// Read one reply (its last line) and check its start.
-    fn expect(&mut self, prefix: &str) -> String {
-        loop {
-            let mut line = String::new();
-            let n = self.r.read_line(&mut line).expect("read reply");
-            assert!(n > 0, "EOF while expecting {prefix:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                assert!(
-                    line.starts_with(prefix),
-                    "expected {prefix:?}, got {line:?}"
-                );
-                return line;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str, prefix: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.expect(prefix)
-    }
-}
 
 /// A References header of `bytes` bytes, folded into lines of ids.
 fn references_bomb(bytes: usize) -> Vec<u8> {
@@ -68,8 +28,8 @@ fn references_bomb(bytes: usize) -> Vec<u8> {
 
 /// Issue #11: one 24 MiB References header took the process to 633 MiB (eight to 2.27 GiB).
 /// Now the header section is capped while it streams in: 552 5.3.4, memory stays near idle.
-#[test]
-fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
     let dir = TempDir::new("bomb");
     let cfg = dir.path().join("inbound.toml");
     std::fs::write(
@@ -80,16 +40,17 @@ fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
     let srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
     let idle_kb = srv.status_kb("VmHWM");
     let bomb = references_bomb(24 * MIB as usize);
-    let mut c = Smtp::connect(srv.addr);
-    c.cmd("EHLO bomber.example", "250");
-    c.cmd("MAIL FROM:<a@example.com>", "250");
-    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
-    c.cmd("DATA", "354");
-    c.w.write_all(&bomb).unwrap();
-    let reply = c.expect("552 5.3.4");
+    let mut c = Client::connect(srv.addr).await;
+    c.expect("220").await;
+    c.cmd("EHLO bomber.example", "250").await;
+    c.cmd("MAIL FROM:<a@example.com>", "250").await;
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send_raw(&bomb).await;
+    let reply = c.expect("552 5.3.4").await.text();
     assert!(reply.contains("header"), "{reply}");
     // The connection stays usable.
-    c.cmd("NOOP", "250");
+    c.cmd("NOOP", "250").await;
     let peak_kb = srv.status_kb("VmHWM");
     eprintln!("VmHWM idle {idle_kb} kB, after the header bomb {peak_kb} kB");
     assert!(
@@ -101,8 +62,8 @@ fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
 /// Issue #11: 1,100 half-sent HTTP requests without a token were never timed out; SMTP accepts
 /// then failed with EMFILE. Under a low RLIMIT_NOFILE that the server cannot raise, the API's
 /// connection cap and SMTP's clamped permits leave SMTP its descriptors.
-#[test]
-fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
+#[tokio::test(flavor = "multi_thread")]
+async fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
     let dir = TempDir::new("fds");
     let cfg = dir.path().join("inbound.toml");
     let api_port = free_port();
@@ -135,15 +96,16 @@ fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
     }
     // SMTP still greets and takes a message, while the half-open requests are held.
     for i in 0..3 {
-        let mut c = Smtp::connect(srv.addr);
-        c.cmd("EHLO client.example", "250");
-        c.cmd("MAIL FROM:<a@example.com>", "250");
-        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
-        c.cmd("DATA", "354");
-        c.w.write_all(format!("Subject: fd {i}\r\n\r\nhi\r\n.\r\n").as_bytes())
-            .unwrap();
-        c.expect("250");
-        c.cmd("QUIT", "221");
+        let mut c = Client::connect(srv.addr).await;
+        c.expect("220").await;
+        c.cmd("EHLO client.example", "250").await;
+        c.cmd("MAIL FROM:<a@example.com>", "250").await;
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send_raw(format!("Subject: fd {i}\r\n\r\nhi\r\n.\r\n").as_bytes())
+            .await;
+        c.expect("250").await;
+        c.cmd("QUIT", "221").await;
     }
     assert!(
         !srv.log_text().contains("Too many open files"),
@@ -168,8 +130,8 @@ fn modes(dir: &std::path::Path, out: &mut Vec<(String, u32, bool)>) {
 
 /// Issue #11: under umask 022 data files were 0644 and directories 0755, so mail was readable
 /// by every local user. Whatever the umask, the server creates everything 0600/0700.
-#[test]
-fn data_files_are_private_under_umask_022() {
+#[tokio::test(flavor = "multi_thread")]
+async fn data_files_are_private_under_umask_022() {
     let dir = TempDir::new("modes");
     let data = dir.path().join("data");
     let cfg = dir.path().join("inbound.toml");
@@ -180,19 +142,20 @@ fn data_files_are_private_under_umask_022() {
         free_port(),
         &dir.path().join("log"),
     );
-    let mut c = Smtp::connect(srv.addr);
-    c.cmd("EHLO client.example", "250");
+    let mut c = Client::connect(srv.addr).await;
+    c.expect("220").await;
+    c.cmd("EHLO client.example", "250").await;
     // One small message (inline in the database), one large (a spool file).
     for size in [100usize, 200_000] {
-        c.cmd("MAIL FROM:<a@example.com>", "250");
-        c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
-        c.cmd("DATA", "354");
+        c.cmd("MAIL FROM:<a@example.com>", "250").await;
+        c.cmd("RCPT TO:<support@demo.inbound.test>", "250").await;
+        c.cmd("DATA", "354").await;
         let body = "x".repeat(size);
-        c.w.write_all(format!("Subject: private\r\n\r\n{body}\r\n.\r\n").as_bytes())
-            .unwrap();
-        c.expect("250");
+        c.send_raw(format!("Subject: private\r\n\r\n{body}\r\n.\r\n").as_bytes())
+            .await;
+        c.expect("250").await;
     }
-    c.cmd("QUIT", "221");
+    c.cmd("QUIT", "221").await;
     srv.terminate(Duration::from_secs(30));
     let mut all = Vec::new();
     modes(&data, &mut all);
@@ -210,8 +173,8 @@ fn data_files_are_private_under_umask_022() {
 /// Issue #11: SIGTERM with a webhook receiver that accepts and never answers took 30 s with
 /// `shutdown_timeout = "5s"`; and webhook URLs were logged with their query strings, where
 /// receivers put tokens.
-#[test]
-fn sigterm_with_a_hanging_webhook_honours_shutdown_timeout_and_logs_no_url_query() {
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_hanging_webhook_honours_shutdown_timeout_and_logs_no_url_query() {
     let dir = TempDir::new("hang");
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -244,14 +207,15 @@ secret = "whsec-test-0123456789abcdef"
     )
     .unwrap();
     let mut srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
-    let mut c = Smtp::connect(srv.addr);
-    c.cmd("EHLO client.example", "250");
-    c.cmd("MAIL FROM:<a@example.com>", "250");
-    c.cmd("RCPT TO:<support@demo.inbound.test>", "250");
-    c.cmd("DATA", "354");
-    c.w.write_all(b"Subject: hook\r\n\r\nhi\r\n.\r\n").unwrap();
-    c.expect("250");
-    c.cmd("QUIT", "221");
+    let mut c = Client::connect(srv.addr).await;
+    c.expect("220").await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("MAIL FROM:<a@example.com>", "250").await;
+    c.cmd("RCPT TO:<support@demo.inbound.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send_raw(b"Subject: hook\r\n\r\nhi\r\n.\r\n").await;
+    c.expect("250").await;
+    c.cmd("QUIT", "221").await;
     // The receiver takes the connection and never answers.
     let (_held, _) = hanging.accept().unwrap();
     // Let the refused endpoint fail and be logged a few times.
