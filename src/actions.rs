@@ -140,39 +140,78 @@ fn announce_assignment(tx: &Tx<'_>, config: &Config, c: &Conversation) -> TxResu
     Ok(())
 }
 
-/// Take a conversation off its user and team.
-pub fn unassign(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+/// An operator's change to a conversation, told in the same transaction as the
+/// `conversation.<what>` webhook event.
+fn announce_change(tx: &Tx<'_>, config: &Config, what: &str, c: &Conversation) -> TxResult<()> {
+    let data = serde_json::json!({
+        "conversation": c.id,
+        "status": c.status,
+        "assignee": c.assignee,
+        "team": c.team,
+        "by": "operator",
+    });
+    crate::notify::queue_event(
+        tx,
+        config,
+        &format!("conversation.{what}"),
+        &c.inbox,
+        data,
+        keys::now_ms(),
+    )
+}
+
+/// Take a conversation off its user and team (`conversation.unassigned`, when it had one).
+pub fn unassign(
+    store: &Store,
+    config: &Config,
+    conversation: &str,
+) -> Result<Conversation, ActionError> {
     change_conversation(store, conversation, |tx, c| {
+        let had = c.assignee.is_some() || c.team.is_some();
         move_open(tx, c, c.assignee.clone(), None)?;
         c.assignee = None;
         c.team = None;
+        if had {
+            announce_change(tx, config, "unassigned", c)?;
+        }
         Ok(())
     })
 }
 
-/// Close a conversation. It keeps its assignee, who has one open conversation fewer. Closing a
-/// closed conversation changes nothing.
-pub fn close(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+/// Close a conversation (`conversation.closed`). It keeps its assignee, who has one open
+/// conversation fewer. Closing a closed conversation changes nothing.
+pub fn close(
+    store: &Store,
+    config: &Config,
+    conversation: &str,
+) -> Result<Conversation, ActionError> {
     change_conversation(store, conversation, |tx, c| {
         if c.status != "closed" {
             if let Some(user) = &c.assignee {
                 decrement_open(tx, user)?;
             }
             c.status = "closed".into();
+            announce_change(tx, config, "closed", c)?;
         }
         Ok(())
     })
 }
 
-/// Reopen a closed conversation (an operator closed it too early). Its assignee has one open
-/// conversation more again. Reopening an open conversation changes nothing.
-pub fn reopen(store: &Store, conversation: &str) -> Result<Conversation, ActionError> {
+/// Reopen a closed conversation (`conversation.reopened`; a customer's new message reopens one
+/// too, in `pipeline::threading`). Its assignee has one open conversation more again.
+/// Reopening an open conversation changes nothing.
+pub fn reopen(
+    store: &Store,
+    config: &Config,
+    conversation: &str,
+) -> Result<Conversation, ActionError> {
     change_conversation(store, conversation, |tx, c| {
         if c.status == "closed" {
             if let Some(user) = &c.assignee {
                 tx.add(&routing::open_key(user), 1)?;
             }
             c.status = "open".into();
+            announce_change(tx, config, "reopened", c)?;
         }
         Ok(())
     })

@@ -354,20 +354,38 @@ pub async fn conversation_unassign(
     State(s): St,
     PathParams(id): PathParams<String>,
 ) -> Json<views::ConversationSummary> {
-    let store = s.ctx.store.clone();
-    blocking(move || Ok(actions::unassign(&store, &id)?.into()))
-        .await
-        .map(axum::Json)
+    conversation_action(s, id, actions::unassign).await
 }
 
 pub async fn conversation_close(
     State(s): St,
     PathParams(id): PathParams<String>,
 ) -> Json<views::ConversationSummary> {
-    let store = s.ctx.store.clone();
-    blocking(move || Ok(actions::close(&store, &id)?.into()))
-        .await
-        .map(axum::Json)
+    conversation_action(s, id, actions::close).await
+}
+
+/// `POST /v1/conversations/{id}/reopen`.
+pub async fn conversation_reopen(
+    State(s): St,
+    PathParams(id): PathParams<String>,
+) -> Json<views::ConversationSummary> {
+    conversation_action(s, id, actions::reopen).await
+}
+
+/// Run one conversation action off the async threads; it may have queued a webhook event.
+async fn conversation_action(
+    s: Arc<ApiState>,
+    id: String,
+    action: fn(
+        &crate::store::Store,
+        &Config,
+        &str,
+    ) -> Result<crate::store::model::Conversation, actions::ActionError>,
+) -> Json<views::ConversationSummary> {
+    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
+    let answer = blocking(move || Ok(action(&store, &config, &id)?.into())).await;
+    s.ctx.outbox_wake.notify_one();
+    answer.map(axum::Json)
 }
 
 // ---- messages ----------------------------------------------------------------------------------

@@ -76,6 +76,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/v1/conversations/{id}/close",
             post(handlers::conversation_close),
         )
+        .route(
+            "/v1/conversations/{id}/reopen",
+            post(handlers::conversation_reopen),
+        )
         .route("/v1/messages", get(handlers::messages))
         .route("/v1/messages/{id}", get(handlers::message))
         .route("/v1/messages/{id}/raw", get(handlers::message_raw))

@@ -75,11 +75,14 @@ pub struct RawWebhook {
 }
 
 /// Every webhook event, in the order they happen to a message.
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 9] = [
     "message.received",
     "message.quarantined",
     "conversation.created",
     "conversation.assigned",
+    "conversation.unassigned",
+    "conversation.closed",
+    "conversation.reopened",
     "ticket.created",
     "verification.received",
 ];

@@ -156,6 +156,7 @@ fn apply(
             assignment: "kept".into(),
             ticket: conv.and_then(|c| c.ticket),
             rule: None,
+            reopened: false,
         });
     }
     let now = input.received_at;
@@ -212,6 +213,25 @@ fn apply(
         }
         contact.owner = owner.clone().or(contact.owner);
         tx.put_json(TreeId::Contacts, input.contact_email.as_bytes(), &contact)?;
+    }
+
+    // A customer writing into a closed conversation reopens it: it is open again, with its
+    // assignee's open count back, or, when that user is no longer configured, assigned anew by
+    // the rules below. Automatic mail and provider confirmations leave it closed.
+    let reopened =
+        thread == "joined" && conv.status == "closed" && !input.automatic && !input.verification;
+    if reopened {
+        conv.status = "open".into();
+        match conv.assignee.clone() {
+            Some(user) if dir.users.contains_key(&user) => {
+                tx.add(&routing::open_key(&user), 1)?;
+            }
+            Some(_) => {
+                conv.assignee = None;
+                conv.team = None;
+            }
+            None => {}
+        }
     }
 
     // Assignment: a conversation stays with its assignee.
@@ -283,6 +303,7 @@ fn apply(
         team: conv.team.clone(),
         assignment: assignment.into(),
         ticket: conv.ticket.clone(),
+        reopened,
     })
 }
 
@@ -360,6 +381,16 @@ fn announce(
             "first_message": record.queue_id,
         });
         notify::queue_event(tx, config, "conversation.created", id, data, now)?;
+    }
+    if r.reopened {
+        let data = serde_json::json!({
+            "conversation": r.conversation,
+            "assignee": r.assignee,
+            "team": r.team,
+            "by": "customer",
+            "message": record.queue_id,
+        });
+        notify::queue_event(tx, config, "conversation.reopened", id, data, now)?;
     }
     if ASSIGNED_BY_RULE.contains(&r.assignment.as_str()) {
         let data = serde_json::json!({

@@ -288,9 +288,15 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             };
             action_answer(crate::actions::assign(store, config, id, &to))
         }
-        Request::ConversationUnassign { id } => action_answer(crate::actions::unassign(store, id)),
-        Request::ConversationClose { id } => action_answer(crate::actions::close(store, id)),
-        Request::ConversationReopen { id } => action_answer(crate::actions::reopen(store, id)),
+        Request::ConversationUnassign { id } => {
+            action_answer(crate::actions::unassign(store, config, id))
+        }
+        Request::ConversationClose { id } => {
+            action_answer(crate::actions::close(store, config, id))
+        }
+        Request::ConversationReopen { id } => {
+            action_answer(crate::actions::reopen(store, config, id))
+        }
         Request::OutboxRetry { id } => action_answer(crate::actions::outbox_retry_now(store, id)),
         Request::OutboxDrop { id } => action_answer(crate::actions::outbox_drop(store, id)),
         Request::ConversationsShow { id, after, limit } => {

@@ -84,6 +84,9 @@ pub struct RoutingRecord {
     pub assignment: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// The message reopened its closed conversation (a customer wrote again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reopened: bool,
 }
 
 /// An attachment as listed on the message record; its bytes stay in the stored message.

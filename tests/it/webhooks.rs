@@ -355,3 +355,129 @@ async fn a_provider_confirmation_is_a_verification_event_with_its_code() {
     );
     srv.stop().await;
 }
+
+/// Issue #15's conversation lifecycle: an operator's close, unassign and reopen, and a customer
+/// writing into a closed conversation (which reopens it, back with its assignee, or assigned
+/// anew by the rules when that user is gone), each announced as a signed event.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-life");
+    let text = config(
+        dir.path(),
+        sink.addr.port(),
+        "events = [\"conversation.closed\", \"conversation.reopened\", \"conversation.unassigned\"]",
+    )
+    .replace(
+        "[auth]\n",
+        &format!("[api]\nlisten = \"127.0.0.1:0\"\ntokens = [\"{API_TOKEN}\"]\n\n[auth]\n"),
+    );
+    let srv = start(dir, &text).await;
+    let api = srv.api().await;
+    let first = send(&srv, ADDRESS, "Lifecycle").await;
+    let conv = srv.ctx.store.get(&first).unwrap().unwrap().routing[0]
+        .conversation
+        .clone();
+    let open_count = |srv: &TestServer| srv.ctx.store.counter(b"open:alice").unwrap();
+    let before = open_count(&srv);
+
+    let r = api
+        .post(&format!("/v1/conversations/{conv}/close"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "closed");
+    assert_eq!(open_count(&srv), before - 1);
+
+    // The customer writes again, in the same thread: the conversation opens, still alice's.
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let reply = format!(
+        "From: Carol <carol@customer.example>\r\nTo: {ADDRESS}\r\nSubject: Re: Lifecycle\r\n\
+         Message-ID: <lifecycle-2@customer.example>\r\nIn-Reply-To: <Lifecycle@customer.example>\r\n\r\nStill broken.\r\n"
+    );
+    let r = c
+        .send_message("carol@customer.example", &[ADDRESS], reply.as_bytes())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let rec = srv.ctx.store.get(&r.last_word()).unwrap().unwrap();
+    assert_eq!(rec.routing[0].conversation, conv);
+    assert!(rec.routing[0].reopened);
+    let now = srv.ctx.store.conversation(&conv).unwrap().unwrap();
+    assert_eq!(now.status, "open");
+    assert_eq!(now.assignee.as_deref(), Some("alice"));
+    assert_eq!(open_count(&srv), before);
+
+    let r = api
+        .post(&format!("/v1/conversations/{conv}/unassign"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    api.post(&format!("/v1/conversations/{conv}/close"), None)
+        .await;
+    let r = api
+        .post(&format!("/v1/conversations/{conv}/reopen"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "open");
+    // Reopening an open conversation changes nothing and announces nothing.
+    api.post(&format!("/v1/conversations/{conv}/reopen"), None)
+        .await;
+    assert_eq!(
+        api.post("/v1/conversations/nope/reopen", None).await.status,
+        404
+    );
+
+    let got = sink.wait_accepted(5, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events: Vec<(String, String)> = sink
+        .accepted()
+        .iter()
+        .map(|r| {
+            verify(r);
+            let b = json(r);
+            assert_eq!(b["data"]["conversation"], conv.as_str());
+            (
+                b["type"].as_str().unwrap().to_string(),
+                b["data"]["by"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 5);
+    let want = [
+        ("conversation.closed", "operator"),
+        ("conversation.reopened", "customer"),
+        ("conversation.unassigned", "operator"),
+        ("conversation.closed", "operator"),
+        ("conversation.reopened", "operator"),
+    ];
+    let mut sorted = events.clone();
+    sorted.sort();
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(sorted, want, "{events:?}");
+
+    // An assignee who is no longer configured: the customer's message reassigns by the rules.
+    srv.ctx
+        .store
+        .update(|tx| {
+            let mut c: inbound::store::model::Conversation = tx
+                .get_json(inbound::store::TreeId::Conversations, conv.as_bytes())?
+                .unwrap();
+            c.assignee = Some("ghost".into());
+            c.status = "closed".into();
+            tx.put_json(inbound::store::TreeId::Conversations, conv.as_bytes(), &c)
+        })
+        .unwrap();
+    let again = reply.replace("lifecycle-2@", "lifecycle-3@");
+    let r = c
+        .send_message("carol@customer.example", &[ADDRESS], again.as_bytes())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let rec = srv.ctx.store.get(&r.last_word()).unwrap().unwrap();
+    assert!(rec.routing[0].reopened);
+    assert_eq!(rec.routing[0].assignee.as_deref(), Some("alice"));
+    assert_eq!(rec.routing[0].rule.as_deref(), Some("to alice"));
+    srv.stop().await;
+}
