@@ -35,6 +35,24 @@ fn open_db(dir: &Path) -> sled::Db {
     panic!("cannot open {}/db", dir.display());
 }
 
+/// Drop a database opened with `open_db` and wait until its file lock is really free: sled's
+/// I/O threads let go of the file a moment after the handle is dropped, and a server started
+/// in that moment would find the store locked.
+fn close_db(db: sled::Db, dir: &Path) {
+    use std::os::fd::AsRawFd;
+    drop(db);
+    let path = dir.join("db").join("db");
+    for _ in 0..200 {
+        let file = std::fs::File::open(&path).expect("the database file");
+        // SAFETY: flock on a descriptor we own; released when `file` closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} stayed locked", path.display());
+}
+
 fn large_message(subject: &str) -> Vec<u8> {
     let mut m = message(subject);
     while m.len() < 200 * 1024 {
@@ -87,14 +105,13 @@ async fn start_removes_partial_and_unacknowledged_files_and_keeps_messages() {
     )
     .unwrap();
     let orphan_inline_id = new_queue_id();
-    {
-        let db = open_db(&data);
-        db.open_tree("bodies")
-            .unwrap()
-            .insert(orphan_inline_id.as_bytes(), message("orphan-inline"))
-            .unwrap();
-        db.flush().unwrap();
-    }
+    let db = open_db(&data);
+    db.open_tree("bodies")
+        .unwrap()
+        .insert(orphan_inline_id.as_bytes(), message("orphan-inline"))
+        .unwrap();
+    db.flush().unwrap();
+    close_db(db, &data);
 
     let srv = TestServer::start_in(dir, "").await;
     assert!(
