@@ -10,12 +10,9 @@
 //! What a mode may change is confined to `Mode`: the message bytes (`Messages`) and the extra
 //! server configuration (`Mode::server_toml`). A DKIM/SPF/DMARC mode adds a variant there.
 //!
-//! Long file: the whole load generator (cases, runs, its pipelined SMTP client, its DKIM signer,
-//! the report), compiled only with the `bench` feature. Its client, signer and DNS responder
-//! should become the ones the tests use (`tests/it/support`), which would also shorten it; that
-//! is open work, noted on issue #12.
-
-mod dns;
+//! Long file: the whole load generator (cases, runs, messages, the pipelined transaction, the
+//! report), compiled only with the `bench` feature. Its SMTP client, DKIM signer, DNS server and
+//! server config are the tests' own, from `crate::testkit`.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -29,11 +26,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::testkit::dns::TestDns;
+use crate::testkit::sign::{self, TestKey};
+use crate::testkit::smtp::{dot_stuff, Client};
 
 /// How long a client waits for any one reply. Past it the message counts as failed and the client
 /// stops (its connection is in an unknown state); the others go on.
@@ -137,42 +136,40 @@ impl Mode {
 
 /// The DKIM selector of the bench sender domain.
 const DKIM_SELECTOR: &str = "bench";
-/// A test key (also tests/fixtures/keys): RSA-2048, PKCS#8. Never used outside benchmarks and tests.
-const DKIM_KEY_PEM: &[u8] = include_bytes!("../tests/fixtures/keys/dkim-rsa2048.pem");
-
-fn dkim_key() -> Result<mail_auth::common::crypto::RsaKey<mail_auth::common::crypto::Sha256>> {
-    use rustls_pki_types::pem::PemObject;
-    let der =
-        rustls_pki_types::PrivateKeyDer::from_pem_slice(DKIM_KEY_PEM).context("bench DKIM key")?;
-    mail_auth::common::crypto::RsaKey::<mail_auth::common::crypto::Sha256>::from_key_der(der)
-        .map_err(|e| anyhow::anyhow!("bench DKIM key: {e}"))
-}
-
-/// The loopback DNS server of `--mode auth` (started once per process): SPF authorises
-/// 127.0.0.1 for the sender domain, its DKIM key, and DMARC p=reject.
+/// The loopback DNS server of `--mode auth` (started once per process, on a thread and runtime
+/// of its own that outlive every run): SPF authorises 127.0.0.1 for the sender domain, its DKIM
+/// key, and DMARC p=reject; every other name is NXDOMAIN, so no query leaves the machine.
 fn auth_dns() -> Result<SocketAddr> {
     static DNS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
     if let Some(a) = DNS.get() {
         return Ok(*a);
     }
-    let public = dkim_key()?.public_key();
-    let mut zone = dns::Zone::new();
-    zone.insert(
-        PLAIN_FROM_DOMAIN.into(),
-        vec!["v=spf1 ip4:127.0.0.1 -all".into()],
-    );
-    zone.insert(
-        format!("_dmarc.{PLAIN_FROM_DOMAIN}"),
-        vec!["v=DMARC1; p=reject".into()],
-    );
-    zone.insert(
-        format!("{DKIM_SELECTOR}._domainkey.{PLAIN_FROM_DOMAIN}"),
-        vec![format!(
-            "v=DKIM1; k=rsa; p={}",
-            crate::util::base64(&public)
-        )],
-    );
-    let addr = dns::start(zone).context("starting the bench DNS server")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("bench-dns".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            rt.block_on(async {
+                let dns = TestDns::start().await;
+                dns.add_txt(PLAIN_FROM_DOMAIN, "v=spf1 ip4:127.0.0.1 -all");
+                dns.add_txt(&format!("_dmarc.{PLAIN_FROM_DOMAIN}"), "v=DMARC1; p=reject");
+                TestKey::rsa().publish(&dns, DKIM_SELECTOR, PLAIN_FROM_DOMAIN);
+                let _ = tx.send(Ok(dns.addr()));
+                // Serve until the process exits.
+                std::future::pending::<()>().await
+            })
+        })
+        .context("starting the bench DNS server")?;
+    let addr = rx
+        .recv()
+        .context("the bench DNS server did not start")?
+        .context("starting the bench DNS server")?;
     Ok(*DNS.get_or_init(|| addr))
 }
 
@@ -186,7 +183,6 @@ struct SignedMessages {
 
 impl SignedMessages {
     fn new(plain: PlainMessages) -> Result<SignedMessages> {
-        dkim_key()?;
         Ok(SignedMessages {
             plain,
             signatures: Default::default(),
@@ -220,15 +216,14 @@ impl SignedMessages {
                     })
                     .collect::<Vec<_>>()
                     .join(&b'\n');
-                // dkim_key() succeeded in `new`; signing a well-formed message cannot fail.
-                let key = dkim_key().expect("bench DKIM key (checked in new)");
-                let sig = mail_auth::dkim::DkimSigner::from_key(key)
-                    .domain(PLAIN_FROM_DOMAIN)
-                    .selector(DKIM_SELECTOR)
-                    .headers(["From", "To", "Subject", "Date"])
-                    .sign(&unstuffed)
-                    .expect("DKIM signing of the bench message");
-                mail_auth::common::headers::HeaderWriter::to_header(&sig).into_bytes()
+                sign::dkim_signature(
+                    &unstuffed,
+                    PLAIN_FROM_DOMAIN,
+                    DKIM_SELECTOR,
+                    &TestKey::rsa(),
+                    &["From", "To", "Subject", "Date"],
+                )
+                .into_bytes()
             })
             .clone()
     }
@@ -367,20 +362,6 @@ fn padding(bytes: usize) -> Option<Vec<u8>> {
     }
     debug_assert_eq!(out.len(), bytes);
     Some(out)
-}
-
-/// RFC 5321 §4.5.2: a line that starts with a dot gets one more. `text` starts at a line start.
-fn dot_stuff(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + text.len() / 64);
-    let mut line_start = true;
-    for &b in text {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    out
 }
 
 /// `4k`, `100K`, `1m`, `2MiB`, `512`: binary units, as stored sizes are usually quoted.
@@ -974,70 +955,6 @@ address = "{local}@{domain}"
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-/// A client's connection: replies are read through a buffer, commands written straight through.
-struct Conn {
-    io: BufReader<TcpStream>,
-    line: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        // Every write is a whole pipelined group or a whole message: never hold it back.
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            io: BufReader::with_capacity(4096, stream),
-            line: Vec::with_capacity(512),
-        })
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.get_mut().write_all(bytes).await
-    }
-
-    /// Read one reply, all its lines; returns its code. `last_line` has its final line.
-    async fn reply(&mut self) -> std::io::Result<u16> {
-        use std::io::{Error, ErrorKind};
-        loop {
-            self.line.clear();
-            let n = tokio::time::timeout(REPLY_TIMEOUT, self.io.read_until(b'\n', &mut self.line))
-                .await
-                .map_err(|_| Error::new(ErrorKind::TimedOut, "no reply within the timeout"))??;
-            if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                ));
-            }
-            let code = std::str::from_utf8(self.line.get(..3).unwrap_or_default())
-                .ok()
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidData,
-                        format!("not an SMTP reply: {:?}", self.last_line()),
-                    )
-                })?;
-            if self.line.get(3) != Some(&b'-') {
-                return Ok(code);
-            }
-        }
-    }
-
-    fn last_line(&self) -> String {
-        String::from_utf8_lossy(&self.line).trim_end().to_string()
-    }
-
-    /// Read a reply and insist on `code`.
-    async fn expect(&mut self, code: u16, what: &str) -> Result<(), String> {
-        match self.reply().await {
-            Ok(c) if c == code => Ok(()),
-            Ok(_) => Err(format!("{what}: {}", self.last_line())),
-            Err(e) => Err(format!("{what}: {e}")),
-        }
-    }
-}
-
 /// What every client of a run shares.
 struct Shared {
     source: Arc<dyn Messages>,
@@ -1133,15 +1050,16 @@ async fn load(addr: SocketAddr, rcpt: &str, case: &Case) -> RunResult {
 
 async fn client(index: u32, addr: SocketAddr, shared: Arc<Shared>) -> ClientOutcome {
     let setup = async {
-        let mut c = Conn::connect(addr)
+        let mut c = Client::try_connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
-        c.expect(220, "greeting").await?;
-        c.send(b"EHLO client.bench.example\r\n")
+        c.timeout = REPLY_TIMEOUT;
+        expect_code(&mut c, 220, "greeting").await?;
+        c.write(b"EHLO client.bench.example\r\n")
             .await
             .map_err(|e| format!("EHLO: {e}"))?;
-        c.expect(250, "EHLO").await?;
-        Ok::<Conn, String>(c)
+        expect_code(&mut c, 250, "EHLO").await?;
+        Ok::<Client<TcpStream>, String>(c)
     }
     .await;
     // Every client reaches the barrier, ready or not, or the run would never start.
@@ -1175,15 +1093,24 @@ async fn client(index: u32, addr: SocketAddr, shared: Arc<Shared>) -> ClientOutc
             return out;
         }
     }
-    let _ = conn.send(b"QUIT\r\n").await;
-    let _ = conn.reply().await;
+    let _ = conn.write(b"QUIT\r\n").await;
+    let _ = conn.reply_code().await;
     out
+}
+
+/// Read a reply and insist on `code`.
+async fn expect_code(c: &mut Client<TcpStream>, code: u16, what: &str) -> Result<(), String> {
+    match c.reply_code().await {
+        Ok(got) if got == code => Ok(()),
+        Ok(_) => Err(format!("{what}: {}", c.last_line())),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
 }
 
 /// One message: MAIL, RCPT and DATA in one write (PIPELINING), their three replies, the body and
 /// the final reply. Protocol refusals are counted in `out`; `Err` is for a broken connection.
 async fn transaction(
-    conn: &mut Conn,
+    conn: &mut Client<TcpStream>,
     shared: &Shared,
     id: MessageId,
     (commands, message): (&mut Vec<u8>, &mut Vec<u8>),
@@ -1197,27 +1124,27 @@ async fn transaction(
         "MAIL FROM:<{from}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
         shared.rcpt
     );
-    conn.send(commands).await?;
+    conn.write(commands).await?;
     let mut refused: Option<String> = None;
     for (want, what) in [(250, "MAIL"), (250, "RCPT")] {
-        if conn.reply().await? != want && refused.is_none() {
+        if conn.reply_code().await? != want && refused.is_none() {
             refused = Some(format!("{what}: {}", conn.last_line()));
         }
     }
-    let data = conn.reply().await?;
+    let data = conn.reply_code().await?;
     if data != 354 {
         refused.get_or_insert_with(|| format!("DATA: {}", conn.last_line()));
         // Whatever part of the transaction was accepted is dropped before the next one.
-        conn.send(b"RSET\r\n").await?;
-        conn.reply().await?;
+        conn.write(b"RSET\r\n").await?;
+        conn.reply_code().await?;
         out.fail(refused.unwrap_or_default());
         out.finished = Some(Instant::now());
         return Ok(());
     }
     shared.source.render(id, message);
-    conn.send(message).await?;
+    conn.write(message).await?;
     let sent = Instant::now();
-    let code = conn.reply().await?;
+    let code = conn.reply_code().await?;
     let now = Instant::now();
     out.finished = Some(now);
     match (code, refused) {

@@ -13,7 +13,8 @@
 //! API: reads and operator actions), [`actions`] (what every operator action changes in the
 //! store, one transaction each), `bench` (the load generator behind `inbound bench`,
 //! compiled only with the `bench` feature), `fuzzing` (the fuzzers' harnesses, with the
-//! `fuzzing` feature only).
+//! `fuzzing` feature only), `testkit` (the SMTP client, DNS server, signer and config builder
+//! that the tests and the bench share, with the `testkit` feature only).
 
 pub mod actions;
 pub mod api;
@@ -32,4 +33,6 @@ pub mod pipeline;
 pub mod server;
 pub mod smtp;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod util;

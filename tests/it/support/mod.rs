@@ -1,6 +1,7 @@
 //! Test harness: a real server on 127.0.0.1:0 in this process (`TestServer`, its HTTP API on
-//! another ephemeral port), a line-oriented SMTP client that reads like a transcript (`Client`),
-//! an HTTP client for the API (`http`), and temporary directories.
+//! another ephemeral port), an HTTP client for the API (`http`), temporary directories, and the
+//! kit shared with the bench (`inbound::testkit`: the transcript-style SMTP `Client`, the loopback
+//! DNS server `dns`, the signer `sign`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,16 +11,17 @@ use std::time::Duration;
 
 use inbound::config::{self, Config};
 use inbound::context::Ctx;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub mod dns;
 pub mod http;
 pub mod schema;
-pub mod sign;
 pub mod sink;
+
+// The kit shared with the bench (src/testkit/), under the names the tests have always used.
+pub use inbound::testkit::smtp::{dot_stuff, Client, Reply};
+pub use inbound::testkit::{dns, sign};
 
 /// The bearer token `config_text` configures for the API.
 pub const API_TOKEN: &str = "test-token-0123456789abcdef";
@@ -217,164 +219,6 @@ impl TestServer {
 fn is_locked(dir: &Path) -> bool {
     let cfg = inbound::config::Config::embedded_default().store;
     inbound::store::Store::open(dir, &cfg).is_err()
-}
-
-/// A line-oriented SMTP client: `c.send("MAIL FROM:<a@b>").await; c.expect("250").await;`
-pub struct Client<S> {
-    reader: BufReader<tokio::io::ReadHalf<S>>,
-    writer: tokio::io::WriteHalf<S>,
-    pub timeout: Duration,
-}
-
-/// One reply: its code and its lines' text (without the code and separator).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub code: u16,
-    pub lines: Vec<String>,
-}
-
-impl Reply {
-    pub fn text(&self) -> String {
-        self.lines.join("\n")
-    }
-
-    /// The last word of the last line (the queue id of a `250 ... queued as ID`).
-    pub fn last_word(&self) -> String {
-        self.lines
-            .last()
-            .and_then(|l| l.split_whitespace().last())
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-impl Client<TcpStream> {
-    pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
-        let s = TcpStream::connect(addr).await.expect("connect");
-        Client::new(s)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    pub fn new(stream: S) -> Client<S> {
-        let (r, w) = tokio::io::split(stream);
-        Client {
-            reader: BufReader::new(r),
-            writer: w,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    pub fn into_inner(self) -> S {
-        self.reader.into_inner().unsplit(self.writer)
-    }
-
-    /// Send one command line (CRLF added).
-    pub async fn send(&mut self, line: &str) {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .expect("write");
-        self.writer.flush().await.expect("flush");
-    }
-
-    /// Send raw bytes as they are.
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.expect("write");
-        self.writer.flush().await.expect("flush");
-    }
-
-    /// Try to send; false when the server has closed the connection.
-    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
-        self.writer.write_all(bytes).await.is_ok() && self.writer.flush().await.is_ok()
-    }
-
-    /// Read one (possibly multi-line) reply; `None` on EOF or timeout.
-    pub async fn read_reply(&mut self) -> Option<Reply> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(self.timeout, self.reader.read_line(&mut line))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            assert!(line.len() >= 3, "short reply line {line:?}");
-            let code: u16 = line[..3]
-                .parse()
-                .unwrap_or_else(|_| panic!("bad reply line {line:?}"));
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_string());
-            if !more {
-                return Some(Reply { code, lines });
-            }
-        }
-    }
-
-    /// Read a reply and assert that it starts with `prefix` ("250", "550 5.1.1").
-    pub async fn expect(&mut self, prefix: &str) -> Reply {
-        let r = self
-            .read_reply()
-            .await
-            .unwrap_or_else(|| panic!("expected {prefix:?}, got EOF/timeout"));
-        let full = format!("{} {}", r.code, r.lines.last().cloned().unwrap_or_default());
-        assert!(full.starts_with(prefix), "expected {prefix:?}, got {r:?}");
-        r
-    }
-
-    /// `send` then `expect`.
-    pub async fn cmd(&mut self, line: &str, prefix: &str) -> Reply {
-        self.send(line).await;
-        self.expect(prefix).await
-    }
-
-    /// Whether the server closed the connection (EOF within the timeout).
-    pub async fn expect_closed(&mut self) {
-        let mut buf = String::new();
-        let n = tokio::time::timeout(self.timeout, self.reader.read_line(&mut buf))
-            .await
-            .expect("server should close the connection")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "expected EOF, got {buf:?}");
-    }
-
-    /// Greeting + EHLO.
-    pub async fn hello(&mut self) -> Reply {
-        self.expect("220").await;
-        self.cmd("EHLO client.example", "250").await
-    }
-
-    /// A whole transaction with DATA; returns the final reply.
-    pub async fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
-        self.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
-        for t in to {
-            self.cmd(&format!("RCPT TO:<{t}>"), "250").await;
-        }
-        self.cmd("DATA", "354").await;
-        self.send_raw(&dot_stuff(body)).await;
-        self.send_raw(b".\r\n").await;
-        self.read_reply().await.expect("reply to end of data")
-    }
-}
-
-/// Dot-stuff a CRLF message for DATA and make sure it ends with CRLF.
-pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 16);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// A small valid message.
