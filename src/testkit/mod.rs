@@ -3,6 +3,7 @@
 //! own feature): an SMTP client (`smtp`), a loopback DNS server (`dns`), a DKIM/ARC signer with
 //! test keys (`sign`) and a server config builder (`config`). Nothing in the server imports it.
 
+pub mod config;
 pub mod dns;
 pub mod sign;
 pub mod smtp;

@@ -192,10 +192,10 @@ async fn every_protected_route_needs_a_valid_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_configured_tokens_only_the_public_endpoints_answer() {
     let dir = TempDir::new("notok");
-    let text =
-        config_text(dir.path(), "").replace(&format!("tokens = [\"{API_TOKEN}\"]"), "tokens = []");
-    assert!(text.contains("tokens = []"), "base config changed");
-    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let cfg = ConfigBuilder::test(dir.path())
+        .set("api", "tokens = []")
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let api = srv.api().await;
     let r = api.get("/v1/inboxes").await;
     assert_eq!(r.status, 401);
@@ -847,34 +847,10 @@ async fn quarantine_lists_releases_and_deletes() {
     // Every client is checked. plain.example authorises no host and has no DMARC policy: its mail
     // fails SPF without DKIM, is unauthenticated, and is quarantined (the default of
     // auth.on_unauthenticated).
-    let text = format!(
-        r#"
-[server]
-hostname = "mx.inbound.test"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-proxy_protocol = true
-trusted_proxies = ["127.0.0.1"]
-
-[dns]
-nameservers = ["{dns}"]
-timeout = "1500ms"
-attempts = 1
-
-[api]
-tokens = ["{API_TOKEN}"]
-
-[[inbox]]
-id = "demo"
-address = "{DEMO}"
-"#,
-        data = dir.path().display(),
-        dns = dns.addr(),
-    );
-    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let cfg = ConfigBuilder::checked(dir.path(), dns.addr())
+        .set("api", &format!("tokens = [\"{API_TOKEN}\"]"))
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let api = srv.api().await;
     let good = deliver_as(
         &srv,
@@ -1139,13 +1115,14 @@ async fn the_api_stops_with_the_server() {
 async fn a_reload_replaces_the_tokens_at_once() {
     let dir = TempDir::new("apirl");
     let file = dir.path().join("inbound.toml");
-    std::fs::write(&file, config_text(dir.path(), "")).unwrap();
+    ConfigBuilder::test(dir.path()).write(&file);
     let srv = TestServer::start_file(dir, &file).await;
     let api = srv.api().await;
     assert_eq!(api.get("/v1/inboxes").await.status, 200);
     let new_token = "rotated-token-0123456789abcdef";
-    let text = config_text(srv.dir.path(), "").replace(API_TOKEN, new_token);
-    std::fs::write(&file, text).unwrap();
+    ConfigBuilder::test(srv.dir.path())
+        .set("api", &format!("tokens = [\"{new_token}\"]"))
+        .write(&file);
     let ctx = srv.ctx.clone();
     let summary = tokio::task::spawn_blocking(move || ctx.reload())
         .await
@@ -1170,11 +1147,9 @@ async fn readiness_metrics_and_reload_over_http() {
     let dns = support::dns::TestDns::start().await;
     let dir = TempDir::new("apiops");
     let file = dir.path().join("inbound.toml");
-    let dns_block = format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
-        dns.addr()
-    );
-    std::fs::write(&file, config_text(dir.path(), &dns_block)).unwrap();
+    ConfigBuilder::test(dir.path())
+        .resolver(dns.addr())
+        .write(&file);
     let srv = TestServer::start_file(dir, &file).await;
     let api = srv.api().await;
 
@@ -1223,9 +1198,10 @@ async fn readiness_metrics_and_reload_over_http() {
         "{}",
         r.error_message()
     );
-    let extra =
-        format!("{dns_block}\n[[inbox]]\nid = \"late\"\naddress = \"late@demo.inbound.test\"\n");
-    std::fs::write(&file, config_text(srv.dir.path(), &extra)).unwrap();
+    ConfigBuilder::test(srv.dir.path())
+        .resolver(dns.addr())
+        .inbox("late", "late@demo.inbound.test")
+        .write(&file);
     let r = api.post("/admin/reload", None).await;
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["inboxes_added"], json!(["late"]));
@@ -1246,11 +1222,11 @@ async fn readiness_metrics_and_reload_over_http() {
 async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = TempDir::new("apifd");
-    let text = config_text(dir.path(), "").replace(
-        "[api]\n",
-        "[api]\nheader_read_timeout = \"1s\"\nmax_connections = 4\n",
-    );
-    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let cfg = ConfigBuilder::test(dir.path())
+        .set("api", "header_read_timeout = \"1s\"")
+        .set("api", "max_connections = 4")
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let addr = srv.api_addr.unwrap();
     let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -1310,9 +1286,10 @@ async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mta_sts_policy_is_served_with_the_configured_mode() {
     let dir = TempDir::new("mtasts");
-    let text = config_text(dir.path(), "").replace("[api]\n", "[api]\nmta_sts = \"enforce\"\n");
-    assert!(text.contains("mta_sts = \"enforce\""));
-    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let cfg = ConfigBuilder::test(dir.path())
+        .set("api", "mta_sts = \"enforce\"")
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let api = srv.api().await.with_token(None);
     let r = api.get("/.well-known/mta-sts.txt").await;
     assert_eq!(r.status, 200);
@@ -1333,8 +1310,9 @@ async fn mta_sts_policy_is_served_with_the_configured_mode() {
     assert_eq!(r.status, 404);
     srv.stop().await;
     let e = inbound::config::parse(
-        &config_text(std::path::Path::new("/tmp/x"), "")
-            .replace("[api]\n", "[api]\nmta_sts = \"strict\"\n"),
+        &ConfigBuilder::test(std::path::Path::new("/tmp/x"))
+            .set("api", "mta_sts = \"strict\"")
+            .toml(),
     )
     .unwrap_err()
     .to_string();

@@ -26,33 +26,9 @@ pub(crate) struct Env {
 pub(crate) async fn env_with(extra: &str) -> Env {
     let dns = TestDns::start().await;
     let dir = TempDir::new("auth");
-    let text = format!(
-        r#"
-[server]
-hostname = "mx.inbound.test"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-proxy_protocol = true
-trusted_proxies = ["127.0.0.1"]
-
-[dns]
-nameservers = ["{dns}"]
-timeout = "1500ms"
-attempts = 1
-
-[[inbox]]
-id = "demo"
-address = "support@demo.inbound.test"
-
-{extra}
-"#,
-        data = dir.path().display(),
-        dns = dns.addr(),
-    );
-    let cfg = inbound::config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = ConfigBuilder::checked(dir.path(), dns.addr())
+        .extra(extra)
+        .parse();
     let srv = TestServer::start_config(dir, cfg).await;
     let rsa = TestKey::rsa();
     // acme.example: the customer's domain. SPF authorises ORIGIN_IP; DKIM key s1; DMARC reject.
@@ -666,12 +642,10 @@ async fn loopback_clients_are_checked_unless_trusted() {
     dns.add_txt("acme.example", "v=spf1 -all");
     dns.add_txt("_dmarc.acme.example", "v=DMARC1; p=reject");
     let dir = TempDir::new("auth-lo");
-    let text = format!(
-        "[server]\ndata_dir = \"{}\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1500ms\"\nattempts = 1\n[[inbox]]\nid = \"d\"\naddress = \"support@demo.inbound.test\"\n",
-        dir.path().display(),
-        dns.addr()
-    );
-    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let cfg = ConfigBuilder::checked(dir.path(), dns.addr())
+        .listener("127.0.0.1:0")
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let mut c = srv.connect().await;
     c.hello().await;
     let r = c

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use inbound::store::MessageRecord;
-use process::{config_text, free_port, inbound, ServerProcess};
-use support::{message, sha256, Client, TempDir};
+use process::{free_port, inbound, ServerProcess};
+use support::{message, sha256, Client, ConfigBuilder, TempDir};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -74,7 +74,7 @@ address = "Support@ACME.example"
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        config_text(&dir.path().join("data"), "127.0.0.1:2525", ""),
+        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:2525").toml(),
     )
     .unwrap();
     let out = inbound(&["check-config", &s(&good)]);
@@ -163,11 +163,8 @@ async fn serve_overrides_messages_through_socket_and_store_and_sigterm() {
     let config = root.path().join("inbound.toml");
     std::fs::write(
         &config,
-        config_text(
-            &configured_data,
-            &format!("127.0.0.1:{configured_port}"),
-            "",
-        ),
+        ConfigBuilder::child_process(&configured_data, &format!("127.0.0.1:{configured_port}"))
+            .toml(),
     )
     .unwrap();
 
@@ -358,7 +355,7 @@ fn serve_refuses_a_bad_config_or_a_taken_port_with_a_clear_error() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        config_text(&dir.path().join("data"), "127.0.0.1:0", ""),
+        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").toml(),
     )
     .unwrap();
     inbound(&["serve", "--config", &s(&good), "--listen", &addr])

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inbound::store::{MessageRecord, Store};
-use process::{config_text, free_port, inbound, ServerProcess};
-use support::{dot_stuff, sha256, TempDir};
+use process::{free_port, inbound, ServerProcess};
+use support::{dot_stuff, sha256, ConfigBuilder, TempDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -183,7 +183,11 @@ async fn client(
 
 fn write_config(root: &Path, data: &Path) -> std::path::PathBuf {
     let path = root.join("inbound.toml");
-    std::fs::write(&path, config_text(data, "127.0.0.1:0", "")).expect("write config");
+    std::fs::write(
+        &path,
+        ConfigBuilder::child_process(data, "127.0.0.1:0").toml(),
+    )
+    .expect("write config");
     path
 }
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use process::{config_text, free_port, inbound, ServerProcess};
-use support::{Client, TempDir};
+use process::{free_port, inbound, ServerProcess};
+use support::{Client, ConfigBuilder, TempDir};
 
 /// A tmpfs mounted for one test, unmounted (lazily, so a straggling process cannot block it)
 /// when dropped.
@@ -163,7 +163,13 @@ fn listed_subjects(config: &Path) -> Vec<String> {
 fn start(fs: &Tmpfs, extra: &str) -> (ServerProcess, PathBuf) {
     let data = fs.path().join("data");
     let config = fs.path().with_extension("toml");
-    std::fs::write(&config, config_text(&data, "127.0.0.1:0", extra)).unwrap();
+    std::fs::write(
+        &config,
+        ConfigBuilder::child_process(&data, "127.0.0.1:0")
+            .extra(extra)
+            .toml(),
+    )
+    .unwrap();
     let log = config.with_extension("log");
     let srv = ServerProcess::start(&config, free_port(), &log);
     (srv, config)
@@ -266,7 +272,11 @@ fn a_server_that_cannot_open_its_store_on_a_full_disk_says_where_and_how_much_is
     };
     let data = fs.path().join("data");
     let config = fs.path().with_extension("toml");
-    std::fs::write(&config, config_text(&data, "127.0.0.1:0", "")).unwrap();
+    std::fs::write(
+        &config,
+        ConfigBuilder::child_process(&data, "127.0.0.1:0").toml(),
+    )
+    .unwrap();
     fill(fs.path());
     let listen = format!("127.0.0.1:{}", free_port());
     let out = inbound(&[

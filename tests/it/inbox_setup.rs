@@ -10,32 +10,17 @@ use support::*;
 /// The `acme` inbox, its address generated from tenant + hosted domain; the team's mailbox is
 /// jane.doe@gmail.com (the address the Gmail confirmation fixture confirms).
 fn config(data: &std::path::Path, address_line: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-hosted_domain = "inbound.test"
-
-[[listener]]
-addr = "127.0.0.1:0"
-
-# `start` binds this config itself (not only through TestServer): no fixed API port.
-[api]
-listen = "127.0.0.1:0"
-
-[auth]
-trusted_networks = ["127.0.0.0/8"]
-
-[[inbox]]
-id = "acme"
-tenant = "acme"
-local = "support"
-{address_line}
-connected_address = "jane.doe@gmail.com"
-"#,
-        data = data.display()
-    )
+    ConfigBuilder::new(data)
+        .set("server", "hosted_domain = \"inbound.test\"")
+        .listener("127.0.0.1:0")
+        // `start` binds this config itself (not only through TestServer): no fixed API port.
+        .set("api", "listen = \"127.0.0.1:0\"")
+        .set("auth", "trusted_networks = [\"127.0.0.0/8\"]")
+        .inbox_toml(&format!(
+            "[[inbox]]\nid = \"acme\"\ntenant = \"acme\"\nlocal = \"support\"\n{address_line}\n\
+             connected_address = \"jane.doe@gmail.com\""
+        ))
+        .toml()
 }
 
 const ADDRESS: &str = "support@acme.inbound.test";

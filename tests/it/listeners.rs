@@ -20,15 +20,10 @@ fn free_dual_port() -> u16 {
 async fn ipv4_and_ipv6_wildcards_bind_the_same_port_and_both_answer() {
     let port = free_dual_port();
     let dir = TempDir::new("dual");
-    let text = crate::support::config_text(dir.path(), "").replace(
-        "[[listener]]\naddr = \"127.0.0.1:0\"",
-        &format!("[[listener]]\naddr = \"0.0.0.0:{port}\"\n\n[[listener]]\naddr = \"[::]:{port}\""),
-    );
-    assert!(
-        text.contains("[::]:"),
-        "the base config's listener was replaced"
-    );
-    let cfg = inbound::config::parse(&text).expect("config valid");
+    let cfg = crate::support::ConfigBuilder::test(dir.path())
+        .listener(&format!("0.0.0.0:{port}"))
+        .add_listener(&format!("[::]:{port}"))
+        .parse();
     let server = TestServer::start_config(dir, cfg).await;
     for addr in [
         SocketAddr::from(([127, 0, 0, 1], port)),

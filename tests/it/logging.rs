@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::process::{config_text, free_port, ServerProcess};
+use crate::process::{free_port, ServerProcess};
 use crate::support::dns::{Mode, TestDns};
-use crate::support::{Client, TempDir};
+use crate::support::{Client, ConfigBuilder, TempDir};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -33,7 +33,7 @@ async fn one_line_per_accepted_message_and_per_rejection_with_every_field() {
     let dir = TempDir::new("logacc");
     let mut srv = start(
         &dir,
-        config_text(&dir.path().join("data"), "127.0.0.1:0", ""),
+        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").toml(),
     );
     let mut c = Client::connect(srv.addr).await;
     c.expect("220").await;
@@ -116,17 +116,12 @@ async fn a_dns_outage_that_defers_mail_is_logged_at_warn_with_the_message() {
     let dns = TestDns::start().await;
     dns.set_mode(Mode::Down);
     let dir = TempDir::new("logdns");
-    let config = config_text(&dir.path().join("data"), "127.0.0.1:0", "")
-        .replace(
-            "nameservers = [\"127.0.0.1:9\"]\ntimeout = \"200ms\"",
-            &format!("nameservers = [\"{}\"]\ntimeout = \"500ms\"", dns.addr()),
-        )
+    let config = ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0")
+        .resolver(dns.addr())
+        .set("dns", "timeout = \"500ms\"")
         // Loopback is checked like any client.
-        .replace(
-            "trusted_networks = [\"127.0.0.0/8\", \"::1\"]",
-            "trusted_networks = []",
-        );
-    assert!(config.contains(&dns.addr().to_string()));
+        .set("auth", "trusted_networks = []")
+        .toml();
     let mut srv = start(&dir, config);
     let mut c = Client::connect(srv.addr).await;
     c.expect("220").await;

@@ -297,18 +297,13 @@ async fn per_inbox_counts_webhook_outcomes_outbox_age_and_build_info() {
 /// /metrics still wants one), and the values follow real traffic.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_listener_serves_metrics_without_a_token() {
-    use crate::process::{config_text, free_port, ServerProcess};
+    use crate::process::{free_port, ServerProcess};
     let root = TempDir::new("metricsl");
     let port = free_port();
     let config = root.path().join("inbound.toml");
-    std::fs::write(
-        &config,
-        config_text(&root.path().join("data"), "127.0.0.1:0", "").replace(
-            "[api]\n",
-            &format!("[api]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&root.path().join("data"), "127.0.0.1:0")
+        .set("api", &format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .write(&config);
     let mut srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
     let mut c = Client::connect(srv.addr).await;
     c.hello().await;

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::process::{bin, config_text, free_port, inbound, ServerProcess};
-use crate::support::{message, Client, TempDir};
+use crate::process::{bin, free_port, inbound, ServerProcess};
+use crate::support::{message, Client, ConfigBuilder, TempDir};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -33,7 +33,13 @@ async fn conversations_outbox_and_quarantine_actions_through_the_running_server(
     let root = TempDir::new("opcli");
     let data = root.path().join("data");
     let config = root.path().join("inbound.toml");
-    std::fs::write(&config, config_text(&data, "127.0.0.1:0", EXTRA)).unwrap();
+    std::fs::write(
+        &config,
+        ConfigBuilder::child_process(&data, "127.0.0.1:0")
+            .extra(EXTRA)
+            .toml(),
+    )
+    .unwrap();
     let cfg = s(&config);
     let mut srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
     let mut c = Client::connect(srv.addr).await;
@@ -162,7 +168,9 @@ fn config_show_prints_the_effective_config_with_secrets_masked_and_is_found_thro
     let config = root.path().join("inbound.toml");
     std::fs::write(
         &config,
-        config_text(&root.path().join("data"), "127.0.0.1:0", EXTRA),
+        ConfigBuilder::child_process(&root.path().join("data"), "127.0.0.1:0")
+            .extra(EXTRA)
+            .toml(),
     )
     .unwrap();
     let out = std::process::Command::new(bin())
@@ -256,7 +264,13 @@ async fn conversations_list_is_newest_first_and_filters_by_status() {
     let root = TempDir::new("opconv");
     let data = root.path().join("data");
     let config = root.path().join("inbound.toml");
-    std::fs::write(&config, config_text(&data, "127.0.0.1:0", EXTRA)).unwrap();
+    std::fs::write(
+        &config,
+        ConfigBuilder::child_process(&data, "127.0.0.1:0")
+            .extra(EXTRA)
+            .toml(),
+    )
+    .unwrap();
     let cfg = s(&config);
     let _srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
     let mut c = Client::connect(_srv.addr).await;

@@ -29,36 +29,18 @@ timeout = "3s"
     )
 }
 
-fn config(data: &std::path::Path, relay: &str, outbox: &str, extra: &str) -> String {
-    format!(
+/// Two users and the acme inbox: its admins get the notices, every conversation goes to alice.
+/// `relay` is the `[relay]` table, `outbox` lines for `[outbox]`, `extra` any other TOML.
+fn config(data: &std::path::Path, relay: &str, outbox: &str, extra: &str) -> ConfigBuilder {
+    let mut b = ConfigBuilder::new(data)
+        .listener("127.0.0.1:0")
+        .set("auth", "trusted_networks = [\"127.0.0.0/8\"]")
+        .fast_outbox();
+    for line in outbox.lines().filter(|l| !l.trim().is_empty()) {
+        b = b.set("outbox", line);
+    }
+    b.inbox_toml(&format!(
         r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-
-[auth]
-trusted_networks = ["127.0.0.0/8"]
-
-{relay}
-
-[outbox]
-retry_initial = "100ms"
-retry_max = "300ms"
-poll_interval = "50ms"
-{outbox}
-
-[[user]]
-id = "alice"
-email = "alice@team.example"
-
-[[user]]
-id = "bob"
-email = "bob@team.example"
-
 [[inbox]]
 id = "acme"
 name = "ACME Support"
@@ -70,16 +52,25 @@ from_address = "support@acme.example"
 [[inbox.rule]]
 name = "everyone to alice"
 assign = {{ users = ["alice"] }}
+"#
+    ))
+    .extra(relay)
+    .extra(
+        r#"
+[[user]]
+id = "alice"
+email = "alice@team.example"
 
-{extra}
+[[user]]
+id = "bob"
+email = "bob@team.example"
 "#,
-        data = data.display()
     )
+    .extra(extra)
 }
 
-async fn start(dir: TempDir, text: &str) -> TestServer {
-    let cfg = inbound::config::parse(text).unwrap_or_else(|e| panic!("config: {e}"));
-    TestServer::start_config(dir, cfg).await
+async fn start(dir: TempDir, config: &ConfigBuilder) -> TestServer {
+    TestServer::start_config(dir, config.parse()).await
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -426,8 +417,7 @@ async fn verify_from_sends_a_code_and_only_a_verified_address_is_used() {
 async fn verify_from_codes_expire_and_wrong_tries_void_them() {
     use inbound::notify::verify_from::{confirm, request, VerifyError, CODE_LIFETIME_MS};
     let dir = TempDir::new("ob-vexp");
-    let text = config(dir.path(), &relay_block(dead_port().await, ""), "", "");
-    let cfg = inbound::config::parse(&text).unwrap();
+    let cfg = config(dir.path(), &relay_block(dead_port().await, ""), "", "").parse();
     let store = inbound::store::Store::open(dir.path(), &cfg.store).unwrap();
     let code_of = |store: &inbound::store::Store| {
         let items: Vec<OutboxItem> = store.outbox_items().unwrap();
@@ -572,7 +562,7 @@ events = ["message.received", "message.exploded"]
 inboxes = ["nope"]
 "#,
     );
-    let errs = inbound::config::parse(&bad).unwrap_err().to_string();
+    let errs = inbound::config::parse(&bad.toml()).unwrap_err().to_string();
     for key in [
         "relay.security",
         "relay.from",
@@ -584,7 +574,7 @@ inboxes = ["nope"]
     ] {
         assert!(errs.contains(key), "{key} missing from:\n{errs}");
     }
-    let bad_admin = config(dir.path(), "", "", "").replace(
+    let bad_admin = config(dir.path(), "", "", "").toml().replace(
         "admins = [\"alice\", \"ops@team.example\"]",
         "admins = [\"zed\"]",
     );

@@ -23,21 +23,21 @@ async fn reload(ctx: &Arc<Ctx>) -> Result<ReloadSummary, ReloadError> {
 }
 
 /// A server started from `inbound.toml` in its data directory.
-async fn server_from_file(extra: &str) -> (TestServer, std::path::PathBuf) {
+async fn server_from_file() -> (TestServer, std::path::PathBuf) {
     let dir = TempDir::new("reload");
     let file = dir.path().join("inbound.toml");
-    std::fs::write(&file, config_text(dir.path(), extra)).unwrap();
+    ConfigBuilder::test(dir.path()).write(&file);
     let srv = TestServer::start_file(dir, &file).await;
     (srv, file)
 }
 
 fn rewrite(file: &Path, data_dir: &Path, extra: &str) {
-    std::fs::write(file, config_text(data_dir, extra)).unwrap();
+    ConfigBuilder::test(data_dir).extra(extra).write(file);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_inbox_is_served_without_dropping_an_open_session() {
-    let (srv, file) = server_from_file("").await;
+    let (srv, file) = server_from_file().await;
     let mut c = srv.connect().await;
     c.hello().await;
     c.cmd("MAIL FROM:<alice@example.com>", "250").await;
@@ -83,18 +83,19 @@ async fn a_new_inbox_is_served_without_dropping_an_open_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_config_is_refused_with_every_error_and_the_old_one_keeps_serving() {
-    let (srv, file) = server_from_file("").await;
+    let (srv, file) = server_from_file().await;
     let mut c = srv.connect().await;
     c.hello().await;
     c.cmd("MAIL FROM:<alice@example.com>", "250").await;
 
     std::fs::write(
         &file,
-        config_text(
-            srv.dir.path(),
-            &format!("{NEW_INBOX}[limits]\nmax_recipients = 0\n[retention]\nbodies = \"soon\"\n"),
-        )
-        .replace("id = \"sales\"", "id = \"sales\"\ncolour = \"blue\""),
+        ConfigBuilder::test(srv.dir.path())
+            .inbox_toml("[[inbox]]\nid = \"sales\"\ncolour = \"blue\"\naddress = \"sales@acme.inbound.test\"")
+            .set("limits", "max_recipients = 0")
+            .set("retention", "bodies = \"soon\"")
+            .extra(NEW_INBOX)
+            .toml(),
     )
     .unwrap();
     let err = reload(&srv.ctx).await.expect_err("an invalid config");
@@ -136,7 +137,7 @@ async fn an_invalid_config_is_refused_with_every_error_and_the_old_one_keeps_ser
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connected_inbox_keeps_its_address() {
-    let (srv, file) = server_from_file("").await;
+    let (srv, file) = server_from_file().await;
     let (resp, _) = execute(
         &srv.ctx.store,
         &srv.ctx.config(),
@@ -149,8 +150,13 @@ async fn a_connected_inbox_keeps_its_address() {
 
     std::fs::write(
         &file,
-        config_text(srv.dir.path(), NEW_INBOX)
-            .replace("support@demo.inbound.test", "help-desk@demo.inbound.test"),
+        ConfigBuilder::test(srv.dir.path())
+            .inbox_toml(
+                "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
+                 aliases = [\"help@demo.inbound.test\"]",
+            )
+            .extra(NEW_INBOX)
+            .toml(),
     )
     .unwrap();
     let err = reload(&srv.ctx)
@@ -173,16 +179,12 @@ async fn a_connected_inbox_keeps_its_address() {
     // Keeping the old address as an alias is the documented migration, and is accepted.
     std::fs::write(
         &file,
-        config_text(srv.dir.path(), "")
-            .replace(
-                "aliases = [\"help@demo.inbound.test\"]",
-                "aliases = [\"help@demo.inbound.test\", \"support@demo.inbound.test\"]",
+        ConfigBuilder::test(srv.dir.path())
+            .inbox_toml(
+                "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
+                 aliases = [\"help@demo.inbound.test\", \"support@demo.inbound.test\"]",
             )
-            .replacen(
-                "address = \"support@demo.inbound.test\"",
-                "address = \"help-desk@demo.inbound.test\"",
-                1,
-            ),
+            .toml(),
     )
     .unwrap();
     let summary = reload(&srv.ctx)
@@ -194,15 +196,12 @@ async fn a_connected_inbox_keeps_its_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_read_only_at_start_are_refused_by_name() {
-    let (srv, file) = server_from_file("").await;
-    let text = config_text(
-        srv.dir.path(),
-        "[limits]\nmax_connections = 7\n[dns]\nattempts = 1\n",
-    )
-    .replace(
-        "addr = \"127.0.0.1:0\"",
-        "addr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"",
-    );
+    let (srv, file) = server_from_file().await;
+    let text = ConfigBuilder::test(srv.dir.path())
+        .set("limits", "max_connections = 7")
+        .set("dns", "attempts = 1")
+        .add_listener("127.0.0.1:0")
+        .toml();
     std::fs::write(&file, text).unwrap();
     let err = reload(&srv.ctx).await.expect_err("a restart-only change");
     let ReloadError::Refused { errors, .. } = &err else {
@@ -268,7 +267,13 @@ async fn sighup_reloads_inbound_serve() {
     let data = root.path().join("data");
     let file = root.path().join("inbound.toml");
     let write = |extra: &str| {
-        std::fs::write(&file, process::config_text(&data, "127.0.0.1:2525", extra)).unwrap()
+        std::fs::write(
+            &file,
+            ConfigBuilder::child_process(&data, "127.0.0.1:2525")
+                .extra(extra)
+                .toml(),
+        )
+        .unwrap()
     };
     write("");
     let mut srv =

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use process::{config_text, free_port, ServerProcess};
-use support::{Client, TempDir};
+use process::{free_port, ServerProcess};
+use support::{Client, ConfigBuilder, TempDir};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -34,7 +34,7 @@ async fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
     let cfg = dir.path().join("inbound.toml");
     std::fs::write(
         &cfg,
-        config_text(&dir.path().join("data"), "127.0.0.1:0", ""),
+        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").toml(),
     )
     .unwrap();
     let srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
@@ -67,11 +67,9 @@ async fn half_open_api_connections_under_a_low_file_limit_do_not_stop_smtp() {
     let dir = TempDir::new("fds");
     let cfg = dir.path().join("inbound.toml");
     let api_port = free_port();
-    let text = config_text(&dir.path().join("data"), "127.0.0.1:0", "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{api_port}\""),
-    );
-    std::fs::write(&cfg, text).unwrap();
+    ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0")
+        .set("api", &format!("listen = \"127.0.0.1:{api_port}\""))
+        .write(&cfg);
     let srv = ServerProcess::start_via(
         &["prlimit", "--nofile=512:512", "--"],
         &cfg,
@@ -135,7 +133,11 @@ async fn data_files_are_private_under_umask_022() {
     let dir = TempDir::new("modes");
     let data = dir.path().join("data");
     let cfg = dir.path().join("inbound.toml");
-    std::fs::write(&cfg, config_text(&data, "127.0.0.1:0", "")).unwrap();
+    std::fs::write(
+        &cfg,
+        ConfigBuilder::child_process(&data, "127.0.0.1:0").toml(),
+    )
+    .unwrap();
     let mut srv = ServerProcess::start_via(
         &["sh", "-c", "umask 022; exec \"$@\"", "sh"],
         &cfg,
@@ -203,7 +205,9 @@ secret = "whsec-test-0123456789abcdef"
     let cfg = dir.path().join("inbound.toml");
     std::fs::write(
         &cfg,
-        config_text(&dir.path().join("data"), "127.0.0.1:0", &extra),
+        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0")
+            .extra(&extra)
+            .toml(),
     )
     .unwrap();
     let mut srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));

@@ -24,42 +24,18 @@ async fn server(dns: &TestDns, retention: &str) -> TestServer {
 
 async fn server_in(dns: &TestDns, dir: TempDir, retention: &str) -> TestServer {
     dns.add_txt("example.com", "v=spf1 -all");
-    let text = format!(
-        r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-
-[dns]
-nameservers = ["{dns}"]
-timeout = "1s"
-attempts = 1
-
-[[inbox]]
-id = "demo"
-address = "support@demo.inbound.test"
-
-[[inbox]]
-id = "sales"
-address = "sales@acme.inbound.test"
-auth = {{ enabled = false }}
-
-[[inbox]]
-id = "ops"
-address = "ops@acme.inbound.test"
-auth = {{ enabled = false }}
-
-[retention]
-{retention}
-"#,
-        data = dir.path().display(),
-        dns = dns.addr(),
-    );
-    let cfg = inbound::config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = ConfigBuilder::new(dir.path())
+        .listener("127.0.0.1:0")
+        .resolver(dns.addr())
+        .inbox("demo", "support@demo.inbound.test")
+        .inbox_toml(
+            "[[inbox]]\nid = \"sales\"\naddress = \"sales@acme.inbound.test\"\nauth = { enabled = false }",
+        )
+        .inbox_toml(
+            "[[inbox]]\nid = \"ops\"\naddress = \"ops@acme.inbound.test\"\nauth = { enabled = false }",
+        )
+        .extra(&format!("[retention]\n{retention}"))
+        .parse();
     TestServer::start_config(dir, cfg).await
 }
 

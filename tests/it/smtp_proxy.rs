@@ -4,7 +4,6 @@
 use crate::support;
 use std::net::Ipv6Addr;
 
-use inbound::config;
 use support::*;
 use tokio::net::TcpStream;
 
@@ -16,33 +15,15 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// look anything up in DNS (the resolver points at a closed loopback port to be sure).
 async fn proxy_server(trusted: &str, extra: &str) -> TestServer {
     let dir = TempDir::new("proxy");
-    let text = format!(
-        r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-proxy_protocol = true
-trusted_proxies = [{trusted}]
-
-[auth]
-enabled = false
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-
-[[inbox]]
-id = "demo"
-address = "support@demo.inbound.test"
-
-{extra}
-"#,
-        data = dir.path().display()
-    );
-    let cfg = config::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let cfg = ConfigBuilder::new(dir.path())
+        .listener_toml(&format!(
+            "addr = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [{trusted}]"
+        ))
+        .set("auth", "enabled = false")
+        .set("dns", "nameservers = [\"127.0.0.1:9\"]")
+        .inbox("demo", "support@demo.inbound.test")
+        .extra(extra)
+        .parse();
     TestServer::start_config(dir, cfg).await
 }
 

@@ -12,25 +12,28 @@ use support::*;
 const SECRET: &str = "whsec-test-0123456789abcdef";
 const ADDRESS: &str = "support@acme.inbound.test";
 
-fn config(data: &std::path::Path, port: u16, webhook_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-shutdown_timeout = "5s"
+/// One webhook endpoint on loopback `port` (`webhook_extra`: more of its keys), the acme inbox
+/// with tickets and a rule to alice, and the `other` inbox.
+fn config(data: &std::path::Path, port: u16, webhook_extra: &str) -> ConfigBuilder {
+    ConfigBuilder::new(data)
+        .listener("127.0.0.1:0")
+        .set("auth", "trusted_networks = [\"127.0.0.0/8\"]")
+        .fast_outbox()
+        .inbox_toml(&format!(
+            r#"
+[[inbox]]
+id = "acme"
+address = "{ADDRESS}"
+tickets = {{ enabled = true, pipeline = "support", stage = "new", priority = "normal" }}
 
-[[listener]]
-addr = "127.0.0.1:0"
-
-[auth]
-trusted_networks = ["127.0.0.0/8"]
-
-[outbox]
-retry_initial = "100ms"
-retry_max = "300ms"
-poll_interval = "50ms"
-
+[[inbox.rule]]
+name = "to alice"
+assign = {{ users = ["alice"] }}
+"#
+        ))
+        .inbox("other", "help@other.inbound.test")
+        .extra(&format!(
+            r#"
 [[webhook]]
 id = "app"
 url = "http://127.0.0.1:{port}/hooks/inbound?src=mx"
@@ -40,27 +43,12 @@ timeout = "2s"
 
 [[user]]
 id = "alice"
-
-[[inbox]]
-id = "acme"
-address = "{ADDRESS}"
-tickets = {{ enabled = true, pipeline = "support", stage = "new", priority = "normal" }}
-
-[[inbox.rule]]
-name = "to alice"
-assign = {{ users = ["alice"] }}
-
-[[inbox]]
-id = "other"
-address = "help@other.inbound.test"
-"#,
-        data = data.display()
-    )
+"#
+        ))
 }
 
-async fn start(dir: TempDir, text: &str) -> TestServer {
-    let cfg = inbound::config::parse(text).unwrap_or_else(|e| panic!("config: {e}"));
-    TestServer::start_config(dir, cfg).await
+async fn start(dir: TempDir, config: &ConfigBuilder) -> TestServer {
+    TestServer::start_config(dir, config.parse()).await
 }
 
 async fn send(srv: &TestServer, rcpt: &str, subject: &str) -> String {
@@ -263,13 +251,9 @@ async fn quarantine_is_announced_and_release_routes_the_message() {
     dns.add_txt("customer.example", "v=spf1 ~all");
     let sink = HttpSink::start_on(0, &[]).await;
     let dir = TempDir::new("wh-quar");
-    let text = config(dir.path(), sink.addr.port(), "").replace(
-        "[auth]\ntrusted_networks = [\"127.0.0.0/8\"]",
-        &format!(
-            "[auth]\ntrusted_networks = []\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1500ms\"\nattempts = 1",
-            dns.addr()
-        ),
-    );
+    let text = config(dir.path(), sink.addr.port(), "")
+        .set("auth", "trusted_networks = []")
+        .resolver(dns.addr());
     let srv = start(dir, &text).await;
     let queue_id = send(&srv, ADDRESS, "Suspicious").await;
     let rec = srv.ctx.store.get(&queue_id).unwrap().unwrap();
@@ -368,10 +352,8 @@ async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens(
         sink.addr.port(),
         "events = [\"conversation.closed\", \"conversation.reopened\", \"conversation.unassigned\"]",
     )
-    .replace(
-        "[auth]\n",
-        &format!("[api]\nlisten = \"127.0.0.1:0\"\ntokens = [\"{API_TOKEN}\"]\n\n[auth]\n"),
-    );
+    .set("api", "listen = \"127.0.0.1:0\"")
+    .set("api", &format!("tokens = [\"{API_TOKEN}\"]"));
     let srv = start(dir, &text).await;
     let api = srv.api().await;
     let first = send(&srv, ADDRESS, "Lifecycle").await;

@@ -30,52 +30,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A config for a child server: loopback only, sender authentication skipped for loopback
-/// clients and the resolver pointed at a closed loopback port, so nothing leaves the machine.
-/// `listener` is the configured listen address (tests override it with `--listen`).
-pub fn config_text(data_dir: &Path, listener: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.proc.test"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "{listener}"
-
-[limits]
-messages_per_ip_per_minute = 1000000
-connections_per_ip_per_minute = 100000
-max_connections_per_ip = 200
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-timeout = "200ms"
-attempts = 1
-
-[auth]
-trusted_networks = ["127.0.0.0/8", "::1"]
-
-# A fixed API port would collide between servers running side by side.
-[api]
-listen = "127.0.0.1:0"
-
-[[inbox]]
-id = "demo"
-address = "support@demo.inbound.test"
-aliases = ["help@demo.inbound.test"]
-
-[[inbox]]
-id = "sales"
-address = "sales@acme.inbound.test"
-
-{extra}
-"#,
-        data = data_dir.display()
-    )
-}
-
 /// A running `inbound serve`. Dropping it SIGKILLs a server that is still running, so a failing
 /// test leaves no process behind.
 pub struct ServerProcess {

@@ -20,11 +20,9 @@ pub mod schema;
 pub mod sink;
 
 // The kit shared with the bench (src/testkit/), under the names the tests have always used.
+pub use inbound::testkit::config::{ConfigBuilder, API_TOKEN};
 pub use inbound::testkit::smtp::{dot_stuff, Client, Reply};
 pub use inbound::testkit::{dns, sign};
-
-/// The bearer token `config_text` configures for the API.
-pub const API_TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A directory under /tmp removed on drop. Kept short: the admin Unix socket lives inside it and
 /// socket paths are limited to 108 bytes.
@@ -51,45 +49,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The base config every test starts from: one listener on an ephemeral loopback port, the
-/// demo inbox plus a second one, generous limits. `extra` is appended (TOML tables that the base
-/// does not define, e.g. `[limits]`).
-pub fn config_text(data_dir: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.test.example"
-data_dir = "{data}"
-shutdown_timeout = "5s"
-
-[[listener]]
-addr = "127.0.0.1:0"
-
-# Plain protocol tests talk from loopback and skip sender authentication; auth tests present
-# other client addresses through PROXY or build their own config.
-[auth]
-trusted_networks = ["127.0.0.0/8", "::1"]
-
-[api]
-listen = "127.0.0.1:0"
-tokens = ["{token}"]
-
-[[inbox]]
-id = "demo"
-address = "support@demo.inbound.test"
-aliases = ["help@demo.inbound.test"]
-
-[[inbox]]
-id = "sales"
-address = "sales@acme.inbound.test"
-
-{extra}
-"#,
-        data = data_dir.display(),
-        token = API_TOKEN,
-    )
-}
-
 pub struct TestServer {
     pub addr: SocketAddr,
     /// Where the HTTP API listens; `None` when the config disables it.
@@ -105,7 +64,7 @@ impl TestServer {
         Self::start_with("").await
     }
 
-    /// Start with extra TOML appended to the base config.
+    /// Start with extra TOML appended to the base config (`ConfigBuilder::test`).
     pub async fn start_with(extra: &str) -> TestServer {
         let dir = TempDir::new("srv");
         Self::start_in(dir, extra).await
@@ -113,9 +72,7 @@ impl TestServer {
 
     /// Start on an existing data directory (restart tests).
     pub async fn start_in(dir: TempDir, extra: &str) -> TestServer {
-        let text = config_text(dir.path(), extra);
-        let cfg: Config =
-            config::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let cfg = ConfigBuilder::test(dir.path()).extra(extra).parse();
         Self::start_config(dir, cfg).await
     }
 
