@@ -149,6 +149,12 @@ impl ConfigBuilder {
             .set("dns", "attempts = 1")
     }
 
+    /// Present the certificate and key in these PEM files (`[tls]`).
+    pub fn tls_files(self, cert: &Path, key: &Path) -> ConfigBuilder {
+        self.set("tls", &format!("cert = \"{}\"", cert.display()))
+            .set("tls", &format!("key = \"{}\"", key.display()))
+    }
+
     /// Add an inbox with only an id and an address.
     pub fn inbox(self, id: &str, address: &str) -> ConfigBuilder {
         self.inbox_toml(&format!(

@@ -72,11 +72,7 @@ address = "Support@ACME.example"
     assert!(out.stdout.is_empty(), "errors go to stderr");
 
     let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:2525").toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:2525").write(&good);
     let out = inbound(&["check-config", &s(&good)]);
     out.assert_ok("check-config on a valid file");
     assert!(out.stdout_text().contains("OK"), "{}", out.stdout_text());
@@ -161,12 +157,8 @@ async fn serve_overrides_messages_through_socket_and_store_and_sigterm() {
     let configured_data = root.path().join("configured");
     let configured_port = free_port();
     let config = root.path().join("inbound.toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&configured_data, &format!("127.0.0.1:{configured_port}"))
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&configured_data, &format!("127.0.0.1:{configured_port}"))
+        .write(&config);
 
     // --listen and --data-dir replace the config's listener and data directory.
     let port = free_port();
@@ -353,11 +345,7 @@ fn serve_refuses_a_bad_config_or_a_taken_port_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").write(&good);
     inbound(&["serve", "--config", &s(&good), "--listen", &addr])
         .assert_fails_with("serve on a port in use", "cannot listen on");
 }

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use inbound::store::{MessageRecord, Store};
 use process::{free_port, inbound, ServerProcess};
-use support::{dot_stuff, sha256, ConfigBuilder, TempDir};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use support::{dot_stuff, sha256, Client, ConfigBuilder, TempDir};
 use tokio::net::TcpStream;
 
 const CLIENTS: usize = 6;
@@ -84,38 +83,23 @@ async fn client(
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
 ) {
-    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+    let Ok(mut c) = Client::try_connect(([127, 0, 0, 1], port).into()).await else {
         return;
     };
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<String> {
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut line))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Some(line.trim_end().to_string());
-            }
-        }
+    c.timeout = Duration::from_secs(30);
+    // The last line of the next reply; `None` once the server is gone (or sent no reply).
+    async fn reply(c: &mut Client<TcpStream>) -> Option<String> {
+        c.reply_code().await.ok()?;
+        Some(c.last_line())
     }
-    async fn cmd(
-        r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        w: &mut tokio::net::tcp::OwnedWriteHalf,
-        line: &str,
-    ) -> Option<String> {
-        w.write_all(format!("{line}\r\n").as_bytes()).await.ok()?;
-        reply(r).await
+    async fn cmd(c: &mut Client<TcpStream>, line: &str) -> Option<String> {
+        c.write(format!("{line}\r\n").as_bytes()).await.ok()?;
+        reply(c).await
     }
-    if !reply(&mut r).await.is_some_and(|l| l.starts_with("220")) {
+    if !reply(&mut c).await.is_some_and(|l| l.starts_with("220")) {
         return;
     }
-    if !cmd(&mut r, &mut w, "EHLO crash.example")
+    if !cmd(&mut c, "EHLO crash.example")
         .await
         .is_some_and(|l| l.starts_with("250"))
     {
@@ -129,13 +113,12 @@ async fn client(
         let data = body(round, id, seq, large);
         let hash = sha256(&data);
         let ok = |l: Option<String>, code: &str| l.is_some_and(|l| l.starts_with(code));
-        if !ok(
-            cmd(&mut r, &mut w, "MAIL FROM:<crash@example.com>").await,
-            "250",
-        ) || !ok(
-            cmd(&mut r, &mut w, "RCPT TO:<support@demo.inbound.test>").await,
-            "250",
-        ) || !ok(cmd(&mut r, &mut w, "DATA").await, "354")
+        if !ok(cmd(&mut c, "MAIL FROM:<crash@example.com>").await, "250")
+            || !ok(
+                cmd(&mut c, "RCPT TO:<support@demo.inbound.test>").await,
+                "250",
+            )
+            || !ok(cmd(&mut c, "DATA").await, "354")
         {
             return;
         }
@@ -145,7 +128,7 @@ async fn client(
         wire.extend_from_slice(b".\r\n");
         let last = wire.len() - 5;
         for (i, piece) in wire[..last].chunks(16 * 1024).enumerate() {
-            if w.write_all(piece).await.is_err() {
+            if c.write(piece).await.is_err() {
                 return;
             }
             // Two clients send slowly, so a kill finds them in the middle of a body (with a
@@ -156,12 +139,12 @@ async fn client(
                 tokio::task::yield_now().await;
             }
         }
-        if w.write_all(&wire[last..]).await.is_err() {
+        if c.write(&wire[last..]).await.is_err() {
             // Whether the last bytes reached the server is unknown: treat as unanswered.
             ledger.lock().unwrap().unanswered.insert(hash);
             return;
         }
-        match reply(&mut r).await {
+        match reply(&mut c).await {
             Some(l) if l.starts_with("250") => {
                 let qid = l.split_whitespace().last().unwrap_or_default().to_string();
                 let mut led = ledger.lock().unwrap();
@@ -183,11 +166,7 @@ async fn client(
 
 fn write_config(root: &Path, data: &Path) -> std::path::PathBuf {
     let path = root.join("inbound.toml");
-    std::fs::write(
-        &path,
-        ConfigBuilder::child_process(data, "127.0.0.1:0").toml(),
-    )
-    .expect("write config");
+    ConfigBuilder::child_process(data, "127.0.0.1:0").write(&path);
     path
 }
 

@@ -163,13 +163,9 @@ fn listed_subjects(config: &Path) -> Vec<String> {
 fn start(fs: &Tmpfs, extra: &str) -> (ServerProcess, PathBuf) {
     let data = fs.path().join("data");
     let config = fs.path().with_extension("toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&data, "127.0.0.1:0")
-            .extra(extra)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&data, "127.0.0.1:0")
+        .extra(extra)
+        .write(&config);
     let log = config.with_extension("log");
     let srv = ServerProcess::start(&config, free_port(), &log);
     (srv, config)
@@ -272,11 +268,7 @@ fn a_server_that_cannot_open_its_store_on_a_full_disk_says_where_and_how_much_is
     };
     let data = fs.path().join("data");
     let config = fs.path().with_extension("toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&data, "127.0.0.1:0").toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&data, "127.0.0.1:0").write(&config);
     fill(fs.path());
     let listen = format!("127.0.0.1:{}", free_port());
     let out = inbound(&[

@@ -125,17 +125,20 @@ async fn connections_over_the_per_ip_cap_are_counted_by_reason() {
     assert_eq!(sample(&text, "inbound_connections_accepted_total"), 1.0);
 }
 
-fn with_dns(dns: &TestDns) -> String {
-    format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n",
-        dns.addr()
-    )
+/// A test server that resolves through `dns` only, giving up on a query after 300 ms.
+async fn with_dns(dns: &TestDns) -> TestServer {
+    let dir = TempDir::new("srv");
+    let cfg = ConfigBuilder::test(dir.path())
+        .resolver(dns.addr())
+        .set("dns", "timeout = \"300ms\"")
+        .parse();
+    TestServer::start_config(dir, cfg).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_when_store_listeners_and_dns_answer_and_dns_is_probed_once_per_interval() {
     let dns = TestDns::start().await;
-    let mut srv = TestServer::start_with(&with_dns(&dns)).await;
+    let mut srv = with_dns(&dns).await;
     // `run` starts the accept loops on its task; wait until it has.
     let mut r = readiness(&srv.ctx).await;
     for _ in 0..100 {
@@ -178,7 +181,7 @@ async fn ready_when_store_listeners_and_dns_answer_and_dns_is_probed_once_per_in
 async fn not_ready_when_the_nameserver_does_not_answer() {
     let dns = TestDns::start().await;
     dns.set_mode(Mode::Down);
-    let srv = TestServer::start_with(&with_dns(&dns)).await;
+    let srv = with_dns(&dns).await;
     let started = std::time::Instant::now();
     let r = readiness(&srv.ctx).await;
     assert!(!r.dns_reachable && !r.ready, "{r:?}");
@@ -351,12 +354,10 @@ async fn the_configured_certificates_expiry_is_a_metric() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
-    );
-    let srv = TestServer::start_in(dir, &extra).await;
+    let cfg = ConfigBuilder::test(dir.path())
+        .tls_files(&cert_path, &key_path)
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     // 2031-07-14T00:00:00Z.
     assert_eq!(
         sample(

@@ -33,13 +33,9 @@ async fn conversations_outbox_and_quarantine_actions_through_the_running_server(
     let root = TempDir::new("opcli");
     let data = root.path().join("data");
     let config = root.path().join("inbound.toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&data, "127.0.0.1:0")
-            .extra(EXTRA)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&data, "127.0.0.1:0")
+        .extra(EXTRA)
+        .write(&config);
     let cfg = s(&config);
     let mut srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
     let mut c = Client::connect(srv.addr).await;
@@ -166,13 +162,9 @@ fn config_show_prints_the_effective_config_with_secrets_masked_and_is_found_thro
 {
     let root = TempDir::new("cfgshow");
     let config = root.path().join("inbound.toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&root.path().join("data"), "127.0.0.1:0")
-            .extra(EXTRA)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&root.path().join("data"), "127.0.0.1:0")
+        .extra(EXTRA)
+        .write(&config);
     let out = std::process::Command::new(bin())
         .args(["config", "show"])
         .env("INBOUND_CONFIG", &config)
@@ -264,13 +256,9 @@ async fn conversations_list_is_newest_first_and_filters_by_status() {
     let root = TempDir::new("opconv");
     let data = root.path().join("data");
     let config = root.path().join("inbound.toml");
-    std::fs::write(
-        &config,
-        ConfigBuilder::child_process(&data, "127.0.0.1:0")
-            .extra(EXTRA)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&data, "127.0.0.1:0")
+        .extra(EXTRA)
+        .write(&config);
     let cfg = s(&config);
     let _srv = ServerProcess::start(&config, free_port(), &root.path().join("server.log"));
     let mut c = Client::connect(_srv.addr).await;

@@ -88,16 +88,14 @@ async fn an_invalid_config_is_refused_with_every_error_and_the_old_one_keeps_ser
     c.hello().await;
     c.cmd("MAIL FROM:<alice@example.com>", "250").await;
 
-    std::fs::write(
-        &file,
-        ConfigBuilder::test(srv.dir.path())
-            .inbox_toml("[[inbox]]\nid = \"sales\"\ncolour = \"blue\"\naddress = \"sales@acme.inbound.test\"")
-            .set("limits", "max_recipients = 0")
-            .set("retention", "bodies = \"soon\"")
-            .extra(NEW_INBOX)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::test(srv.dir.path())
+        .inbox_toml(
+            "[[inbox]]\nid = \"sales\"\ncolour = \"blue\"\naddress = \"sales@acme.inbound.test\"",
+        )
+        .set("limits", "max_recipients = 0")
+        .set("retention", "bodies = \"soon\"")
+        .extra(NEW_INBOX)
+        .write(&file);
     let err = reload(&srv.ctx).await.expect_err("an invalid config");
     let ReloadError::Invalid { errors, .. } = &err else {
         panic!("expected Invalid, got {err:?}");
@@ -148,17 +146,13 @@ async fn a_connected_inbox_keeps_its_address() {
     );
     assert!(resp.ok, "{resp:?}");
 
-    std::fs::write(
-        &file,
-        ConfigBuilder::test(srv.dir.path())
-            .inbox_toml(
-                "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
+    ConfigBuilder::test(srv.dir.path())
+        .inbox_toml(
+            "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
                  aliases = [\"help@demo.inbound.test\"]",
-            )
-            .extra(NEW_INBOX)
-            .toml(),
-    )
-    .unwrap();
+        )
+        .extra(NEW_INBOX)
+        .write(&file);
     let err = reload(&srv.ctx)
         .await
         .expect_err("moving a connected inbox");
@@ -177,16 +171,12 @@ async fn a_connected_inbox_keeps_its_address() {
         .await;
 
     // Keeping the old address as an alias is the documented migration, and is accepted.
-    std::fs::write(
-        &file,
-        ConfigBuilder::test(srv.dir.path())
-            .inbox_toml(
-                "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
+    ConfigBuilder::test(srv.dir.path())
+        .inbox_toml(
+            "[[inbox]]\nid = \"demo\"\naddress = \"help-desk@demo.inbound.test\"\n\
                  aliases = [\"help@demo.inbound.test\", \"support@demo.inbound.test\"]",
-            )
-            .toml(),
-    )
-    .unwrap();
+        )
+        .write(&file);
     let summary = reload(&srv.ctx)
         .await
         .expect("the old address kept as an alias");
@@ -197,12 +187,11 @@ async fn a_connected_inbox_keeps_its_address() {
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_read_only_at_start_are_refused_by_name() {
     let (srv, file) = server_from_file().await;
-    let text = ConfigBuilder::test(srv.dir.path())
+    ConfigBuilder::test(srv.dir.path())
         .set("limits", "max_connections = 7")
         .set("dns", "attempts = 1")
         .add_listener("127.0.0.1:0")
-        .toml();
-    std::fs::write(&file, text).unwrap();
+        .write(&file);
     let err = reload(&srv.ctx).await.expect_err("a restart-only change");
     let ReloadError::Refused { errors, .. } = &err else {
         panic!("expected Refused, got {err:?}");
@@ -267,13 +256,9 @@ async fn sighup_reloads_inbound_serve() {
     let data = root.path().join("data");
     let file = root.path().join("inbound.toml");
     let write = |extra: &str| {
-        std::fs::write(
-            &file,
-            ConfigBuilder::child_process(&data, "127.0.0.1:2525")
-                .extra(extra)
-                .toml(),
-        )
-        .unwrap()
+        ConfigBuilder::child_process(&data, "127.0.0.1:2525")
+            .extra(extra)
+            .write(&file)
     };
     write("");
     let mut srv =

@@ -32,11 +32,7 @@ fn references_bomb(bytes: usize) -> Vec<u8> {
 async fn a_24_mib_references_header_is_refused_552_and_memory_stays_bounded() {
     let dir = TempDir::new("bomb");
     let cfg = dir.path().join("inbound.toml");
-    std::fs::write(
-        &cfg,
-        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0").write(&cfg);
     let srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
     let idle_kb = srv.status_kb("VmHWM");
     let bomb = references_bomb(24 * MIB as usize);
@@ -133,11 +129,7 @@ async fn data_files_are_private_under_umask_022() {
     let dir = TempDir::new("modes");
     let data = dir.path().join("data");
     let cfg = dir.path().join("inbound.toml");
-    std::fs::write(
-        &cfg,
-        ConfigBuilder::child_process(&data, "127.0.0.1:0").toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&data, "127.0.0.1:0").write(&cfg);
     let mut srv = ServerProcess::start_via(
         &["sh", "-c", "umask 022; exec \"$@\"", "sh"],
         &cfg,
@@ -203,13 +195,9 @@ secret = "whsec-test-0123456789abcdef"
         hanging.local_addr().unwrap().port()
     );
     let cfg = dir.path().join("inbound.toml");
-    std::fs::write(
-        &cfg,
-        ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0")
-            .extra(&extra)
-            .toml(),
-    )
-    .unwrap();
+    ConfigBuilder::child_process(&dir.path().join("data"), "127.0.0.1:0")
+        .extra(&extra)
+        .write(&cfg);
     let mut srv = ServerProcess::start(&cfg, free_port(), &dir.path().join("log"));
     let mut c = Client::connect(srv.addr).await;
     c.expect("220").await;

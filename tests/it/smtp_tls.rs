@@ -194,12 +194,10 @@ async fn configured_certificate_files_are_presented() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, ck.cert.pem()).unwrap();
     std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
-    );
-    let srv = TestServer::start_in(dir, &extra).await;
+    let cfg = ConfigBuilder::test(dir.path())
+        .tls_files(&cert_path, &key_path)
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
     let v = verifier();
     let mut c = connect_tls(&srv, v.clone()).await;
     assert_eq!(
