@@ -1,14 +1,18 @@
 //! inbound: the MX for hosted team inboxes.
 //!
 //! Modules in the order a message flows through them:
-//! - [`server`]: TCP accept, PROXY protocol, TLS, shutdown, the admin socket
+//! - [`server`]: binds the listeners, accepts TCP (PROXY protocol), starts the workers and the
+//!   admin socket, and stops them at shutdown
 //! - [`smtp`]: the ESMTP session, DATA/BDAT decoding, replies
 //! - [`limits`]: connection, rate, size and time caps
 //! - [`pipeline`]: the stages run on a finished message (parse, …)
 //! - [`store`]: durable commit (spool files + sled, group commit) and recovery
 //! - [`notify`]: the outbox written in those commits, and its worker (relay mail, webhooks)
 //!
-//! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
+//! Below them all: [`context`] (what every stage shares: `Ctx`, the shutdown signal, the TLS
+//! acceptor, readiness and config reload).
+//!
+//! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `context::reload`),
 //! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
 //! API: reads and operator actions), [`actions`] (what every operator action changes in the
 //! store, one transaction each), `bench` (the load generator behind `inbound bench`,
