@@ -14,7 +14,8 @@ use super::{views, ApiState};
 use crate::actions::{self, Assignee};
 use crate::config::Config;
 use crate::pipeline::routing;
-use crate::store::{MessageRecord, Store, StoreError, TreeId, BODY_EXPIRED};
+use crate::store::model::ConversationStatus;
+use crate::store::{MessageRecord, Store, StoreError, BODY_EXPIRED};
 
 type St = State<Arc<ApiState>>;
 type Json<T> = Result<axum::Json<T>, ApiError>;
@@ -257,19 +258,14 @@ pub async fn conversations(
     };
     let status = match q.get("status") {
         None => None,
-        Some(st @ ("open" | "closed")) => Some(st.to_string()),
-        Some(other) => {
-            return Err(ApiError::parameter(
-                "status",
-                format!("must be open or closed, not {other:?}"),
-            ))
-        }
+        Some(st) => Some(ConversationStatus::parse(st).ok_or_else(|| {
+            ApiError::parameter("status", format!("must be open or closed, not {st:?}"))
+        })?),
     };
     let (after, limit) = (cursor_in(&q, "conversations")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(store.page(
-            TreeId::Conversations,
+        Ok(store.conversations_page(
             after.as_deref(),
             limit,
             MAX_SCAN,
@@ -278,7 +274,7 @@ pub async fn conversations(
                     && assignee
                         .as_ref()
                         .is_none_or(|a| c.assignee.as_ref() == Some(a))
-                    && status.as_ref().is_none_or(|st| c.status == *st)
+                    && status.is_none_or(|st| c.status == st)
             },
         )?)
     })
@@ -397,18 +393,14 @@ pub async fn messages(State(s): St, q: Query) -> Json<views::Page<views::Message
     let (after, limit) = (cursor_in(&q, "messages")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(store.page(
-            TreeId::Messages,
-            after.as_deref(),
-            limit,
-            MAX_SCAN,
-            |m: &MessageRecord| {
+        Ok(
+            store.messages_page(after.as_deref(), limit, MAX_SCAN, |m: &MessageRecord| {
                 (with_quarantined || !m.quarantined)
                     && inbox
                         .as_ref()
                         .is_none_or(|i| m.rcpt.iter().any(|r| r.inbox == *i))
-            },
-        )?)
+            })?,
+        )
     })
     .await?;
     ok(page("messages", p))
@@ -571,8 +563,7 @@ pub async fn contacts(State(s): St, q: Query) -> Json<views::Page<views::Contact
     let (after, limit) = (cursor_in(&q, "contacts")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(store.page(
-            TreeId::Contacts,
+        Ok(store.contacts_page(
             after.as_deref(),
             limit,
             MAX_SCAN,
@@ -609,13 +600,11 @@ pub async fn quarantine(State(s): St, q: Query) -> Json<views::Page<views::Messa
     let (after, limit) = (cursor_in(&q, "quarantine")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(store.page(
-            TreeId::Messages,
-            after.as_deref(),
-            limit,
-            MAX_SCAN,
-            |m: &MessageRecord| m.quarantined,
-        )?)
+        Ok(
+            store.messages_page(after.as_deref(), limit, MAX_SCAN, |m: &MessageRecord| {
+                m.quarantined
+            })?,
+        )
     })
     .await?;
     ok(page("quarantine", p))
@@ -651,14 +640,8 @@ fn user_view(store: &Store, config: &Config, id: &str) -> Result<views::UserView
         .ok_or_else(|| ApiError::not_found(format!("user {id:?}")))?;
     let dir = &config.directory;
     let (available, over, open) = store.view(|tx| {
-        let over = tx
-            .get_json::<serde_json::Value>(TreeId::Users, id.as_bytes())?
-            .and_then(|v| v.get("available").and_then(|a| a.as_bool()));
-        Ok((
-            routing::available(tx, dir, id)?,
-            over,
-            tx.counter(&routing::open_key(id))?,
-        ))
+        let over = tx.user_state(id)?.and_then(|st| st.available);
+        Ok((routing::available(tx, dir, id)?, over, tx.open_count(id)?))
     })?;
     Ok(views::UserView::new(user, available, over, open))
 }

@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use crate::config::routes::User;
 use crate::config::InboxConfig;
-use crate::store::model::AuthRecord;
 use crate::store::model::{
     AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
 };
+use crate::store::model::{AuthRecord, ConversationStatus, InboxLifecycle, ThreadDecision};
 use crate::store::{MessageRecord, BODY_EXPIRED};
 
 /// A list, with the cursor of the next page (`null` on the last page).
@@ -35,8 +35,7 @@ pub struct Inbox {
     pub aliases: Vec<String>,
     /// The team's own mailbox (or `@domain`) whose forwarded mail connects the inbox.
     pub connected_address: Option<String>,
-    /// "pending" or "connected".
-    pub state: String,
+    pub state: InboxLifecycle,
     /// The address the team's provider forwards to (locked once connected).
     pub forwarding_address: String,
     pub message_count: u64,
@@ -54,11 +53,7 @@ impl Inbox {
             address: cfg.address.clone(),
             aliases: cfg.aliases.clone(),
             connected_address: cfg.connected_address.clone(),
-            state: if st.state == "connected" {
-                "connected".into()
-            } else {
-                "pending".into()
-            },
+            state: st.state,
             forwarding_address: if st.address.is_empty() {
                 cfg.address.clone()
             } else {
@@ -104,8 +99,7 @@ pub struct ConversationSummary {
     pub subject: String,
     /// The original sender who started it.
     pub contact: String,
-    /// "open" or "closed".
-    pub status: String,
+    pub status: ConversationStatus,
     pub assignee: Option<String>,
     pub team: Option<String>,
     pub ticket: Option<String>,
@@ -445,7 +439,7 @@ pub struct Routing {
     pub inbox: String,
     pub conversation: String,
     /// "new", "joined" or "duplicate".
-    pub thread: String,
+    pub thread: ThreadDecision,
     pub thread_reason: String,
     pub duplicate_of: Option<String>,
     pub rule: Option<String>,

@@ -227,7 +227,7 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
                     m.automatic.as_ref().map(|_| "automatic"),
                     m.routing
                         .iter()
-                        .any(|r| r.thread == "duplicate")
+                        .any(|r| r.thread == crate::store::model::ThreadDecision::Duplicate)
                         .then_some("duplicate"),
                 ]
                 .into_iter()

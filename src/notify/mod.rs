@@ -13,75 +13,9 @@ pub mod verify_from;
 pub mod webhook;
 pub mod worker;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
-use crate::store::{keys, TreeId, Tx, TxResult};
-
-/// Counter key (in `Counters`) holding the number of items waiting.
-pub const DEPTH_KEY: &[u8] = b"outbox:depth";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OutboxItem {
-    /// ULID: creation order. Also the idempotency key a receiver can use.
-    pub id: String,
-    /// Unix ms.
-    pub created_at: u64,
-    pub attempts: u32,
-    /// Unix ms of the next attempt (the key of its `OutboxDue` entry).
-    pub next_attempt_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    pub delivery: Delivery,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Delivery {
-    /// A mail through the relay. `message` is the complete RFC 5322 text, rendered when the
-    /// event happened (its Message-ID is derived from the item id, so a copy delivered twice is
-    /// recognisably the same message).
-    Mail {
-        /// Why: "verification_notice", "from_verification", "assignment_notice".
-        purpose: String,
-        to: Vec<String>,
-        message: String,
-    },
-    /// A webhook event for one configured endpoint.
-    Webhook {
-        endpoint: String,
-        event: String,
-        /// The event's id: the same for every endpoint and every retry (idempotency key).
-        event_id: String,
-        /// The JSON body, as sent.
-        body: String,
-    },
-}
-
-impl OutboxItem {
-    /// Where it goes, for per-destination limits: a webhook endpoint's id, or the relay.
-    pub fn destination(&self) -> String {
-        match &self.delivery {
-            Delivery::Mail { .. } => "relay".into(),
-            Delivery::Webhook { endpoint, .. } => format!("webhook:{endpoint}"),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match &self.delivery {
-            Delivery::Mail { purpose, to, .. } => format!("mail {purpose} to {}", to.join(", ")),
-            Delivery::Webhook {
-                endpoint, event, ..
-            } => format!("webhook {event} to {endpoint}"),
-        }
-    }
-}
-
-pub fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
-    let mut k = due_ms.to_be_bytes().to_vec();
-    k.extend_from_slice(id.as_bytes());
-    k
-}
+pub use crate::store::model::{Delivery, OutboxItem};
+use crate::store::{keys, Tx, TxResult};
 
 /// Write an item (due now) inside the caller's transaction.
 pub fn enqueue(tx: &Tx<'_>, delivery: Delivery, now_ms: u64) -> TxResult<String> {
@@ -93,9 +27,7 @@ pub fn enqueue(tx: &Tx<'_>, delivery: Delivery, now_ms: u64) -> TxResult<String>
         last_error: None,
         delivery,
     };
-    tx.put_json(TreeId::Outbox, item.id.as_bytes(), &item)?;
-    tx.insert(TreeId::OutboxDue, &due_key(now_ms, &item.id), b"")?;
-    tx.add(DEPTH_KEY, 1)?;
+    tx.outbox_add(&item)?;
     Ok(item.id)
 }
 
@@ -166,8 +98,7 @@ fn sender(
 ) -> TxResult<(String, String)> {
     if let Some(cfg) = inbox.and_then(|i| config.inboxes.get(i)) {
         if let Some(addr) = &cfg.from_address {
-            let st: Option<crate::store::model::InboxState> =
-                tx.get_json(TreeId::Inboxes, cfg.id.as_bytes())?;
+            let st = tx.inbox_state(&cfg.id)?;
             if st.is_some_and(|s| s.verified_from.iter().any(|v| v == addr)) {
                 let name = cfg
                     .from_name

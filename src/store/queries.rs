@@ -1,7 +1,8 @@
 //! Reads: records by key, pages in key order, the outbox schedule, bodies. None of these take a
 //! transaction except where several trees must agree (`Store::view`).
 
-use super::model::{self, MessageRecord};
+use super::model::{self, MessageRecord, OutboxItem};
+use super::ops::OUTBOX_DEPTH;
 use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
@@ -14,12 +15,45 @@ pub struct Page<T> {
 }
 
 impl Store {
+    /// One page of messages in arrival order (see `page_in`).
+    pub fn messages_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Page<MessageRecord>, StoreError> {
+        self.page_in(TreeId::Messages, after, limit, max_scan, keep)
+    }
+
+    /// One page of conversations in creation order (see `page_in`).
+    pub fn conversations_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Conversation) -> bool,
+    ) -> Result<Page<model::Conversation>, StoreError> {
+        self.page_in(TreeId::Conversations, after, limit, max_scan, keep)
+    }
+
+    /// One page of contacts in email order (see `page_in`).
+    pub fn contacts_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Contact) -> bool,
+    ) -> Result<Page<model::Contact>, StoreError> {
+        self.page_in(TreeId::Contacts, after, limit, max_scan, keep)
+    }
+
     /// One page of a tree's records in key order, for cursor pagination: the records after key
     /// `after` that `keep` accepts, at most `limit`. At most `max_scan` records are read, so a
     /// filter that matches little costs a bounded amount per page: a page may then hold fewer
     /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
     /// `after` for the following page; `None` only when nothing after this page matches.
-    pub fn page<T: serde::de::DeserializeOwned>(
+    fn page_in<T: serde::de::DeserializeOwned>(
         &self,
         tree: TreeId,
         after: Option<&[u8]>,
@@ -62,13 +96,8 @@ impl Store {
         Ok(Page { items, next: None })
     }
 
-    /// Outbox items due by `until_ms`, earliest first, at most `limit`. The item type belongs to
-    /// `notify`; the store only keeps the schedule.
-    pub fn outbox_due<T: serde::de::DeserializeOwned>(
-        &self,
-        until_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<T>, StoreError> {
+    /// Outbox items due by `until_ms`, earliest first, at most `limit`.
+    pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
         let mut out = Vec::new();
@@ -85,15 +114,18 @@ impl Store {
         Ok(out)
     }
 
-    /// A counter of the `Counters` tree (0 when never set).
-    pub fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+    /// How many outbox items are waiting.
+    pub fn outbox_depth(&self) -> Result<i64, StoreError> {
         Ok(decode_counter(
-            self.inner.engine()?.tree(TreeId::Counters).get(key)?,
+            self.inner
+                .engine()?
+                .tree(TreeId::Counters)
+                .get(OUTBOX_DEPTH)?,
         ))
     }
 
     /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
-    pub fn outbox_oldest<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+    pub fn outbox_oldest(&self) -> Result<Option<OutboxItem>, StoreError> {
         match self.inner.engine()?.tree(TreeId::Outbox).first()? {
             Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -101,7 +133,7 @@ impl Store {
     }
 
     /// Every outbox item waiting, oldest first.
-    pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+    pub fn outbox_items(&self) -> Result<Vec<OutboxItem>, StoreError> {
         self.inner
             .engine()?
             .tree(TreeId::Outbox)
@@ -165,10 +197,21 @@ impl Store {
         )
     }
 
+    /// Conversations newest first (see `newest`).
+    pub fn conversations_newest(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Conversation) -> Option<bool>,
+    ) -> Result<Vec<model::Conversation>, StoreError> {
+        self.newest(TreeId::Conversations, before, limit, max_scan, keep)
+    }
+
     /// Records of a tree keyed by ULID, newest first (reversed key order), before `before`
     /// (exclusive): at most `limit` that `keep` accepts (`Some(true)`), ending at the first for
     /// which it says `None` (older than wanted) or after examining `max_scan` records.
-    pub fn newest<T: serde::de::DeserializeOwned>(
+    fn newest<T: serde::de::DeserializeOwned>(
         &self,
         tree: TreeId,
         before: Option<&str>,
@@ -353,7 +396,7 @@ mod tests {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let p = store
-                .page(TreeId::Contacts, after.as_deref(), limit, max_scan, keep)
+                .contacts_page(after.as_deref(), limit, max_scan, keep)
                 .unwrap();
             pages.push(p.items.into_iter().map(|c| c.email).collect());
             match p.next {
@@ -376,7 +419,7 @@ mod tests {
                         email: e.clone(),
                         ..Default::default()
                     };
-                    tx.put_json(TreeId::Contacts, e.as_bytes(), &c)?;
+                    tx.put_contact(&c)?;
                 }
                 Ok(())
             })

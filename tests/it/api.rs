@@ -720,11 +720,8 @@ async fn availability_set_through_the_api_steers_routing() {
         (&json!(false), &json!(true), &json!(false))
     );
     // Stored where routing reads it.
-    let stored = srv
-        .ctx
-        .store
-        .view(|tx| tx.get_json::<Value>(inbound::store::TreeId::Users, b"alice"));
-    assert_eq!(stored.unwrap(), Some(json!({"available": false})));
+    let stored = srv.ctx.store.view(|tx| tx.user_state("alice"));
+    assert_eq!(stored.unwrap().and_then(|st| st.available), Some(false));
 
     // The sales rule is round robin over alice and bob: with alice away, bob gets both.
     for i in 0..2 {
@@ -805,7 +802,13 @@ async fn inbox_state_and_confirm_shared_with_the_admin_socket() {
     );
     assert_eq!(api.ok("/v1/inboxes/demo").await["state"], "connected");
     assert_eq!(
-        srv.ctx.store.inbox_state("demo").unwrap().unwrap().state,
+        srv.ctx
+            .store
+            .inbox_state("demo")
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "connected"
     );
 

@@ -378,7 +378,7 @@ async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens(
     let conv = srv.ctx.store.get(&first).unwrap().unwrap().routing[0]
         .conversation
         .clone();
-    let open_count = |srv: &TestServer| srv.ctx.store.counter(b"open:alice").unwrap();
+    let open_count = |srv: &TestServer| srv.ctx.store.view(|tx| tx.open_count("alice")).unwrap();
     let before = open_count(&srv);
 
     let r = api
@@ -403,7 +403,7 @@ async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens(
     assert_eq!(rec.routing[0].conversation, conv);
     assert!(rec.routing[0].reopened);
     let now = srv.ctx.store.conversation(&conv).unwrap().unwrap();
-    assert_eq!(now.status, "open");
+    assert_eq!(now.status.as_str(), "open");
     assert_eq!(now.assignee.as_deref(), Some("alice"));
     assert_eq!(open_count(&srv), before);
 
@@ -462,12 +462,10 @@ async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens(
     srv.ctx
         .store
         .update(|tx| {
-            let mut c: inbound::store::model::Conversation = tx
-                .get_json(inbound::store::TreeId::Conversations, conv.as_bytes())?
-                .unwrap();
+            let mut c = tx.conversation(&conv)?.unwrap();
             c.assignee = Some("ghost".into());
-            c.status = "closed".into();
-            tx.put_json(inbound::store::TreeId::Conversations, conv.as_bytes(), &c)
+            c.status = inbound::store::model::ConversationStatus::Closed;
+            tx.put_conversation(&c)
         })
         .unwrap();
     let again = reply.replace("lifecycle-2@", "lifecycle-3@");
