@@ -62,6 +62,61 @@ impl Store {
         Ok(Page { items, next: None })
     }
 
+    /// `page`, in either direction: oldest first (key order) or newest first (reversed, for
+    /// trees keyed by ULID), after the cursor key `after` in that direction. `keep` answers
+    /// `Some(true)` to take a record, `Some(false)` to skip it, and `None` when no record further
+    /// in this direction can match (a time bound passed): the page then ends without a cursor.
+    /// Bounded like `page`: at most `max_scan` records read, a page may end short with a cursor.
+    pub fn page_ordered<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        after: Option<&[u8]>,
+        newest_first: bool,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&T) -> Option<bool>,
+    ) -> Result<Page<T>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        type Entry = sled::Result<(sled::IVec, sled::IVec)>;
+        let engine = self.inner.engine()?;
+        let tree = engine.tree(tree);
+        let range = match (after, newest_first) {
+            (Some(a), false) => tree.range::<&[u8], _>((Excluded(a), Unbounded)),
+            (Some(a), true) => tree.range::<&[u8], _>((Unbounded, Excluded(a))),
+            (None, _) => tree.iter(),
+        };
+        let iter: Box<dyn Iterator<Item = Entry>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut items = Vec::new();
+        let mut last: Option<sled::IVec> = None;
+        for (scanned, kv) in iter.enumerate() {
+            let (key, value) = kv?;
+            if scanned >= max_scan.max(1) {
+                return Ok(Page {
+                    items,
+                    next: last.map(|k| k.to_vec()),
+                });
+            }
+            let record: T = serde_json::from_slice(&value)?;
+            match keep(&record) {
+                None => return Ok(Page { items, next: None }),
+                Some(true) if items.len() >= limit => {
+                    return Ok(Page {
+                        items,
+                        next: last.map(|k| k.to_vec()),
+                    });
+                }
+                Some(true) => items.push(record),
+                Some(false) => {}
+            }
+            last = Some(key);
+        }
+        Ok(Page { items, next: None })
+    }
+
     /// Outbox items due by `until_ms`, earliest first, at most `limit`. The item type belongs to
     /// `notify`; the store only keeps the schedule.
     pub fn outbox_due<T: serde::de::DeserializeOwned>(

@@ -56,6 +56,9 @@ mod conversations;
 mod fuzz_message_corpus;
 /// Inbox setup: confirmation codes and the connected state.
 mod inbox_setup;
+/// What `GET /v1/messages/{id}` reads from a stored message: bodies in many charsets, the new
+/// text of replies and forwards, headers, addresses, attachment parts (#15).
+mod message_content;
 /// `inbound route --explain` on message files.
 mod route_explain;
 /// Providers' forwarding confirmations, over the fixture corpus.
