@@ -1427,3 +1427,81 @@ async fn lists_go_newest_first_and_filter_by_time() {
     assert!(recent.len() < 5 || at(&all[0]) == since, "{recent:?}");
     srv.stop().await;
 }
+
+/// Issue #15: the served document is valid OpenAPI 3.0 by a validator we did not write
+/// (openapi-spec-validator; tests/run.sh installs it), and strict: every answer schema closes its
+/// objects and lists each property as required (absent values are `null`, never missing keys).
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_passes_openapi_spec_validator_and_is_strict() {
+    let srv = TestServer::start().await;
+    let api = srv.api().await;
+    let served = api.with_token(None).get("/openapi.json").await;
+    assert_eq!(served.status, 200);
+    let body = served.body.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys\n\
+                 from openapi_spec_validator import validate\n\
+                 validate(json.load(sys.stdin))\n\
+                 print('valid')",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/run.sh installs it)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&body).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"valid"),
+        "openapi-spec-validator (pip install openapi-spec-validator; tests/run.sh does):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let spec = &api.spec;
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        let Some(props) = schema["properties"].as_object() else {
+            continue;
+        };
+        if name.ends_with("Request") {
+            continue; // request bodies: optional fields are allowed there
+        }
+        assert_eq!(
+            schema["additionalProperties"],
+            json!(false),
+            "{name}: objects are closed"
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        for p in props.keys() {
+            assert!(
+                required.contains(&p.as_str()),
+                "{name}.{p}: not required (absent values are null, not missing keys)"
+            );
+        }
+        // The time vocabulary: an `_ms` time has its RFC 3339 twin, and the other way round.
+        for p in props.keys() {
+            if let Some(base) = p.strip_suffix("_ms") {
+                assert!(props.contains_key(base), "{name}.{p} without {base}");
+            }
+            if props[p]["format"] == "date-time" && p != "date" {
+                assert!(
+                    props.contains_key(&format!("{p}_ms")),
+                    "{name}.{p} without _ms"
+                );
+            }
+        }
+    }
+    srv.stop().await;
+}
