@@ -63,6 +63,8 @@ mod message_content;
 mod route_explain;
 /// Providers' forwarding confirmations, over the fixture corpus.
 mod verification_corpus;
+/// One vocabulary: the same object through the API, the CLI's --json and webhooks (#15).
+mod vocabulary;
 
 // The source tree itself.
 /// Import graph: no cycle, no stage reaching up into server/api, a store that knows no stage.
