@@ -622,3 +622,21 @@ impl UserView {
         }
     }
 }
+
+/// An item waiting in the outbox, as `inbound outbox --json` lists it (the outbox has no API
+/// endpoint; its shape follows the same vocabulary).
+#[derive(Serialize)]
+pub struct OutboxEntry {
+    /// Also the `Inbound-Delivery` header of a webhook call.
+    pub id: String,
+    /// "relay", or "webhook:<endpoint id>".
+    pub destination: String,
+    /// "webhook message.received to app", "mail assignment_notice to …".
+    pub what: String,
+    pub attempts: u32,
+    pub created_at: String,
+    pub created_at_ms: u64,
+    pub next_attempt_at: String,
+    pub next_attempt_at_ms: u64,
+    pub last_error: Option<String>,
+}
