@@ -23,6 +23,7 @@ use crate::store::model::{
     ThreadDecision, Ticket, VerificationRecord,
 };
 use crate::store::{keys, MessageRecord, Plan, Tx, TxResult};
+use crate::views;
 
 use super::routing;
 
@@ -44,6 +45,8 @@ pub struct ThreadInput {
     pub verification: bool,
     pub received_at: u64,
     pub inboxes: Vec<InboxInput>,
+    /// The parsed message for webhooks with `include_message` (`None` when none wants it).
+    pub content: Option<Arc<crate::views::Content>>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,17 +71,17 @@ pub fn plan(input: ThreadInput) -> Plan {
             record.routing = Vec::new();
             for inbox in &input.inboxes {
                 let data = serde_json::json!({
-                    "queue_id": record.queue_id,
-                    "from": record.from,
-                    "subject": record.subject,
+                    "message": views::MessageSummary::from(record.clone()),
                     "reason": record.auth.as_ref().map(|a| a.reason.as_str()).unwrap_or(""),
                 });
-                notify::queue_event(
+                let detail = message_detail(&input, record, None);
+                notify::queue_message_event(
                     tx,
                     &input.config,
                     "message.quarantined",
                     &inbox.inbox,
                     data,
+                    detail.as_ref(),
                     input.received_at,
                 )?;
             }
@@ -333,25 +336,21 @@ fn announce(
 ) -> TxResult<()> {
     let (config, now, id) = (&input.config, input.received_at, inbox.inbox.as_str());
     let attribution = record.attribution.as_ref();
+    // The API's shapes (`views`), so a webhook and `GET /v1/messages/{id}` name things alike.
     let message = serde_json::json!({
-        "queue_id": record.queue_id,
-        "message_id": input.message_id,
-        "received_at": crate::util::rfc3339(record.received_at),
-        "subject": record.subject,
-        "from": attribution.map(|a| a.email.as_str()).unwrap_or(&record.from),
-        "from_name": attribution.and_then(|a| a.name.as_deref()),
-        "attribution_method": attribution.map(|a| a.method.as_str()),
-        "forwarded_by": attribution.and_then(|a| a.forwarded_by.as_deref()),
-        "size": record.size,
-        "attachments": record.attachments.len(),
-        "auth_verdict": record.auth.as_ref().map(|a| a.verdict.as_str()),
-        "automatic": record.automatic,
-        "conversation": r.conversation,
-        "thread": r.thread,
-        "assignee": r.assignee,
-        "ticket": r.ticket,
+        "message": views::MessageSummary::from(record.clone()),
+        "routing": views::Routing::from(r.clone()),
     });
-    notify::queue_event(tx, config, "message.received", id, message, now)?;
+    let detail = message_detail(input, record, Some(r));
+    notify::queue_message_event(
+        tx,
+        config,
+        "message.received",
+        id,
+        message,
+        detail.as_ref(),
+        now,
+    )?;
     if r.thread == ThreadDecision::New {
         let data = serde_json::json!({
             "conversation": r.conversation,
@@ -384,7 +383,7 @@ fn announce(
     }
     if let (true, Some(ticket)) = (r.thread == ThreadDecision::New, &r.ticket) {
         if let Some(t) = tx.ticket(ticket)? {
-            let data = serde_json::to_value(&t).unwrap_or_default();
+            let data = serde_json::to_value(views::TicketView::from(t)).unwrap_or_default();
             notify::queue_event(tx, config, "ticket.created", id, data, now)?;
         }
     }
@@ -392,7 +391,7 @@ fn announce(
         let mut v = v.clone();
         v.queue_id = record.queue_id.clone();
         v.received_at = now;
-        let data = serde_json::to_value(&v).unwrap_or_default();
+        let data = serde_json::to_value(views::Verification::from(v.clone())).unwrap_or_default();
         notify::queue_event(tx, config, "verification.received", id, data, now)?;
         notify::verification_notice(tx, config, id, &v, now)?;
     }
@@ -420,6 +419,20 @@ fn announce(
         }
     }
     Ok(())
+}
+
+/// The message detail a webhook with `include_message` carries: the record, its content, and
+/// the routing of the event's inbox (the record's full list is written after every inbox).
+/// `None` when no endpoint wants it.
+fn message_detail(
+    input: &ThreadInput,
+    record: &MessageRecord,
+    routing: Option<&RoutingRecord>,
+) -> Option<views::MessageDetail> {
+    let content = input.content.as_ref()?;
+    let mut record = record.clone();
+    record.routing = routing.cloned().into_iter().collect();
+    Some(views::MessageDetail::new(record, Some((**content).clone())))
 }
 
 fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {

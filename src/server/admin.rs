@@ -262,9 +262,10 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
         Request::QuarantineList { after, limit } => {
             let quarantined = store.messages_page(
                 after.as_deref().map(str::as_bytes),
+                false,
                 *limit,
                 QUARANTINE_MAX_SCAN,
-                |m: &crate::store::MessageRecord| m.quarantined,
+                |m: &crate::store::MessageRecord| Some(m.quarantined),
             );
             match quarantined {
                 Ok(p) => ok(serde_json::to_value(p.items).ok()),
@@ -335,7 +336,9 @@ fn list_messages(
         return store.list(after, limit);
     }
     Ok(store
-        .messages_page(after.map(str::as_bytes), limit, LIST_MAX_SCAN, keep)?
+        .messages_page(after.map(str::as_bytes), false, limit, LIST_MAX_SCAN, |m| {
+            Some(keep(m))
+        })?
         .items)
 }
 
@@ -360,9 +363,10 @@ fn list_conversations(
         return Ok(store
             .conversations_page(
                 after.map(str::as_bytes),
+                false,
                 limit,
                 max_scan,
-                |c: &Conversation| c.created_at >= since_ms && keep(c),
+                |c: &Conversation| Some(c.created_at >= since_ms && keep(c)),
             )?
             .items);
     }
