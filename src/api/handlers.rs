@@ -230,7 +230,7 @@ pub async fn inbox_confirm(State(s): St, PathParams(id): PathParams<String>) -> 
             .inboxes
             .get(&id)
             .ok_or_else(|| ApiError::not_found(format!("inbox {id:?}")))?;
-        let st = actions::confirm_inbox(&store, &cfg.id, &cfg.address)?;
+        let st = actions::confirm_inbox(&store, &config, &cfg.id, &cfg.address)?;
         Ok(views::Inbox::new(cfg, Some(st)))
     })
     .await

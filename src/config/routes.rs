@@ -265,7 +265,12 @@ fn candidates(
     (out, via)
 }
 
-fn compile_assign(raw: &RawAssign, dir: &Directory, path: &str, errors: &mut Errors) -> Assign {
+pub(super) fn compile_assign(
+    raw: &RawAssign,
+    dir: &Directory,
+    path: &str,
+    errors: &mut Errors,
+) -> Assign {
     let (candidates_, via_team) =
         candidates(&raw.users, &raw.teams, dir, path, "users", "teams", errors);
     let (fallback, fallback_via_team) = candidates(
@@ -302,6 +307,11 @@ fn compile_assign(raw: &RawAssign, dir: &Directory, path: &str, errors: &mut Err
         fallback,
         fallback_via_team,
     }
+}
+
+/// Whether a rule's `match` takes every message (its own errors are reported elsewhere).
+pub(super) fn is_catch_all(raw: &RawMatch) -> bool {
+    compile_match(raw, "", &mut Errors::default()).is_catch_all()
 }
 
 fn compile_match(raw: &RawMatch, path: &str, errors: &mut Errors) -> Match {

@@ -254,7 +254,7 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             Err(e) => Response::err(e),
         },
         Request::InboxConfirm { id, address } => {
-            match crate::actions::confirm_inbox(store, id, address) {
+            match crate::actions::confirm_inbox(store, config, id, address) {
                 Ok(st) => ok(serde_json::to_value(st).ok()),
                 Err(e) => Response::err(e),
             }

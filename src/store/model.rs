@@ -317,3 +317,36 @@ impl MessageRecord {
 
 /// `MessageRecord::body_location` of a message whose body retention removed.
 pub const BODY_EXPIRED: &str = "expired";
+
+/// An inbox created through the API, as kept: what the team asked for (the same fields as an
+/// `[[inbox]]` table, address made) and where it is in its life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxDefinition {
+    pub spec: crate::config::raw::RawInbox,
+    pub status: DefinitionStatus,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// "Connect & finish" was pressed: the address is locked from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
+}
+
+impl InboxDefinition {
+    /// The canonical address (made and checked before it was stored).
+    pub fn address(&self) -> &str {
+        self.spec.address.as_deref().unwrap_or_default()
+    }
+}
+
+/// Where an API-created inbox is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DefinitionStatus {
+    /// Receives mail (pending or connected: `InboxState` tells).
+    Active,
+    /// Receives nothing any more; its id and address stay reserved for good.
+    Retired,
+}
