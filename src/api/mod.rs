@@ -59,9 +59,26 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/admin/reload", post(handlers::admin_reload))
-        .route("/v1/inboxes", get(handlers::inboxes))
-        .route("/v1/inboxes/{id}", get(handlers::inbox))
+        .route(
+            "/v1/inboxes",
+            get(handlers::inboxes).post(handlers::inbox_create),
+        )
+        .route(
+            "/v1/inboxes/{id}",
+            get(handlers::inbox)
+                .patch(handlers::inbox_update)
+                .delete(handlers::inbox_retire),
+        )
         .route("/v1/inboxes/{id}/confirm", post(handlers::inbox_confirm))
+        .route("/v1/inboxes/{id}/finish", post(handlers::inbox_finish))
+        .route(
+            "/v1/inboxes/{id}/from-address",
+            post(handlers::inbox_from_address),
+        )
+        .route(
+            "/v1/inboxes/{id}/from-address/confirm",
+            post(handlers::inbox_from_address_confirm),
+        )
         .route("/v1/conversations", get(handlers::conversations))
         .route("/v1/conversations/{id}", get(handlers::conversation))
         .route(

@@ -213,6 +213,13 @@ pub(super) fn compile_directory(
     dir
 }
 
+impl TicketDefaults {
+    /// An inbox's ticket settings with the defaults filled in.
+    pub fn from_raw(raw: Option<&RawTickets>) -> TicketDefaults {
+        compile_tickets(raw)
+    }
+}
+
 pub(super) fn compile_tickets(raw: Option<&RawTickets>) -> TicketDefaults {
     let raw = raw.cloned().unwrap_or_default();
     TicketDefaults {
