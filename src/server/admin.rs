@@ -62,6 +62,8 @@ pub enum Request {
         limit: usize,
     },
     InboxesList,
+    /// The inboxes created through the API (retired ones too), as stored.
+    InboxDefinitions,
     /// An operator confirms that the team's forwarding works.
     InboxConfirm {
         id: String,
@@ -246,6 +248,10 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             status.as_deref(),
             since_ms.unwrap_or(0),
         ) {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
+        Request::InboxDefinitions => match store.inbox_definitions() {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },

@@ -450,3 +450,60 @@ async fn bad_inbox_input_is_refused_naming_the_field_and_nothing_is_written() {
     assert_eq!(defs.len(), 1, "only acme was ever stored");
     sink.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_names_a_clash_between_the_file_and_an_api_inbox() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let port = sink.addr.port();
+    let srv = start(TempDir::new("inbox-api-check"), port, "").await;
+    let api = srv.api().await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/inboxes",
+            Some(&json!({ "id": "acme", "tenant": "acme", "local": "support" })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    let check = |extra: &str| {
+        let file = srv.dir.path().join("candidate.toml");
+        std::fs::write(&file, config(srv.dir.path(), port, extra)).unwrap();
+        std::process::Command::new(crate::process::bin())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    for (extra, key) in [
+        (
+            format!("[[inbox]]\nid = \"acme\"\naddress = \"x@acme.inbound.test\"\n"),
+            "inbox[1].id",
+        ),
+        (
+            format!("[[inbox]]\nid = \"file\"\naddress = \"{ADDRESS}\"\n"),
+            "inbox[1].address",
+        ),
+    ] {
+        let out = check(&extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(key) && err.contains("/v1/inboxes/acme"),
+            "{err}"
+        );
+    }
+    // Without a clash the file is fine, API inbox and all.
+    let out = check("");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 inboxes"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    srv.stop().await;
+    sink.stop();
+}
