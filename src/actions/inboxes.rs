@@ -14,7 +14,6 @@
 use crate::config::inboxes::{api_path, Blame, InboxSource};
 use crate::config::raw::RawInbox;
 use crate::config::{Config, ConfigError};
-use crate::context::reload::active_specs;
 use crate::context::Ctx;
 use crate::store::keys;
 use crate::store::model::{DefinitionStatus, InboxDefinition, InboxState};
@@ -37,8 +36,9 @@ pub fn create(ctx: &Ctx, mut spec: RawInbox) -> Result<InboxDefinition, ActionEr
         }
     }
     make_address(&config, &mut spec)?;
-    let others = others(ctx, &spec.id)?;
-    let next = validate(&config, others, &spec)?;
+    let next = config
+        .with_api_inbox_added(&spec)
+        .map_err(|e| invalid(&spec.id, e.0))?;
     let now = keys::now_ms();
     let def = InboxDefinition {
         spec,
@@ -135,7 +135,7 @@ pub fn update(
             )));
         }
     }
-    let next = validate(&config, others(ctx, id)?, &spec)?;
+    let next = validate(&config, others(&config, id), &spec)?;
     let now = keys::now_ms();
     let def = InboxDefinition {
         spec,
@@ -194,9 +194,8 @@ pub fn retire(ctx: &Ctx, id: &str) -> Result<InboxDefinition, ActionError> {
     let _one_change = ctx.config_change();
     let config = ctx.config();
     let mut def = active_definition(ctx, &config, id)?;
-    let others = others(ctx, id)?;
     let next = config
-        .with_api_inboxes(&others, Blame::Last)
+        .with_api_inboxes(&others(&config, id), Blame::Last)
         .map_err(|e| invalid(id, e.0))?;
     let now = keys::now_ms();
     def.status = DefinitionStatus::Retired;
@@ -241,11 +240,12 @@ fn read_only(config: &Config, id: &str) -> ActionError {
     ))
 }
 
-/// The specs of every other active API inbox.
-fn others(ctx: &Ctx, id: &str) -> Result<Vec<RawInbox>, ActionError> {
-    let mut specs = active_specs(&ctx.store.inbox_definitions()?);
+/// The specs of every other active API inbox (the config in force holds them all: every
+/// change installs the config it validated, under `Ctx::config_change`).
+fn others(config: &Config, id: &str) -> Vec<RawInbox> {
+    let mut specs = config.api_inboxes.clone();
     specs.retain(|s| s.id != id);
-    Ok(specs)
+    specs
 }
 
 /// The config with `spec` (last) among the API inboxes, or its errors with field paths.

@@ -2,7 +2,7 @@
 //! each inbox's policy, rules and admins. `resolve` is what RCPT asks. Every error with its key
 //! path.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use super::auth::{inbox_auth, AuthPolicy};
 use super::errors::Errors;
@@ -73,6 +73,11 @@ pub struct Inboxes {
     pub list: Vec<InboxConfig>,
     by_address: HashMap<String, usize>,
     domains: HashSet<String>,
+    /// The key path that claimed each id, address and from name (lower case): what a
+    /// duplicate's error names ("also inbox[0].address").
+    ids: HashMap<String, String>,
+    owners: HashMap<String, String>,
+    from_names: HashMap<String, String>,
 }
 
 /// What a RCPT address resolves to.
@@ -174,11 +179,26 @@ pub(super) fn compile_inboxes(
     directory: &routes::Directory,
     errors: &mut Errors,
 ) -> Inboxes {
-    let mut from_names: HashMap<String, String> = HashMap::new();
     let mut out = Inboxes::default();
-    let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut owners: HashMap<String, String> = HashMap::new();
     for (path, inbox) in raw {
+        out.add(path, inbox, global_auth, directory, errors);
+    }
+    out
+}
+
+impl Inboxes {
+    /// Compile one more `[[inbox]]` (at key path `path`) into the table: its own checks, and
+    /// ids, addresses and from names unique against every inbox already in it. Adding inboxes
+    /// one by one gives the same table and errors as compiling them together.
+    pub(super) fn add(
+        &mut self,
+        path: &str,
+        inbox: &RawInbox,
+        global_auth: &AuthPolicy,
+        directory: &routes::Directory,
+        errors: &mut Errors,
+    ) {
+        let out = self;
         if inbox.id.is_empty()
             || !inbox
                 .id
@@ -189,7 +209,7 @@ pub(super) fn compile_inboxes(
                 format!("{path}.id"),
                 format!("invalid inbox id {:?} (letters, digits, - and _)", inbox.id),
             );
-        } else if let Some(first) = ids.insert(&inbox.id, path) {
+        } else if let Some(first) = out.ids.insert(inbox.id.clone(), path.to_string()) {
             errors.push(
                 format!("{path}.id"),
                 format!("duplicate inbox id {:?} (also {first})", inbox.id),
@@ -212,13 +232,13 @@ pub(super) fn compile_inboxes(
                     errors.push(&key, format!("{a:?}: '+' is reserved for sub-addressing"))
                 }
                 Some(a) => {
-                    if let Some(first) = owners.get(&a) {
+                    if let Some(first) = out.owners.get(&a) {
                         errors.push(
                             &key,
                             format!("duplicate hosted address {a:?} (also {first})"),
                         );
                     } else {
-                        owners.insert(a.clone(), key.clone());
+                        out.owners.insert(a.clone(), key.clone());
                         out.by_address.insert(a.clone(), index);
                         out.domains.insert(
                             a.split_once('@')
@@ -268,17 +288,16 @@ pub(super) fn compile_inboxes(
         }
         if let Some(name) = &inbox.from_name {
             let key = name.trim().to_lowercase();
-            if let Some(first) = from_names.get(&key) {
+            if let Some(first) = out.from_names.get(&key) {
                 errors.push(
                     format!("{path}.from_name"),
                     format!("duplicate from_name {name:?} (also {first}.from_name): recipients could not tell the inboxes apart"),
                 );
             } else {
-                from_names.insert(key, path.clone());
+                out.from_names.insert(key, path.to_string());
             }
         }
     }
-    out
 }
 
 fn compile_from_name_mode(inbox: &RawInbox, path: &str, errors: &mut Errors) -> FromNameMode {
@@ -419,33 +438,61 @@ impl super::Config {
                 compile(file_first(), &mut Errors::default())
             }
         };
-        let file_domains: HashSet<&str> = self
-            .file_inboxes
-            .iter()
-            .filter_map(|(_, i)| i.address.as_deref()?.rsplit_once('@').map(|(_, d)| d))
-            .collect();
         for (path, inbox) in &api {
-            let address = inbox.address.clone().unwrap_or_default();
-            if let Some(domain) = normalize_address(&address)
-                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
-            {
-                if !self.is_hosted_domain(&domain, &file_domains) {
-                    errors.push(
-                        format!("{path}.address"),
-                        format!(
-                            "{domain:?} is not a domain hosted here ({})",
-                            self.hosted_domains_described(&file_domains)
-                        ),
-                    );
-                }
-            }
+            self.check_hosted(path, inbox, &mut errors);
         }
         if !errors.0.is_empty() {
             return Err(super::ConfigErrors(errors.0));
         }
         let mut out = self.clone();
         out.inboxes = inboxes;
+        out.api_inboxes = api.into_iter().map(|(_, i)| i).collect();
         Ok(out)
+    }
+
+    /// This config with one more API inbox: the same checks and table as `with_api_inboxes`
+    /// with `spec` last, without compiling the others again (creating an inbox costs the same
+    /// however many there are).
+    pub fn with_api_inbox_added(
+        &self,
+        spec: &RawInbox,
+    ) -> Result<super::Config, super::ConfigErrors> {
+        let path = api_path(&spec.id);
+        let mut errors = Errors::default();
+        let mut out = self.clone();
+        out.inboxes
+            .add(&path, spec, &self.auth.policy, &self.directory, &mut errors);
+        self.check_hosted(&path, spec, &mut errors);
+        if !errors.0.is_empty() {
+            return Err(super::ConfigErrors(errors.0));
+        }
+        out.api_inboxes.push(spec.clone());
+        Ok(out)
+    }
+
+    /// An API inbox's address must be under a hosted domain: `server.hosted_domain` (and its
+    /// subdomains) or a domain of the file's inboxes.
+    fn check_hosted(&self, path: &str, inbox: &RawInbox, errors: &mut Errors) {
+        let address = inbox.address.clone().unwrap_or_default();
+        let Some(domain) = normalize_address(&address)
+            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
+        else {
+            return;
+        };
+        let file_domains: HashSet<&str> = self
+            .file_inboxes
+            .iter()
+            .filter_map(|(_, i)| i.address.as_deref()?.rsplit_once('@').map(|(_, d)| d))
+            .collect();
+        if !self.is_hosted_domain(&domain, &file_domains) {
+            errors.push(
+                format!("{path}.address"),
+                format!(
+                    "{domain:?} is not a domain hosted here ({})",
+                    self.hosted_domains_described(&file_domains)
+                ),
+            );
+        }
     }
 
     fn is_hosted_domain(&self, domain: &str, file_domains: &HashSet<&str>) -> bool {

@@ -59,6 +59,9 @@ pub struct Config {
     /// The file's `[[inbox]]` tables as read (addresses generated), with their key paths: what
     /// `with_api_inboxes` compiles again together with the inboxes created through the API.
     pub file_inboxes: Vec<(String, raw::RawInbox)>,
+    /// The active inboxes created through the API that `with_api_inboxes` compiled in (empty
+    /// for a config as read from the file).
+    pub api_inboxes: Vec<raw::RawInbox>,
     /// `server.hosted_domain`: API-created inboxes may use it and its subdomains.
     pub hosted_domain: Option<String>,
     /// `server.address_pattern` (or its default): how an inbox's address is made from its
@@ -129,6 +132,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         api,
         retention,
         file_inboxes: raw.inboxes,
+        api_inboxes: Vec::new(),
         hosted_domain,
         address_pattern,
     })
