@@ -12,12 +12,15 @@
 
 use serde::Serialize;
 
+use crate::config::inboxes::{FromNameMode, InboxSource};
+use crate::config::raw::{RawInbox, RawRule};
 use crate::config::routes::User;
 use crate::config::InboxConfig;
 use crate::store::model::{
     AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
 };
 use crate::store::model::{AuthRecord, ConversationStatus, InboxLifecycle, ThreadDecision};
+use crate::store::model::{DefinitionStatus, InboxDefinition};
 use crate::store::{MessageRecord, BODY_EXPIRED};
 use crate::util::rfc3339;
 
@@ -47,7 +50,9 @@ pub struct Inbox {
     pub aliases: Vec<String>,
     /// The team's own mailbox (or `@domain`) whose forwarded mail connects the inbox.
     pub connected_address: Option<String>,
-    pub state: InboxLifecycle,
+    /// "pending", "connected" (the setup state, `InboxLifecycle`) or "retired" (an API inbox
+    /// that receives nothing any more).
+    pub state: &'static str,
     /// The address the team's provider forwards to (locked once connected).
     pub forwarding_address: String,
     pub message_count: u64,
@@ -55,28 +60,123 @@ pub struct Inbox {
     pub connected_at_ms: Option<u64>,
     pub evidence: Option<String>,
     pub latest_verification: Option<Verification>,
+    /// "config" (read-only through the API) or "api".
+    pub source: InboxSource,
+    /// Whether the address can no longer change (connected, or finished).
+    pub locked: bool,
+    pub finished_at: Option<String>,
+    pub finished_at_ms: Option<u64>,
+    pub retired_at: Option<String>,
+    pub retired_at_ms: Option<u64>,
+    pub tenant: Option<String>,
+    pub local: Option<String>,
+    pub from_name: Option<String>,
+    pub from_name_mode: FromNameMode,
+    pub from_address: Option<String>,
+    /// Whether `from_address` was proven with a one-time code.
+    pub from_address_verified: bool,
+    pub signature: Option<String>,
+    pub admins: Vec<String>,
+    pub tickets: TicketSettings,
+    pub auto_assign: Option<AutoAssign>,
+    /// The routing rules as given (the config file's rule language).
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Serialize)]
+pub struct TicketSettings {
+    pub enabled: bool,
+    pub pipeline: String,
+    pub stage: String,
+    pub priority: String,
+}
+
+#[derive(Serialize)]
+pub struct AutoAssign {
+    pub enabled: bool,
+    pub strategy: String,
+    pub users: Vec<String>,
+    pub teams: Vec<String>,
 }
 
 impl Inbox {
-    pub fn new(cfg: &InboxConfig, state: Option<InboxState>) -> Inbox {
+    /// An inbox from its spec (the file's table or the API's definition), its compiled form
+    /// when it receives mail, its API definition if it has one, and its setup state.
+    pub fn new(
+        spec: &RawInbox,
+        cfg: Option<&InboxConfig>,
+        def: Option<&InboxDefinition>,
+        state: Option<InboxState>,
+    ) -> Inbox {
         let st = state.unwrap_or_default();
+        let address = cfg
+            .map(|c| c.address.clone())
+            .or_else(|| spec.address.clone())
+            .unwrap_or_default();
+        let retired = def.is_some_and(|d| d.status == DefinitionStatus::Retired);
+        let finished_at_ms = def.and_then(|d| d.finished_at);
+        let tickets = crate::config::routes::TicketDefaults::from_raw(spec.tickets.as_ref());
+        let from_address = cfg
+            .and_then(|c| c.from_address.clone())
+            .or_else(|| spec.from_address.clone());
         Inbox {
-            id: cfg.id.clone(),
-            name: cfg.name.clone(),
-            address: cfg.address.clone(),
-            aliases: cfg.aliases.clone(),
-            connected_address: cfg.connected_address.clone(),
-            state: st.state,
-            forwarding_address: if st.address.is_empty() {
-                cfg.address.clone()
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            aliases: cfg
+                .map(|c| c.aliases.clone())
+                .unwrap_or_else(|| spec.aliases.clone()),
+            connected_address: cfg
+                .and_then(|c| c.connected_address.clone())
+                .or_else(|| spec.connected_address.clone()),
+            state: if retired {
+                "retired"
             } else {
-                st.address
+                st.state.as_str()
             },
+            forwarding_address: if st.address.is_empty() {
+                address.clone()
+            } else {
+                st.address.clone()
+            },
+            address,
             message_count: st.messages,
             connected_at: time(st.connected_at),
             connected_at_ms: st.connected_at,
             evidence: st.evidence,
             latest_verification: st.latest_verification.map(Verification::from),
+            source: if def.is_some() {
+                InboxSource::Api
+            } else {
+                InboxSource::Config
+            },
+            locked: st.state == InboxLifecycle::Connected || finished_at_ms.is_some() || retired,
+            finished_at: time(finished_at_ms),
+            finished_at_ms,
+            retired_at: time(def.and_then(|d| d.retired_at)),
+            retired_at_ms: def.and_then(|d| d.retired_at),
+            tenant: spec.tenant.clone(),
+            local: spec.local.clone(),
+            from_name: spec.from_name.clone(),
+            from_name_mode: cfg.map(|c| c.from_name_mode).unwrap_or_default(),
+            from_address_verified: from_address
+                .as_ref()
+                .is_some_and(|a| st.verified_from.contains(a)),
+            from_address,
+            signature: spec.signature.clone(),
+            admins: spec.admins.clone(),
+            tickets: TicketSettings {
+                enabled: tickets.enabled,
+                pipeline: tickets.pipeline,
+                stage: tickets.stage,
+                priority: tickets.priority,
+            },
+            auto_assign: spec.auto_assign.as_ref().map(|a| AutoAssign {
+                enabled: a.enabled.unwrap_or(true),
+                strategy: a.strategy.clone().unwrap_or_else(|| "round_robin".into()),
+                users: a.users.clone(),
+                teams: a.teams.clone(),
+            }),
+            rule: spec.rule.clone(),
         }
     }
 }

@@ -18,18 +18,18 @@ use crate::actions::{self, Assignee};
 use crate::config::Config;
 use crate::pipeline::routing;
 use crate::store::model::ConversationStatus;
-use crate::store::{MessageRecord, Store, StoreError, BODY_EXPIRED};
+use crate::store::{MessageRecord, Store, BODY_EXPIRED};
 use crate::views;
 
-type St = State<Arc<ApiState>>;
-type Json<T> = Result<axum::Json<T>, ApiError>;
+pub(super) type St = State<Arc<ApiState>>;
+pub(super) type Json<T> = Result<axum::Json<T>, ApiError>;
 
 /// Records one page may read past its filter before it answers with what it has (and a cursor):
 /// a filter that matches little must not make one request read the whole store.
 const MAX_SCAN: usize = 10_000;
 
 /// Run store work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -37,7 +37,7 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::internal(format!("request task: {e}"))))
 }
 
-fn ok<T>(v: T) -> Json<T> {
+pub(super) fn ok<T>(v: T) -> Json<T> {
     Ok(axum::Json(v))
 }
 
@@ -124,50 +124,6 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this endpoint does not take this method (see /openapi.json)",
     )
-}
-
-// ---- inboxes -----------------------------------------------------------------------------------
-
-pub async fn inboxes(State(s): St) -> Json<views::List<views::Inbox>> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    let items = blocking(move || {
-        config
-            .inboxes
-            .list
-            .iter()
-            .map(|i| Ok(views::Inbox::new(i, store.inbox_state(&i.id)?)))
-            .collect::<Result<Vec<_>, StoreError>>()
-            .map_err(ApiError::from)
-    })
-    .await?;
-    ok(views::List { items })
-}
-
-pub async fn inbox(State(s): St, PathParams(id): PathParams<String>) -> Json<views::Inbox> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || {
-        let cfg = config
-            .inboxes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found(format!("inbox {id:?}")))?;
-        Ok(views::Inbox::new(cfg, store.inbox_state(&id)?))
-    })
-    .await
-    .map(axum::Json)
-}
-
-pub async fn inbox_confirm(State(s): St, PathParams(id): PathParams<String>) -> Json<views::Inbox> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || {
-        let cfg = config
-            .inboxes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found(format!("inbox {id:?}")))?;
-        let st = actions::confirm_inbox(&store, &cfg.id, &cfg.address)?;
-        Ok(views::Inbox::new(cfg, Some(st)))
-    })
-    .await
-    .map(axum::Json)
 }
 
 // ---- conversations -----------------------------------------------------------------------------

@@ -80,7 +80,7 @@ pub struct RawWebhook {
 }
 
 /// Every webhook event, in the order they happen to a message.
-pub const EVENTS: [&str; 9] = [
+pub const EVENTS: [&str; 13] = [
     "message.received",
     "message.quarantined",
     "conversation.created",
@@ -90,6 +90,10 @@ pub const EVENTS: [&str; 9] = [
     "conversation.reopened",
     "ticket.created",
     "verification.received",
+    "inbox.created",
+    "inbox.updated",
+    "inbox.connected",
+    "inbox.retired",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -89,7 +89,13 @@ pub fn plan(input: ThreadInput) -> Plan {
         }
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
-            let r = apply(tx, &input, inbox, record)?;
+            // A provider's confirmation is setup mail, not a customer: it shows on the inbox
+            // (`update_inbox`) and opens no conversation and no contact (#15).
+            let r = if input.verification {
+                setup_mail(inbox)
+            } else {
+                apply(tx, &input, inbox, record)?
+            };
             let duplicate = r.thread == ThreadDecision::Duplicate;
             update_inbox(tx, &input, inbox, record, duplicate)?;
             if !duplicate {
@@ -100,6 +106,19 @@ pub fn plan(input: ThreadInput) -> Plan {
         record.routing = routing;
         Ok(())
     })
+}
+
+/// The routing of a provider's confirmation mail: in no conversation.
+fn setup_mail(inbox: &InboxInput) -> RoutingRecord {
+    RoutingRecord {
+        inbox: inbox.inbox.clone(),
+        conversation: String::new(),
+        thread: ThreadDecision::Setup,
+        thread_reason: "a provider's forwarding confirmation is setup mail, not a conversation"
+            .into(),
+        assignment: "verification".into(),
+        ..Default::default()
+    }
 }
 
 /// Find the conversation this message continues, and why.
@@ -316,9 +335,27 @@ fn update_inbox(
             st.address = inbox.address.clone();
             st.connected_at = Some(input.received_at);
             st.evidence = Some(format!("{evidence} (message {})", record.queue_id));
+            notify::queue_event(
+                tx,
+                &input.config,
+                "inbox.connected",
+                &inbox.inbox,
+                connected_event(&st),
+                input.received_at,
+            )?;
         }
     }
     tx.put_inbox_state(&st)
+}
+
+/// The `inbox.connected` event's data.
+pub fn connected_event(st: &InboxState) -> serde_json::Value {
+    serde_json::json!({
+        "inbox": st.id,
+        "address": st.address,
+        "connected_at": st.connected_at.map(crate::util::rfc3339),
+        "evidence": st.evidence,
+    })
 }
 
 /// Assignment outcomes that gave the conversation a (new) assignee by rule.

@@ -62,6 +62,8 @@ pub enum Request {
         limit: usize,
     },
     InboxesList,
+    /// The inboxes created through the API (retired ones too), as stored.
+    InboxDefinitions,
     /// An operator confirms that the team's forwarding works.
     InboxConfirm {
         id: String,
@@ -249,12 +251,16 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
+        Request::InboxDefinitions => match store.inbox_definitions() {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
         Request::InboxesList => match store.inbox_states() {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
         Request::InboxConfirm { id, address } => {
-            match crate::actions::confirm_inbox(store, id, address) {
+            match crate::actions::confirm_inbox(store, config, id, address) {
                 Ok(st) => ok(serde_json::to_value(st).ok()),
                 Err(e) => Response::err(e),
             }

@@ -54,6 +54,8 @@ mod attribution_corpus;
 mod conversations;
 /// The message fuzzer's corpus and every fixture through parse and attribution.
 mod fuzz_message_corpus;
+/// Self-service inboxes through the API: onboarding, locks, clashes with the file, bad input.
+mod inbox_api;
 /// Inbox setup: confirmation codes and the connected state.
 mod inbox_setup;
 /// What `GET /v1/messages/{id}` reads from a stored message: bodies in many charsets, the new
