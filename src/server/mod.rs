@@ -93,6 +93,8 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+    // Opening read sled's snapshot and rebuilt its page table; the snapshot is garbage now.
+    crate::util::release_free_memory();
     let locked =
         reload::locked_addresses(&config, &store).map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),
@@ -246,6 +248,7 @@ impl Bound {
                 loop {
                     tick.tick().await;
                     ctx.limits.housekeeping();
+                    let _ = tokio::task::spawn_blocking(crate::util::release_free_memory).await;
                 }
             })
         };
