@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use inbound::config::{self, Config};
 use inbound::pipeline::{self, auth::Assessment, threading, Envelope};
+use inbound::store::model::ThreadDecision;
 use inbound::store::spool::Finished;
 use inbound::store::{keys, Body, MessageRecord, Plan, RcptRecord, Store};
 
@@ -119,7 +120,12 @@ impl Fixture {
                 .apply_volatile(&record, &body, Some(&plan))
                 .expect("plan applies");
             conversation = r.routing[0].conversation.clone();
-            assert_eq!(r.routing[0].thread == "new", n == 0, "{:?}", r.routing[0]);
+            assert_eq!(
+                r.routing[0].thread == ThreadDecision::New,
+                n == 0,
+                "{:?}",
+                r.routing[0]
+            );
         }
         conversation
     }
@@ -154,7 +160,7 @@ fn commit_reply(c: &mut Criterion) {
                         .block_on(f.store.commit(record, body, Some(plan)))
                         .expect("commit");
                     took += start.elapsed();
-                    assert_eq!(r.routing[0].thread, "joined");
+                    assert_eq!(r.routing[0].thread, ThreadDecision::Joined);
                     f.store.delete_message(&r.queue_id).expect("delete");
                 }
                 took

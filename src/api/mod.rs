@@ -9,7 +9,7 @@
 mod auth;
 mod error;
 mod handlers;
-pub mod views;
+mod params;
 
 use std::sync::Arc;
 

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use super::{admin_request, decode, StoreArgs};
 use crate::config;
 use crate::server::admin::Request;
+use crate::store::model::InboxLifecycle;
 
 /// Exit 0 when the file is valid, 2 with every error listed when it is not.
 pub fn check(file: PathBuf) -> Result<ExitCode> {
@@ -29,7 +30,7 @@ pub fn check(file: PathBuf) -> Result<ExitCode> {
                 let locked = cfg.check_locked_addresses(
                     states
                         .iter()
-                        .filter(|s| s.state == "connected")
+                        .filter(|s| s.state == InboxLifecycle::Connected)
                         .map(|s| (s.id.as_str(), s.address.as_str())),
                 );
                 if !locked.is_empty() {

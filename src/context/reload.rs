@@ -172,7 +172,7 @@ pub(crate) fn locked_addresses(
     Ok(config.check_locked_addresses(
         states
             .iter()
-            .filter(|s| s.state == "connected")
+            .filter(|s| s.state == crate::store::model::InboxLifecycle::Connected)
             .map(|s| (s.id.as_str(), s.address.as_str())),
     ))
 }
