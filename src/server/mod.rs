@@ -96,6 +96,8 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+    // Opening read sled's snapshot and rebuilt its page table; the snapshot is garbage now.
+    crate::util::release_free_memory();
     let store_error = |source| ServerError::Store {
         dir: config.data_dir.display().to_string(),
         source,
@@ -257,6 +259,7 @@ impl Bound {
                 loop {
                     tick.tick().await;
                     ctx.limits.housekeeping();
+                    let _ = tokio::task::spawn_blocking(crate::util::release_free_memory).await;
                 }
             })
         };

@@ -1317,6 +1317,112 @@ async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
     srv.stop().await;
 }
 
+/// Issue #11: a request whose header is complete but whose body stops coming is not covered by
+/// `api.header_read_timeout`; `api.idle_timeout` closes it. The header timeout here is an hour,
+/// so only the idle timeout (1 s) can end the connection within the test's bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_that_stops_coming_is_closed_by_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("apiidle");
+    let text = config_text(dir.path(), PEOPLE).replace(
+        "[api]\n",
+        "[api]\nheader_read_timeout = \"1h\"\nidle_timeout = \"1s\"\n",
+    );
+    let srv = TestServer::start_config(dir, inbound::config::parse(&text).unwrap()).await;
+    let addr = srv.api_addr.unwrap();
+    let head = format!(
+        "PUT /v1/users/bob/availability HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+    );
+    // The same request completed is served on this config: it is the stall that is closed.
+    let mut whole = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = format!("{:<64}", r#"{"available":false}"#);
+    whole
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut status = [0u8; 12];
+    whole.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(format!("{head}{{\"available\"").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut answer))
+        .await
+        .expect("a request body that stopped coming is closed by api.idle_timeout");
+    // Closed: an end of stream (after whatever error answer the server managed to write) or a
+    // reset; never the request served.
+    if closed.is_ok() {
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    srv.stop().await;
+}
+
+/// `inbound_readiness_store_probes_total` from `GET /metrics`.
+async fn readiness_store_probes(api: &Api) -> u64 {
+    let m = api.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("inbound_readiness_store_probes_total "))
+        .unwrap_or_else(|| panic!("no readiness probe counter in\n{text}"))
+        .parse()
+        .expect("a count")
+}
+
+/// Issue #11: `/readyz` needs no token, and each check was a flushed write to the store, so
+/// anyone could make the disk sync as fast as they could ask. The probe's result is reused for
+/// `STORE_CACHE` (2 s): a flood of checks, one after another and many at once, costs one probe
+/// per interval, counted by `inbound_readiness_store_probes_total`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_readiness_checks_probes_the_store_once_per_interval() {
+    let dns = support::dns::TestDns::start().await;
+    let dir = TempDir::new("readyflood");
+    let dns_block = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    );
+    let srv = TestServer::start_in(dir, &dns_block).await;
+    let api = srv.api().await;
+    let before = readiness_store_probes(&api).await;
+    const CHECKS: u64 = 40;
+    let public = api.with_token(None);
+    let started = std::time::Instant::now();
+    for _ in 0..CHECKS {
+        let r = public.get("/readyz").await;
+        assert_eq!(r.status, 200, "{}", r.json());
+        assert_eq!(r.json()["store_writable"], true);
+    }
+    let together = (0..CHECKS).map(|_| {
+        let public = public.with_token(None);
+        tokio::spawn(async move { public.get("/readyz").await.status })
+    });
+    for check in together.collect::<Vec<_>>() {
+        assert_eq!(check.await.unwrap(), 200);
+    }
+    let elapsed = started.elapsed();
+    let made = readiness_store_probes(&api).await - before;
+    // One probe for the first check, then at most one each time a 2 s result has expired: on a
+    // slow machine the checks span more intervals, and the bound grows with them (without the
+    // cache, every one of the 80 checks probed).
+    let bound = 1 + elapsed.as_secs() / 2 + 1;
+    eprintln!(
+        "{} readiness checks in {elapsed:?}: {made} store probes",
+        2 * CHECKS
+    );
+    assert!(made >= 1, "no store probe at all");
+    assert!(
+        made <= bound,
+        "{made} store probes for {} checks in {elapsed:?} (at most {bound} expected)",
+        2 * CHECKS
+    );
+    srv.stop().await;
+}
+
 /// Issue #16: the MTA-STS policy for the hosted domains, over real HTTP and without a token,
 /// with the configured mode and the server's hostname as the MX; 404 when not configured.
 #[tokio::test(flavor = "multi_thread")]
