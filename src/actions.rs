@@ -5,15 +5,17 @@
 //! so an action means the same thing wherever it comes from, and whatever must happen with it
 //! (an outbox item for a webhook or a notification mail) is written inside the same transaction.
 //!
-//! Invariant kept here: the counter `routing::open_key(user)` is the number of open conversations
-//! assigned to `user` (what `least_open` assignment compares).
+//! Invariant kept here: the store's open count of a user (`Tx::open_count`) is the number of open
+//! conversations assigned to them (what `least_open` assignment compares).
+
+pub mod inboxes;
 
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::pipeline::routing;
-use crate::store::model::{Conversation, InboxState};
-use crate::store::{keys, MessageRecord, Store, StoreError, TreeId, Tx, TxResult};
+use crate::store::model::{Conversation, ConversationStatus, InboxLifecycle, InboxState};
+use crate::store::{keys, MessageRecord, Store, StoreError, Tx, TxResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -45,19 +47,26 @@ impl ActionError {
 /// An operator confirms that the team's forwarding to `address` works: the inbox becomes
 /// connected (its address locked) with this as its evidence. Confirming a connected inbox
 /// changes nothing. What the admin socket's `InboxConfirm` and the API's confirm both run.
-pub fn confirm_inbox(store: &Store, id: &str, address: &str) -> Result<InboxState, StoreError> {
+pub fn confirm_inbox(
+    store: &Store,
+    config: &Config,
+    id: &str,
+    address: &str,
+) -> Result<InboxState, StoreError> {
     let now = keys::now_ms();
     store.update(|tx| {
         let mut st: InboxState = tx
-            .get_json(TreeId::Inboxes, id.as_bytes())?
+            .inbox_state(id)?
             .unwrap_or_else(|| InboxState::pending(id, address));
-        if st.state != "connected" {
-            st.state = "connected".into();
+        if st.state != InboxLifecycle::Connected {
+            st.state = InboxLifecycle::Connected;
             st.address = address.to_string();
             st.connected_at = Some(now);
             st.evidence = Some("confirmed by an operator".into());
+            let data = crate::pipeline::threading::connected_event(&st);
+            crate::notify::queue_event(tx, config, "inbox.connected", id, data, now)?;
         }
-        tx.put_json(TreeId::Inboxes, id.as_bytes(), &st)?;
+        tx.put_inbox_state(&st)?;
         Ok(st)
     })
 }
@@ -186,11 +195,11 @@ pub fn close(
     conversation: &str,
 ) -> Result<Conversation, ActionError> {
     change_conversation(store, conversation, |tx, c| {
-        if c.status != "closed" {
+        if c.status != ConversationStatus::Closed {
             if let Some(user) = &c.assignee {
-                decrement_open(tx, user)?;
+                tx.open_removed(user)?;
             }
-            c.status = "closed".into();
+            c.status = ConversationStatus::Closed;
             announce_change(tx, config, "closed", c)?;
         }
         Ok(())
@@ -206,11 +215,11 @@ pub fn reopen(
     conversation: &str,
 ) -> Result<Conversation, ActionError> {
     change_conversation(store, conversation, |tx, c| {
-        if c.status == "closed" {
+        if c.status == ConversationStatus::Closed {
             if let Some(user) = &c.assignee {
-                tx.add(&routing::open_key(user), 1)?;
+                tx.open_added(user)?;
             }
-            c.status = "open".into();
+            c.status = ConversationStatus::Open;
             announce_change(tx, config, "reopened", c)?;
         }
         Ok(())
@@ -220,16 +229,14 @@ pub fn reopen(
 /// Make an outbox item due now (`postqueue -i`): the worker, woken by the caller, tries it on its
 /// next pass. Its attempts and lifetime are unchanged.
 pub fn outbox_retry_now(store: &Store, id: &str) -> Result<crate::notify::OutboxItem, ActionError> {
-    use crate::notify::{due_key, OutboxItem};
     let now = keys::now_ms();
     let changed = store.update(|tx| {
-        let Some(mut item) = tx.get_json::<OutboxItem>(TreeId::Outbox, id.as_bytes())? else {
+        let Some(old) = tx.outbox_item(id)? else {
             return Ok(None);
         };
-        tx.remove(TreeId::OutboxDue, &due_key(item.next_attempt_at, &item.id))?;
+        let mut item = old.clone();
         item.next_attempt_at = now;
-        tx.insert(TreeId::OutboxDue, &due_key(now, &item.id), b"")?;
-        tx.put_json(TreeId::Outbox, id.as_bytes(), &item)?;
+        tx.outbox_update(&old, &item)?;
         Ok(Some(item))
     })?;
     changed.ok_or_else(|| ActionError::NotFound(format!("outbox item {id}")))
@@ -237,14 +244,11 @@ pub fn outbox_retry_now(store: &Store, id: &str) -> Result<crate::notify::Outbox
 
 /// Drop an outbox item for good (`postsuper -d`): the webhook call or mail is never made.
 pub fn outbox_drop(store: &Store, id: &str) -> Result<crate::notify::OutboxItem, ActionError> {
-    use crate::notify::{due_key, OutboxItem, DEPTH_KEY};
     let removed = store.update(|tx| {
-        let Some(item) = tx.get_json::<OutboxItem>(TreeId::Outbox, id.as_bytes())? else {
+        let Some(item) = tx.outbox_item(id)? else {
             return Ok(None);
         };
-        tx.remove(TreeId::OutboxDue, &due_key(item.next_attempt_at, &item.id))?;
-        tx.remove(TreeId::Outbox, id.as_bytes())?;
-        tx.add(DEPTH_KEY, -1)?;
+        tx.outbox_remove(&item)?;
         Ok(Some(item))
     })?;
     removed.ok_or_else(|| ActionError::NotFound(format!("outbox item {id}")))
@@ -262,13 +266,10 @@ pub fn set_availability(
         return Err(ActionError::NotFound(format!("user {user:?}")));
     }
     store.update(|tx| {
-        // Keep whatever else a later version stores for the user.
-        let mut state = match tx.get_json::<serde_json::Value>(TreeId::Users, user.as_bytes())? {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        state.insert("available".into(), serde_json::Value::Bool(available));
-        tx.put_json(TreeId::Users, user.as_bytes(), &state)?;
+        // Whatever else a later version stored for the user is kept (`UserState::other`).
+        let mut state = tx.user_state(user)?.unwrap_or_default();
+        state.available = Some(available);
+        tx.put_user_state(user, &state)?;
         Ok(available)
     })?;
     Ok(available)
@@ -312,12 +313,12 @@ fn change_conversation(
 ) -> Result<Conversation, ActionError> {
     let now = keys::now_ms();
     let changed = store.update(|tx| {
-        let Some(mut c) = tx.get_json::<Conversation>(TreeId::Conversations, id.as_bytes())? else {
+        let Some(mut c) = tx.conversation(id)? else {
             return Ok(None);
         };
         change(tx, &mut c)?;
         c.updated_at = now;
-        tx.put_json(TreeId::Conversations, id.as_bytes(), &c)?;
+        tx.put_conversation(&c)?;
         Ok(Some(c))
     })?;
     changed.ok_or_else(|| ActionError::NotFound(format!("conversation {id}")))
@@ -330,24 +331,14 @@ fn move_open(
     from: Option<String>,
     to: Option<String>,
 ) -> TxResult<()> {
-    if c.status == "closed" || from == to {
+    if c.status == ConversationStatus::Closed || from == to {
         return Ok(());
     }
     if let Some(user) = &from {
-        decrement_open(tx, user)?;
+        tx.open_removed(user)?;
     }
     if let Some(user) = &to {
-        tx.add(&routing::open_key(user), 1)?;
-    }
-    Ok(())
-}
-
-/// One open conversation fewer, never below zero (a counter from before this invariant was kept
-/// must not make `least_open` prefer someone forever).
-fn decrement_open(tx: &Tx<'_>, user: &str) -> TxResult<()> {
-    let key = routing::open_key(user);
-    if tx.counter(&key)? > 0 {
-        tx.add(&key, -1)?;
+        tx.open_added(user)?;
     }
     Ok(())
 }

@@ -14,7 +14,8 @@
 //!
 //! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `context::reload`),
 //! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
-//! API: reads and operator actions), [`actions`] (what every operator action changes in the
+//! API: reads and operator actions), [`views`] (the JSON shapes the API, the CLI's `--json` and
+//! the webhooks share: one vocabulary), [`actions`] (what every operator action changes in the
 //! store, one transaction each), `bench` (the load generator behind `inbound bench`,
 //! compiled only with the `bench` feature), `fuzzing` (the fuzzers' harnesses, with the
 //! `fuzzing` feature only), `testkit` (the SMTP client, DNS server, signer and config builder
@@ -40,3 +41,4 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod util;
+pub mod views;

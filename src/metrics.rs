@@ -45,6 +45,10 @@ pub struct Metrics {
     pub end_of_data_duration: Histogram,
     /// Messages waiting for the committer; sampled from the store at render.
     pub(crate) commit_queue_depth: Gauge,
+    /// Flushed writes made by `/readyz` to see whether the store takes a commit. Readiness
+    /// reuses a result for `context::health::STORE_CACHE`, so however often it is asked, this
+    /// grows by at most one per interval.
+    pub readiness_store_probes: Counter,
     /// Outbox items waiting for delivery; set by the outbox worker.
     outbox_depth: Gauge,
     pub retention_removed: CounterVec<RetentionAction>,
@@ -87,6 +91,7 @@ impl Metrics {
             commit_duration: Histogram::new(LATENCY_BUCKETS_SECONDS),
             end_of_data_duration: Histogram::new(LATENCY_BUCKETS_SECONDS),
             commit_queue_depth: Gauge::default(),
+            readiness_store_probes: Counter::default(),
             outbox_depth: Gauge::default(),
             retention_removed: CounterVec::new(),
             config_reloads: CounterVec::new(),
@@ -230,6 +235,12 @@ impl Metrics {
             "inbound_store_commit_queue_depth",
             "Messages waiting for the store committer.",
             &self.commit_queue_depth,
+        );
+        counter(
+            o,
+            "inbound_readiness_store_probes_total",
+            "Flushed store writes made by readiness checks (at most one per 2 s, however often /readyz is asked).",
+            &self.readiness_store_probes,
         );
         gauge(
             o,

@@ -159,6 +159,22 @@ pub fn private_umask() {
     }
 }
 
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim(0)`); elsewhere a no-op.
+///
+/// glibc returns freed memory only from the top of each arena, so what a burst freed in the
+/// middle (the snapshot sled reads while opening the store, the nodes a page split copies,
+/// a batch of message buffers) stays resident until something else reuses it. Measured on a
+/// store of 200,000 messages (#11): 10 MiB of a 77 MiB RSS were free heap pages. Called once
+/// after the store opens and from the server's minute tick; it walks the arenas, taking each
+/// one's lock for a moment, so it runs on a blocking thread there.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only reorganises the allocator's own free lists; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

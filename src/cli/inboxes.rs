@@ -57,7 +57,7 @@ struct InboxView {
     name: Option<String>,
     address: String,
     aliases: Vec<String>,
-    state: String,
+    state: crate::store::model::InboxLifecycle,
     connected_at: Option<String>,
     evidence: Option<String>,
     messages: u64,
@@ -72,7 +72,7 @@ struct InboxView {
 }
 
 fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
-    let cfg = load_config(store.config.as_ref())?;
+    let cfg = super::with_api_inboxes(store, load_config(store.config.as_ref())?);
     let states: Vec<crate::store::model::InboxState> =
         match admin_request(store, Request::InboxesList) {
             Ok((resp, _)) => decode(resp)?,
@@ -95,9 +95,7 @@ fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
                 name: i.name.clone(),
                 address: i.address.clone(),
                 aliases: i.aliases.clone(),
-                state: st
-                    .map(|s| s.state.clone())
-                    .unwrap_or_else(|| "pending".into()),
+                state: st.map(|s| s.state).unwrap_or_default(),
                 connected_at: st.and_then(|s| s.connected_at).map(rfc3339),
                 evidence: st.and_then(|s| s.evidence.clone()),
                 messages: st.map(|s| s.messages).unwrap_or(0),

@@ -28,8 +28,7 @@ pub struct Readiness {
     pub dns_reachable: bool,
     /// All of the above.
     pub ready: bool,
-    /// What is wrong, one entry per failed check (empty when ready).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// What is wrong, one entry per failed check (`[]` when ready: never a missing key).
     pub problems: Vec<String>,
 }
 
@@ -77,6 +76,7 @@ pub async fn readiness(ctx: &Ctx) -> Readiness {
             Some((at, result)) if at.elapsed() < STORE_CACHE => result.clone(),
             _ => {
                 // sled's flush is blocking file I/O.
+                ctx.metrics.readiness_store_probes.inc();
                 let store = ctx.store.clone();
                 let result = match tokio::task::spawn_blocking(move || store.probe_write()).await {
                     Ok(r) => r.map_err(|e| e.to_string()),

@@ -13,75 +13,9 @@ pub mod verify_from;
 pub mod webhook;
 pub mod worker;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
-use crate::store::{keys, TreeId, Tx, TxResult};
-
-/// Counter key (in `Counters`) holding the number of items waiting.
-pub const DEPTH_KEY: &[u8] = b"outbox:depth";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OutboxItem {
-    /// ULID: creation order. Also the idempotency key a receiver can use.
-    pub id: String,
-    /// Unix ms.
-    pub created_at: u64,
-    pub attempts: u32,
-    /// Unix ms of the next attempt (the key of its `OutboxDue` entry).
-    pub next_attempt_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    pub delivery: Delivery,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Delivery {
-    /// A mail through the relay. `message` is the complete RFC 5322 text, rendered when the
-    /// event happened (its Message-ID is derived from the item id, so a copy delivered twice is
-    /// recognisably the same message).
-    Mail {
-        /// Why: "verification_notice", "from_verification", "assignment_notice".
-        purpose: String,
-        to: Vec<String>,
-        message: String,
-    },
-    /// A webhook event for one configured endpoint.
-    Webhook {
-        endpoint: String,
-        event: String,
-        /// The event's id: the same for every endpoint and every retry (idempotency key).
-        event_id: String,
-        /// The JSON body, as sent.
-        body: String,
-    },
-}
-
-impl OutboxItem {
-    /// Where it goes, for per-destination limits: a webhook endpoint's id, or the relay.
-    pub fn destination(&self) -> String {
-        match &self.delivery {
-            Delivery::Mail { .. } => "relay".into(),
-            Delivery::Webhook { endpoint, .. } => format!("webhook:{endpoint}"),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match &self.delivery {
-            Delivery::Mail { purpose, to, .. } => format!("mail {purpose} to {}", to.join(", ")),
-            Delivery::Webhook {
-                endpoint, event, ..
-            } => format!("webhook {event} to {endpoint}"),
-        }
-    }
-}
-
-pub fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
-    let mut k = due_ms.to_be_bytes().to_vec();
-    k.extend_from_slice(id.as_bytes());
-    k
-}
+pub use crate::store::model::{Delivery, OutboxItem};
+use crate::store::{keys, Tx, TxResult};
 
 /// Write an item (due now) inside the caller's transaction.
 pub fn enqueue(tx: &Tx<'_>, delivery: Delivery, now_ms: u64) -> TxResult<String> {
@@ -93,9 +27,7 @@ pub fn enqueue(tx: &Tx<'_>, delivery: Delivery, now_ms: u64) -> TxResult<String>
         last_error: None,
         delivery,
     };
-    tx.put_json(TreeId::Outbox, item.id.as_bytes(), &item)?;
-    tx.insert(TreeId::OutboxDue, &due_key(now_ms, &item.id), b"")?;
-    tx.add(DEPTH_KEY, 1)?;
+    tx.outbox_add(&item)?;
     Ok(item.id)
 }
 
@@ -166,8 +98,7 @@ fn sender(
 ) -> TxResult<(String, String)> {
     if let Some(cfg) = inbox.and_then(|i| config.inboxes.get(i)) {
         if let Some(addr) = &cfg.from_address {
-            let st: Option<crate::store::model::InboxState> =
-                tx.get_json(TreeId::Inboxes, cfg.id.as_bytes())?;
+            let st = tx.inbox_state(&cfg.id)?;
             if st.is_some_and(|s| s.verified_from.iter().any(|v| v == addr)) {
                 let name = cfg
                     .from_name
@@ -191,6 +122,81 @@ pub fn queue_event(
     data: serde_json::Value,
     now_ms: u64,
 ) -> TxResult<()> {
+    queue(tx, config, event, inbox, now_ms, |_| data.clone())
+}
+
+/// A message event (`message.received`, `message.quarantined`): `data` (an object) gains the
+/// parsed message for endpoints with `include_message`, like the inbound JSON of hosted mail
+/// APIs. Every endpoint gets the same keys, so a receiver reads one shape:
+/// - `detail_url`: the API path of the message detail (`/v1/messages/{id}`);
+/// - `detail`: that detail (`views::MessageDetail`, its `routing` that of this event's inbox),
+///   or `null`;
+/// - `detail_omitted`: why `detail` is `null` ("not_requested": the endpoint did not opt in;
+///   "too_large": its JSON is over the endpoint's `message_max_bytes`; "unreadable": the
+///   message did not parse), `null` when it is there.
+///
+/// The body is rendered here, inside the message's commit, and stored as sent: a retry sends
+/// the same bytes even after retention removed the message body.
+pub fn queue_message_event(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    inbox: &str,
+    data: serde_json::Value,
+    detail: Option<&crate::views::MessageDetail>,
+    now_ms: u64,
+) -> TxResult<()> {
+    let wanted = config
+        .outbound
+        .webhooks
+        .iter()
+        .any(|w| w.include_message && w.wants(event, inbox));
+    // Serialized once, and only when an endpoint takes it; the length is what the cap measures.
+    let detail = if wanted {
+        detail.and_then(|d| {
+            let text = serde_json::to_string(d).ok()?;
+            Some((
+                text.len() as u64,
+                serde_json::from_str::<serde_json::Value>(&text).ok()?,
+            ))
+        })
+    } else {
+        None
+    };
+    let url = data
+        .get("message")
+        .and_then(|m| m.get("id"))
+        .and_then(|id| id.as_str())
+        .map(|id| format!("/v1/messages/{id}"));
+    queue(tx, config, event, inbox, now_ms, |w| {
+        let mut d = data.clone();
+        let (value, omitted) = match (&detail, w.include_message) {
+            (_, false) => (serde_json::Value::Null, Some("not_requested")),
+            (None, true) => (serde_json::Value::Null, Some("unreadable")),
+            (Some((len, _)), true) if *len > w.message_max_bytes => {
+                (serde_json::Value::Null, Some("too_large"))
+            }
+            (Some((_, v)), true) => (v.clone(), None),
+        };
+        if let Some(obj) = d.as_object_mut() {
+            obj.insert("detail_url".into(), serde_json::json!(url));
+            obj.insert("detail".into(), value);
+            obj.insert("detail_omitted".into(), serde_json::json!(omitted));
+        }
+        d
+    })
+}
+
+/// One webhook call per endpoint that wants `event` for `inbox`, with the data `data_for`
+/// gives that endpoint; the event id (the idempotency key) is the same for all.
+fn queue(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    inbox: &str,
+    now_ms: u64,
+    data_for: impl Fn(&crate::config::outbound::WebhookConfig) -> serde_json::Value,
+) -> TxResult<()> {
     let endpoints: Vec<_> = config
         .outbound
         .webhooks
@@ -201,22 +207,23 @@ pub fn queue_event(
         return Ok(());
     }
     let event_id = format!("evt_{}", keys::new_queue_id());
-    let body = serde_json::json!({
-        "id": event_id,
-        "type": event,
-        "created_at": crate::util::rfc3339(now_ms),
-        "inbox": inbox,
-        "data": data,
-    })
-    .to_string();
     for w in endpoints {
+        let body = serde_json::json!({
+            "id": event_id,
+            "type": event,
+            "created_at": crate::util::rfc3339(now_ms),
+            "created_at_ms": now_ms,
+            "inbox": inbox,
+            "data": data_for(w),
+        })
+        .to_string();
         enqueue(
             tx,
             Delivery::Webhook {
                 endpoint: w.id.clone(),
                 event: event.into(),
                 event_id: event_id.clone(),
-                body: body.clone(),
+                body,
             },
             now_ms,
         )?;

@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::store::model::{FromVerification, InboxState};
-use crate::store::{Store, StoreError, TreeId, Tx, TxResult};
+use crate::store::{Store, StoreError, Tx, TxResult};
 
 pub const CODE_LIFETIME_MS: u64 = 30 * 60 * 1000;
 pub const MAX_FAILED_ATTEMPTS: u32 = 5;
@@ -64,12 +64,10 @@ fn new_code() -> String {
 }
 
 fn state(tx: &Tx<'_>, config: &Config, inbox: &str) -> TxResult<InboxState> {
-    Ok(tx
-        .get_json(TreeId::Inboxes, inbox.as_bytes())?
-        .unwrap_or_else(|| {
-            let address = config.inboxes.get(inbox).map(|i| i.address.as_str());
-            InboxState::pending(inbox, address.unwrap_or_default())
-        }))
+    Ok(tx.inbox_state(inbox)?.unwrap_or_else(|| {
+        let address = config.inboxes.get(inbox).map(|i| i.address.as_str());
+        InboxState::pending(inbox, address.unwrap_or_default())
+    }))
 }
 
 /// What `request` did.
@@ -159,7 +157,7 @@ pub fn request(
             failed_attempts: 0,
             recent_sends: recent,
         });
-        tx.put_json(TreeId::Inboxes, inbox.as_bytes(), &st)?;
+        tx.put_inbox_state(&st)?;
         Ok(Ok(Requested {
             inbox: inbox.into(),
             address: address.clone(),
@@ -200,7 +198,7 @@ pub fn confirm(
         };
         if now >= v.expires_at {
             void(&mut st, &v);
-            tx.put_json(TreeId::Inboxes, inbox.as_bytes(), &st)?;
+            tx.put_inbox_state(&st)?;
             return Ok(Err(VerifyError::Expired));
         }
         if !crate::util::constant_time_eq(hash(&v.salt, &code).as_bytes(), v.code_sha256.as_bytes())
@@ -212,7 +210,7 @@ pub fn confirm(
             } else {
                 st.from_verification = Some(v);
             }
-            tx.put_json(TreeId::Inboxes, inbox.as_bytes(), &st)?;
+            tx.put_inbox_state(&st)?;
             return Ok(Err(if left == 0 {
                 VerifyError::TooManyAttempts
             } else {
@@ -223,7 +221,7 @@ pub fn confirm(
             st.verified_from.push(v.address.clone());
         }
         void(&mut st, &v);
-        tx.put_json(TreeId::Inboxes, inbox.as_bytes(), &st)?;
+        tx.put_inbox_state(&st)?;
         Ok(Ok(v.address.clone()))
     })?
 }

@@ -18,11 +18,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::{due_key, Delivery, OutboxItem, DEPTH_KEY};
+use super::{Delivery, OutboxItem};
 use crate::config::outbound::OutboxConfig;
 use crate::config::Config;
 use crate::context::{Ctx, Shutdown};
-use crate::store::{keys, Store, StoreError, TreeId};
+use crate::store::{keys, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -93,11 +93,10 @@ fn settle(
     now: u64,
 ) -> Result<Settled, StoreError> {
     store.update(|tx| {
-        let id = item.id.as_bytes();
-        let Some(mut cur) = tx.get_json::<OutboxItem>(TreeId::Outbox, id)? else {
+        let Some(old) = tx.outbox_item(&item.id)? else {
             return Ok(Settled::Gone);
         };
-        tx.remove(TreeId::OutboxDue, &due_key(cur.next_attempt_at, &cur.id))?;
+        let mut cur = old.clone();
         let reason = match outcome {
             Outcome::Delivered(_) | Outcome::Permanent(_) => None,
             Outcome::Retry(e) => Some(e),
@@ -111,17 +110,11 @@ fn settle(
                 cur.attempts += 1;
                 cur.last_error = Some(e.clone());
                 cur.next_attempt_at = now + backoff(cfg, cur.attempts, &cur.id).as_millis() as u64;
-                tx.put_json(TreeId::Outbox, id, &cur)?;
-                tx.insert(
-                    TreeId::OutboxDue,
-                    &due_key(cur.next_attempt_at, &cur.id),
-                    b"",
-                )?;
+                tx.outbox_update(&old, &cur)?;
                 Ok(Settled::Rescheduled(cur.next_attempt_at))
             }
             _ => {
-                tx.remove(TreeId::Outbox, id)?;
-                tx.add(DEPTH_KEY, -1)?;
+                tx.outbox_remove(&old)?;
                 Ok(if reason.is_some() {
                     Settled::GaveUp
                 } else {
@@ -297,11 +290,11 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     loop {
         let config = ctx.config();
         let cfg = config.outbound.outbox.clone();
-        if let Ok(depth) = ctx.store.counter(DEPTH_KEY) {
+        if let Ok(depth) = ctx.store.outbox_depth() {
             ctx.metrics.set_outbox_depth(depth.max(0) as u64);
         }
         // Items are keyed by ULID: the first is the oldest still waiting.
-        if let Ok(oldest) = ctx.store.outbox_oldest::<OutboxItem>() {
+        if let Ok(oldest) = ctx.store.outbox_oldest() {
             let age_ms = oldest.map_or(0, |i| keys::now_ms().saturating_sub(i.created_at));
             ctx.metrics.set_outbox_oldest_age(age_ms / 1000);
         }
@@ -313,10 +306,7 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
             && flow.unrecorded.is_empty()
             && flow.read_retry_at.is_none_or(|t| now >= t)
         {
-            match ctx
-                .store
-                .outbox_due::<OutboxItem>(keys::now_ms(), SCAN_WINDOW)
-            {
+            match ctx.store.outbox_due(keys::now_ms(), SCAN_WINDOW) {
                 Ok(items) => {
                     flow.read_retry_at = None;
                     flow.read_failures = 0;

@@ -79,9 +79,7 @@ pub fn release(
     );
     let plan = threading::plan(input);
     let released = store.update(|tx| {
-        let key = queue_id.as_bytes();
-        let Some(mut rec) = tx.get_json::<MessageRecord>(crate::store::TreeId::Messages, key)?
-        else {
+        let Some(mut rec) = tx.message(queue_id)? else {
             return Ok(None);
         };
         if !rec.quarantined {
@@ -89,7 +87,7 @@ pub fn release(
         }
         rec.quarantined = false;
         plan(tx, &mut rec)?;
-        tx.put_json(crate::store::TreeId::Messages, key, &rec)?;
+        tx.put_message(&rec)?;
         Ok(Some(rec))
     })?;
     // Raced with another release or a delete.

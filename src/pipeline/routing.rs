@@ -5,7 +5,7 @@
 
 use crate::config::routes::{Assign, Directory, Match, Rule, Strategy};
 use crate::config::InboxConfig;
-use crate::store::{TreeId, Tx, TxResult};
+use crate::store::{Tx, TxResult};
 
 /// What rules can look at.
 pub struct Facts<'a> {
@@ -73,26 +73,20 @@ pub fn select<'a>(inbox: &'a InboxConfig, facts: &Facts<'_>) -> Option<&'a Rule>
 
 /// Availability of a user now: a runtime override (set through the API) wins over config.
 pub fn available(tx: &Tx<'_>, dir: &Directory, user: &str) -> TxResult<bool> {
-    if let Some(state) = tx.get_json::<serde_json::Value>(TreeId::Users, user.as_bytes())? {
-        if let Some(a) = state.get("available").and_then(|v| v.as_bool()) {
-            return Ok(a);
-        }
+    if let Some(a) = tx.user_state(user)?.and_then(|st| st.available) {
+        return Ok(a);
     }
     Ok(dir.users.get(user).is_some_and(|u| u.available))
 }
 
-pub fn open_key(user: &str) -> Vec<u8> {
-    format!("open:{user}").into_bytes()
-}
-
-/// Pick among `candidates` by `strategy`, skipping unavailable users. `rr_key` keeps the round
+/// Pick among `candidates` by `strategy`, skipping unavailable users. `rr` names the round
 /// robin position. Returns the index chosen.
 fn pick(
     tx: &Tx<'_>,
     dir: &Directory,
     candidates: &[String],
     strategy: Strategy,
-    rr_key: &[u8],
+    rr: &str,
 ) -> TxResult<Option<usize>> {
     let n = candidates.len();
     if n == 0 {
@@ -100,11 +94,11 @@ fn pick(
     }
     match strategy {
         Strategy::RoundRobin => {
-            let start = tx.counter(rr_key)?.rem_euclid(n as i64) as usize;
+            let start = tx.round_robin_position(rr)?.rem_euclid(n as i64) as usize;
             for step in 0..n {
                 let i = (start + step) % n;
                 if available(tx, dir, &candidates[i])? {
-                    tx.insert(TreeId::Counters, rr_key, &((i + 1) as i64).to_be_bytes())?;
+                    tx.set_round_robin_position(rr, (i + 1) as i64)?;
                     return Ok(Some(i));
                 }
             }
@@ -116,7 +110,7 @@ fn pick(
                 if !available(tx, dir, u)? {
                     continue;
                 }
-                let open = tx.counter(&open_key(u))?;
+                let open = tx.open_count(u)?;
                 if best.is_none_or(|(b, _)| open < b) {
                     best = Some((open, i));
                 }
@@ -132,7 +126,7 @@ pub fn choose(
     dir: &Directory,
     assign: &Assign,
     owner: Option<&str>,
-    rr_key: &[u8],
+    rr: &str,
 ) -> TxResult<Option<(String, Option<String>, &'static str)>> {
     let strategy_name = match assign.strategy {
         Strategy::RoundRobin => "round_robin",
@@ -145,15 +139,15 @@ pub fn choose(
             }
         }
         // The owner is unknown or away: the fallback list, else the rule's own candidates.
-        let fb_key = [rr_key, b":fallback"].concat();
-        if let Some(i) = pick(tx, dir, &assign.fallback, assign.strategy, &fb_key)? {
+        let fallback = format!("{rr}:fallback");
+        if let Some(i) = pick(tx, dir, &assign.fallback, assign.strategy, &fallback)? {
             return Ok(Some((
                 assign.fallback[i].clone(),
                 assign.fallback_via_team[i].clone(),
                 "owner_fallback",
             )));
         }
-        if let Some(i) = pick(tx, dir, &assign.candidates, assign.strategy, rr_key)? {
+        if let Some(i) = pick(tx, dir, &assign.candidates, assign.strategy, rr)? {
             return Ok(Some((
                 assign.candidates[i].clone(),
                 assign.via_team[i].clone(),
@@ -163,7 +157,7 @@ pub fn choose(
         return Ok(None);
     }
     Ok(
-        pick(tx, dir, &assign.candidates, assign.strategy, rr_key)?.map(|i| {
+        pick(tx, dir, &assign.candidates, assign.strategy, rr)?.map(|i| {
             (
                 assign.candidates[i].clone(),
                 assign.via_team[i].clone(),

@@ -19,9 +19,11 @@ use crate::config::routes::{Rule, TicketDefaults};
 use crate::config::Config;
 use crate::notify;
 use crate::store::model::{
-    Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
+    Contact, Conversation, ConversationStatus, InboxLifecycle, InboxState, RoutingRecord,
+    ThreadDecision, Ticket, VerificationRecord,
 };
-use crate::store::{keys, MessageRecord, Plan, TreeId, Tx, TxResult};
+use crate::store::{keys, MessageRecord, Plan, Tx, TxResult};
+use crate::views;
 
 use super::routing;
 
@@ -43,6 +45,8 @@ pub struct ThreadInput {
     pub verification: bool,
     pub received_at: u64,
     pub inboxes: Vec<InboxInput>,
+    /// The parsed message for webhooks with `include_message` (`None` when none wants it).
+    pub content: Option<Arc<crate::views::Content>>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,13 +62,6 @@ pub struct InboxInput {
     pub verification: Option<VerificationRecord>,
 }
 
-fn id_key(inbox: &str, message_id: &str) -> Vec<u8> {
-    let mut k = inbox.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
-    k
-}
-
 /// The plan for one message.
 pub fn plan(input: ThreadInput) -> Plan {
     Box::new(move |tx, record| {
@@ -74,17 +71,17 @@ pub fn plan(input: ThreadInput) -> Plan {
             record.routing = Vec::new();
             for inbox in &input.inboxes {
                 let data = serde_json::json!({
-                    "queue_id": record.queue_id,
-                    "from": record.from,
-                    "subject": record.subject,
+                    "message": views::MessageSummary::from(record.clone()),
                     "reason": record.auth.as_ref().map(|a| a.reason.as_str()).unwrap_or(""),
                 });
-                notify::queue_event(
+                let detail = message_detail(&input, record, None);
+                notify::queue_message_event(
                     tx,
                     &input.config,
                     "message.quarantined",
                     &inbox.inbox,
                     data,
+                    detail.as_ref(),
                     input.received_at,
                 )?;
             }
@@ -92,8 +89,14 @@ pub fn plan(input: ThreadInput) -> Plan {
         }
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
-            let r = apply(tx, &input, inbox, record)?;
-            let duplicate = r.thread == "duplicate";
+            // A provider's confirmation is setup mail, not a customer: it shows on the inbox
+            // (`update_inbox`) and opens no conversation and no contact (#15).
+            let r = if input.verification {
+                setup_mail(inbox)
+            } else {
+                apply(tx, &input, inbox, record)?
+            };
+            let duplicate = r.thread == ThreadDecision::Duplicate;
             update_inbox(tx, &input, inbox, record, duplicate)?;
             if !duplicate {
                 announce(tx, &input, inbox, record, &r)?;
@@ -103,6 +106,19 @@ pub fn plan(input: ThreadInput) -> Plan {
         record.routing = routing;
         Ok(())
     })
+}
+
+/// The routing of a provider's confirmation mail: in no conversation.
+fn setup_mail(inbox: &InboxInput) -> RoutingRecord {
+    RoutingRecord {
+        inbox: inbox.inbox.clone(),
+        conversation: String::new(),
+        thread: ThreadDecision::Setup,
+        thread_reason: "a provider's forwarding confirmation is setup mail, not a conversation"
+            .into(),
+        assignment: "verification".into(),
+        ..Default::default()
+    }
 }
 
 /// Find the conversation this message continues, and why.
@@ -120,12 +136,8 @@ fn find_thread(
         .map(|id| ("in-reply-to", id))
         .chain(input.references.iter().rev().map(|id| ("references", id)));
     for (how, id) in candidates {
-        if let Some(v) = tx.get(TreeId::MessageIds, &id_key(inbox, id))? {
-            let conv = v.split(|&b| b == 0).next().unwrap_or_default();
-            return Ok(Some((
-                String::from_utf8_lossy(conv).into_owned(),
-                format!("{how} <{id}>"),
-            )));
+        if let Some(entry) = tx.thread_entry(inbox, id)? {
+            return Ok(Some((entry.conversation, format!("{how} <{id}>"))));
         }
     }
     Ok(None)
@@ -137,20 +149,15 @@ fn apply(
     inbox: &InboxInput,
     record: &MessageRecord,
 ) -> TxResult<RoutingRecord> {
-    let key = id_key(&inbox.inbox, &input.message_id);
     let queue_id = record.queue_id.as_str();
-    if let Some(v) = tx.get(TreeId::MessageIds, &key)? {
-        let mut parts = v.split(|&b| b == 0);
-        let conversation = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-        let first = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-        let conv: Option<Conversation> =
-            tx.get_json(TreeId::Conversations, conversation.as_bytes())?;
+    if let Some(entry) = tx.thread_entry(&inbox.inbox, &input.message_id)? {
+        let conv = tx.conversation(&entry.conversation)?;
         return Ok(RoutingRecord {
             inbox: inbox.inbox.clone(),
-            conversation,
-            thread: "duplicate".into(),
+            conversation: entry.conversation,
+            thread: ThreadDecision::Duplicate,
             thread_reason: format!("Message-ID <{}> already received", input.message_id),
-            duplicate_of: Some(first),
+            duplicate_of: Some(entry.first),
             assignee: conv.as_ref().and_then(|c| c.assignee.clone()),
             team: conv.as_ref().and_then(|c| c.team.clone()),
             assignment: "kept".into(),
@@ -161,16 +168,14 @@ fn apply(
     }
     let now = input.received_at;
     let (mut conv, thread, thread_reason) = match find_thread(tx, input, &inbox.inbox)? {
-        Some((id, reason)) => {
-            match tx.get_json::<Conversation>(TreeId::Conversations, id.as_bytes())? {
-                Some(c) => (c, "joined", reason),
-                None => (
-                    new_conversation(input, inbox),
-                    "new",
-                    "referenced conversation missing".into(),
-                ),
-            }
-        }
+        Some((id, reason)) => match tx.conversation(&id)? {
+            Some(c) => (c, ThreadDecision::Joined, reason),
+            None => (
+                new_conversation(input, inbox),
+                ThreadDecision::New,
+                "referenced conversation missing".into(),
+            ),
+        },
         None => {
             let reason = if input.is_forward {
                 "a forwarded message starts a new conversation".to_string()
@@ -179,15 +184,11 @@ fn apply(
             } else {
                 "references unknown messages".to_string()
             };
-            (new_conversation(input, inbox), "new", reason)
+            (new_conversation(input, inbox), ThreadDecision::New, reason)
         }
     };
-    let is_new = thread == "new";
-    tx.insert(
-        TreeId::MessageIds,
-        &key,
-        &[conv.id.as_bytes(), &[0], queue_id.as_bytes()].concat(),
-    )?;
+    let is_new = thread == ThreadDecision::New;
+    tx.put_thread_entry(&inbox.inbox, &input.message_id, &conv.id, queue_id)?;
     tx.add_to_conversation(&mut conv, queue_id)?;
     conv.updated_at = now;
 
@@ -196,7 +197,7 @@ fn apply(
     let owner = dir.owner_of(&input.contact_email).map(str::to_string);
     if !input.contact_email.is_empty() {
         let mut contact: Contact = tx
-            .get_json(TreeId::Contacts, input.contact_email.as_bytes())?
+            .contact(&input.contact_email)?
             .unwrap_or_else(|| Contact {
                 email: input.contact_email.clone(),
                 first_seen: now,
@@ -206,25 +207,25 @@ fn apply(
             contact.name = input.contact_name.clone();
         }
         contact.last_seen = now;
-        let link = [input.contact_email.as_bytes(), &[0], conv.id.as_bytes()].concat();
-        if tx.get(TreeId::ContactConversations, &link)?.is_none() {
-            tx.insert(TreeId::ContactConversations, &link, b"")?;
+        if tx.link_contact(&input.contact_email, &conv.id)? {
             contact.conversation_count += 1;
         }
         contact.owner = owner.clone().or(contact.owner);
-        tx.put_json(TreeId::Contacts, input.contact_email.as_bytes(), &contact)?;
+        tx.put_contact(&contact)?;
     }
 
     // A customer writing into a closed conversation reopens it: it is open again, with its
     // assignee's open count back, or, when that user is no longer configured, assigned anew by
     // the rules below. Automatic mail and provider confirmations leave it closed.
-    let reopened =
-        thread == "joined" && conv.status == "closed" && !input.automatic && !input.verification;
+    let reopened = thread == ThreadDecision::Joined
+        && conv.status == ConversationStatus::Closed
+        && !input.automatic
+        && !input.verification;
     if reopened {
-        conv.status = "open".into();
+        conv.status = ConversationStatus::Open;
         match conv.assignee.clone() {
             Some(user) if dir.users.contains_key(&user) => {
-                tx.add(&routing::open_key(&user), 1)?;
+                tx.open_added(&user)?;
             }
             Some(_) => {
                 conv.assignee = None;
@@ -247,10 +248,10 @@ fn apply(
         match &rule.assign {
             None => "unassigned",
             Some(assign) => {
-                let rr_key = format!("rr:{}:{}", inbox.inbox, rule.name).into_bytes();
-                match routing::choose(tx, dir, assign, owner.as_deref(), &rr_key)? {
+                let rr = format!("{}:{}", inbox.inbox, rule.name);
+                match routing::choose(tx, dir, assign, owner.as_deref(), &rr)? {
                     Some((user, team, how)) => {
-                        tx.add(&routing::open_key(&user), 1)?;
+                        tx.open_added(&user)?;
                         conv.assignee = Some(user);
                         conv.team = team;
                         how
@@ -271,7 +272,7 @@ fn apply(
         .unwrap_or_default();
     let tickets_on = overrides.enabled.unwrap_or(inbox.tickets.enabled);
     if is_new && tickets_on && !input.automatic && !input.verification {
-        let seq = tx.add(b"seq:ticket", 1)?;
+        let seq = tx.next_ticket_number()?;
         let ticket = Ticket {
             id: format!("T-{seq}"),
             conversation: conv.id.clone(),
@@ -288,14 +289,14 @@ fn apply(
             owner: conv.assignee.clone(),
             created_at: now,
         };
-        tx.put_json(TreeId::Tickets, ticket.id.as_bytes(), &ticket)?;
+        tx.put_ticket(&ticket)?;
         conv.ticket = Some(ticket.id);
     }
-    tx.put_json(TreeId::Conversations, conv.id.as_bytes(), &conv)?;
+    tx.put_conversation(&conv)?;
     Ok(RoutingRecord {
         inbox: inbox.inbox.clone(),
         conversation: conv.id.clone(),
-        thread: thread.into(),
+        thread,
         thread_reason,
         duplicate_of: None,
         rule: rule_name,
@@ -317,7 +318,7 @@ fn update_inbox(
     duplicate: bool,
 ) -> TxResult<()> {
     let mut st: InboxState = tx
-        .get_json(TreeId::Inboxes, inbox.inbox.as_bytes())?
+        .inbox_state(&inbox.inbox)?
         .unwrap_or_else(|| InboxState::pending(&inbox.inbox, &inbox.address));
     if !duplicate {
         st.messages += 1;
@@ -328,15 +329,33 @@ fn update_inbox(
         v.received_at = input.received_at;
         st.latest_verification = Some(v);
     }
-    if st.state == "pending" {
+    if st.state == InboxLifecycle::Pending {
         if let Some(evidence) = &inbox.connect_evidence {
-            st.state = "connected".into();
+            st.state = InboxLifecycle::Connected;
             st.address = inbox.address.clone();
             st.connected_at = Some(input.received_at);
             st.evidence = Some(format!("{evidence} (message {})", record.queue_id));
+            notify::queue_event(
+                tx,
+                &input.config,
+                "inbox.connected",
+                &inbox.inbox,
+                connected_event(&st),
+                input.received_at,
+            )?;
         }
     }
-    tx.put_json(TreeId::Inboxes, inbox.inbox.as_bytes(), &st)
+    tx.put_inbox_state(&st)
+}
+
+/// The `inbox.connected` event's data.
+pub fn connected_event(st: &InboxState) -> serde_json::Value {
+    serde_json::json!({
+        "inbox": st.id,
+        "address": st.address,
+        "connected_at": st.connected_at.map(crate::util::rfc3339),
+        "evidence": st.evidence,
+    })
 }
 
 /// Assignment outcomes that gave the conversation a (new) assignee by rule.
@@ -354,26 +373,22 @@ fn announce(
 ) -> TxResult<()> {
     let (config, now, id) = (&input.config, input.received_at, inbox.inbox.as_str());
     let attribution = record.attribution.as_ref();
+    // The API's shapes (`views`), so a webhook and `GET /v1/messages/{id}` name things alike.
     let message = serde_json::json!({
-        "queue_id": record.queue_id,
-        "message_id": input.message_id,
-        "received_at": crate::util::rfc3339(record.received_at),
-        "subject": record.subject,
-        "from": attribution.map(|a| a.email.as_str()).unwrap_or(&record.from),
-        "from_name": attribution.and_then(|a| a.name.as_deref()),
-        "attribution_method": attribution.map(|a| a.method.as_str()),
-        "forwarded_by": attribution.and_then(|a| a.forwarded_by.as_deref()),
-        "size": record.size,
-        "attachments": record.attachments.len(),
-        "auth_verdict": record.auth.as_ref().map(|a| a.verdict.as_str()),
-        "automatic": record.automatic,
-        "conversation": r.conversation,
-        "thread": r.thread,
-        "assignee": r.assignee,
-        "ticket": r.ticket,
+        "message": views::MessageSummary::from(record.clone()),
+        "routing": views::Routing::from(r.clone()),
     });
-    notify::queue_event(tx, config, "message.received", id, message, now)?;
-    if r.thread == "new" {
+    let detail = message_detail(input, record, Some(r));
+    notify::queue_message_event(
+        tx,
+        config,
+        "message.received",
+        id,
+        message,
+        detail.as_ref(),
+        now,
+    )?;
+    if r.thread == ThreadDecision::New {
         let data = serde_json::json!({
             "conversation": r.conversation,
             "subject": input.subject,
@@ -403,9 +418,9 @@ fn announce(
         });
         notify::queue_event(tx, config, "conversation.assigned", id, data, now)?;
     }
-    if let (true, Some(ticket)) = (r.thread == "new", &r.ticket) {
-        if let Some(t) = tx.get_json::<Ticket>(TreeId::Tickets, ticket.as_bytes())? {
-            let data = serde_json::to_value(&t).unwrap_or_default();
+    if let (true, Some(ticket)) = (r.thread == ThreadDecision::New, &r.ticket) {
+        if let Some(t) = tx.ticket(ticket)? {
+            let data = serde_json::to_value(views::TicketView::from(t)).unwrap_or_default();
             notify::queue_event(tx, config, "ticket.created", id, data, now)?;
         }
     }
@@ -413,7 +428,7 @@ fn announce(
         let mut v = v.clone();
         v.queue_id = record.queue_id.clone();
         v.received_at = now;
-        let data = serde_json::to_value(&v).unwrap_or_default();
+        let data = serde_json::to_value(views::Verification::from(v.clone())).unwrap_or_default();
         notify::queue_event(tx, config, "verification.received", id, data, now)?;
         notify::verification_notice(tx, config, id, &v, now)?;
     }
@@ -443,6 +458,20 @@ fn announce(
     Ok(())
 }
 
+/// The message detail a webhook with `include_message` carries: the record, its content, and
+/// the routing of the event's inbox (the record's full list is written after every inbox).
+/// `None` when no endpoint wants it.
+fn message_detail(
+    input: &ThreadInput,
+    record: &MessageRecord,
+    routing: Option<&RoutingRecord>,
+) -> Option<views::MessageDetail> {
+    let content = input.content.as_ref()?;
+    let mut record = record.clone();
+    record.routing = routing.cloned().into_iter().collect();
+    Some(views::MessageDetail::new(record, Some((**content).clone())))
+}
+
 fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {
     Conversation {
         id: keys::new_queue_id(),
@@ -451,7 +480,7 @@ fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {
         contact: input.contact_email.clone(),
         created_at: input.received_at,
         updated_at: input.received_at,
-        status: "open".into(),
+        status: ConversationStatus::Open,
         ..Default::default()
     }
 }

@@ -62,6 +62,8 @@ pub enum Request {
         limit: usize,
     },
     InboxesList,
+    /// The inboxes created through the API (retired ones too), as stored.
+    InboxDefinitions,
     /// An operator confirms that the team's forwarding works.
     InboxConfirm {
         id: String,
@@ -176,7 +178,7 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
                 Err(e) => Response::err(e),
             }
         }
-        Request::OutboxList => match store.outbox_items::<crate::notify::OutboxItem>() {
+        Request::OutboxList => match store.outbox_items() {
             Ok(items) => ok(serde_json::to_value(items).ok()),
             Err(e) => Response::err(e),
         },
@@ -249,23 +251,27 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
+        Request::InboxDefinitions => match store.inbox_definitions() {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
         Request::InboxesList => match store.inbox_states() {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
         Request::InboxConfirm { id, address } => {
-            match crate::actions::confirm_inbox(store, id, address) {
+            match crate::actions::confirm_inbox(store, config, id, address) {
                 Ok(st) => ok(serde_json::to_value(st).ok()),
                 Err(e) => Response::err(e),
             }
         }
         Request::QuarantineList { after, limit } => {
-            let quarantined = store.page(
-                crate::store::TreeId::Messages,
+            let quarantined = store.messages_page(
                 after.as_deref().map(str::as_bytes),
+                false,
                 *limit,
                 QUARANTINE_MAX_SCAN,
-                |m: &crate::store::MessageRecord| m.quarantined,
+                |m: &crate::store::MessageRecord| Some(m.quarantined),
             );
             match quarantined {
                 Ok(p) => ok(serde_json::to_value(p.items).ok()),
@@ -336,13 +342,9 @@ fn list_messages(
         return store.list(after, limit);
     }
     Ok(store
-        .page(
-            crate::store::TreeId::Messages,
-            after.map(str::as_bytes),
-            limit,
-            LIST_MAX_SCAN,
-            keep,
-        )?
+        .messages_page(after.map(str::as_bytes), false, limit, LIST_MAX_SCAN, |m| {
+            Some(keep(m))
+        })?
         .items)
 }
 
@@ -359,28 +361,24 @@ fn list_conversations(
 ) -> Result<Vec<crate::store::model::Conversation>, crate::store::StoreError> {
     use crate::store::model::Conversation;
     let keep = |c: &Conversation| {
-        inbox.is_none_or(|i| c.inbox == i) && status.is_none_or(|s| c.status == s)
+        inbox.is_none_or(|i| c.inbox == i) && status.is_none_or(|s| c.status.as_str() == s)
     };
     let filtered = since_ms > 0 || inbox.is_some() || status.is_some();
     let max_scan = if filtered { LIST_MAX_SCAN } else { usize::MAX };
     if oldest_first {
         return Ok(store
-            .page(
-                crate::store::TreeId::Conversations,
+            .conversations_page(
                 after.map(str::as_bytes),
+                false,
                 limit,
                 max_scan,
-                |c: &Conversation| c.created_at >= since_ms && keep(c),
+                |c: &Conversation| Some(c.created_at >= since_ms && keep(c)),
             )?
             .items);
     }
-    store.newest(
-        crate::store::TreeId::Conversations,
-        after,
-        limit,
-        max_scan,
-        |c: &Conversation| (c.created_at >= since_ms).then(|| keep(c)),
-    )
+    store.conversations_newest(after, limit, max_scan, |c: &Conversation| {
+        (c.created_at >= since_ms).then(|| keep(c))
+    })
 }
 
 /// Messages a quarantine page examines at most (as the API's page does): past it the page ends

@@ -13,8 +13,10 @@
 //! and is removed; a record always has its body.
 
 mod committer;
+mod inboxes;
 pub mod keys;
 pub mod model;
+mod ops;
 mod queries;
 mod recovery;
 mod removal;
@@ -34,10 +36,12 @@ use tokio::sync::mpsc;
 use crate::config::StoreConfig;
 use committer::{Committer, COMMIT_QUEUE};
 pub use model::{MessageRecord, RcptRecord, BODY_EXPIRED};
+pub use ops::ThreadEntry;
 pub use queries::Page;
 pub use spool::{Body, BodyBuffer, Spool};
+use tx::TreeId;
 use tx::TREE_NAMES;
-pub use tx::{Plan, TreeId, Tx, TxResult};
+pub use tx::{Plan, Tx, TxError, TxResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,7 +115,9 @@ impl Engine {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, sled::transaction::TransactionError<String>> {
-        self.trees.as_slice().transaction(|views| f(&Tx { views }))
+        self.trees
+            .as_slice()
+            .transaction(|views| f(&Tx { views }).map_err(|e| e.0))
     }
 }
 

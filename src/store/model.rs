@@ -4,6 +4,39 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether a conversation still wants attention.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationStatus {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl ConversationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationStatus::Open => "open",
+            ConversationStatus::Closed => "closed",
+        }
+    }
+
+    /// The status named `s` ("open", "closed").
+    pub fn parse(s: &str) -> Option<ConversationStatus> {
+        match s {
+            "open" => Some(ConversationStatus::Open),
+            "closed" => Some(ConversationStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConversationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Conversation {
     pub id: String,
@@ -13,8 +46,7 @@ pub struct Conversation {
     pub contact: String,
     pub created_at: u64,
     pub updated_at: u64,
-    /// "open" or "closed".
-    pub status: String,
+    pub status: ConversationStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignee: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,16 +92,47 @@ pub struct Ticket {
     pub created_at: u64,
 }
 
+/// How a message found its conversation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadDecision {
+    /// It started one.
+    #[default]
+    New,
+    /// It continues one (by In-Reply-To/References).
+    Joined,
+    /// Its Message-ID was already received: it points at the first copy's conversation.
+    Duplicate,
+    /// A provider's forwarding confirmation: setup mail, in no conversation.
+    Setup,
+}
+
+impl ThreadDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreadDecision::New => "new",
+            ThreadDecision::Joined => "joined",
+            ThreadDecision::Duplicate => "duplicate",
+            ThreadDecision::Setup => "setup",
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to a message in one inbox: thread decision, rule, assignment, ticket.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RoutingRecord {
     pub inbox: String,
     pub conversation: String,
-    /// "new", "joined" (by In-Reply-To/References), "duplicate".
-    pub thread: String,
+    pub thread: ThreadDecision,
     /// How the thread decision was made, e.g. "in-reply-to <id>", "forward starts a new conversation".
     pub thread_reason: String,
-    /// Queue id of the first copy when `thread == "duplicate"`.
+    /// Queue id of the first copy when the thread decision is `Duplicate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,13 +177,38 @@ pub struct AttributionRecord {
     pub forwarded_by: Option<String>,
 }
 
+/// Where an inbox is in its setup.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxLifecycle {
+    /// Waiting for the team's first forwarded message (or an operator's confirmation).
+    #[default]
+    Pending,
+    /// Forwarding works: the address is locked.
+    Connected,
+}
+
+impl InboxLifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxLifecycle::Pending => "pending",
+            InboxLifecycle::Connected => "connected",
+        }
+    }
+}
+
+impl std::fmt::Display for InboxLifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An inbox's setup state. `pending` until the team's first forwarded message arrives (or an
 /// operator confirms), then `connected`: from then on its forwarding address is locked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InboxState {
     pub id: String,
-    /// "pending" or "connected".
-    pub state: String,
+    pub state: InboxLifecycle,
     /// The forwarding address the team's provider sends to (locked once connected).
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,11 +233,22 @@ impl InboxState {
     pub fn pending(id: &str, address: &str) -> InboxState {
         InboxState {
             id: id.to_string(),
-            state: "pending".into(),
+            state: InboxLifecycle::Pending,
             address: address.to_string(),
             ..Default::default()
         }
     }
+}
+
+/// What a user's runtime state overrides of the config (set through the API).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserState {
+    /// Availability set at run time; `None`: the config's `available` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<bool>,
+    /// Whatever else another version stored for the user, kept as it was.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A one-time code sent to prove the team controls a from-address. Only a salted hash of the
@@ -317,3 +416,94 @@ impl MessageRecord {
 
 /// `MessageRecord::body_location` of a message whose body retention removed.
 pub const BODY_EXPIRED: &str = "expired";
+
+/// Something that must leave the server (a notification mail, a webhook call), written in the
+/// same transaction as the event that causes it and delivered by `notify::worker`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// ULID: creation order. Also the idempotency key a receiver can use.
+    pub id: String,
+    /// Unix ms.
+    pub created_at: u64,
+    pub attempts: u32,
+    /// Unix ms of the next attempt (its place in the store's delivery schedule).
+    pub next_attempt_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delivery {
+    /// A mail through the relay. `message` is the complete RFC 5322 text, rendered when the
+    /// event happened (its Message-ID is derived from the item id, so a copy delivered twice is
+    /// recognisably the same message).
+    Mail {
+        /// Why: "verification_notice", "from_verification", "assignment_notice".
+        purpose: String,
+        to: Vec<String>,
+        message: String,
+    },
+    /// A webhook event for one configured endpoint.
+    Webhook {
+        endpoint: String,
+        event: String,
+        /// The event's id: the same for every endpoint and every retry (idempotency key).
+        event_id: String,
+        /// The JSON body, as sent.
+        body: String,
+    },
+}
+
+impl OutboxItem {
+    /// Where it goes, for per-destination limits: a webhook endpoint's id, or the relay.
+    pub fn destination(&self) -> String {
+        match &self.delivery {
+            Delivery::Mail { .. } => "relay".into(),
+            Delivery::Webhook { endpoint, .. } => format!("webhook:{endpoint}"),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.delivery {
+            Delivery::Mail { purpose, to, .. } => format!("mail {purpose} to {}", to.join(", ")),
+            Delivery::Webhook {
+                endpoint, event, ..
+            } => format!("webhook {event} to {endpoint}"),
+        }
+    }
+}
+
+/// An inbox created through the API, as kept: what the team asked for (the same fields as an
+/// `[[inbox]]` table, address made) and where it is in its life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxDefinition {
+    pub spec: crate::config::raw::RawInbox,
+    pub status: DefinitionStatus,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// "Connect & finish" was pressed: the address is locked from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
+}
+
+impl InboxDefinition {
+    /// The canonical address (made and checked before it was stored).
+    pub fn address(&self) -> &str {
+        self.spec.address.as_deref().unwrap_or_default()
+    }
+}
+
+/// Where an API-created inbox is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DefinitionStatus {
+    /// Receives mail (pending or connected: `InboxState` tells).
+    Active,
+    /// Receives nothing any more; its id and address stay reserved for good.
+    Retired,
+}

@@ -1,7 +1,8 @@
 //! Reads: records by key, pages in key order, the outbox schedule, bodies. None of these take a
 //! transaction except where several trees must agree (`Store::view`).
 
-use super::model::{self, MessageRecord};
+use super::model::{self, MessageRecord, OutboxItem};
+use super::ops::OUTBOX_DEPTH;
 use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
@@ -14,29 +15,79 @@ pub struct Page<T> {
 }
 
 impl Store {
-    /// One page of a tree's records in key order, for cursor pagination: the records after key
-    /// `after` that `keep` accepts, at most `limit`. At most `max_scan` records are read, so a
-    /// filter that matches little costs a bounded amount per page: a page may then hold fewer
-    /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
-    /// `after` for the following page; `None` only when nothing after this page matches.
-    pub fn page<T: serde::de::DeserializeOwned>(
+    /// One page of messages in arrival order, or newest first (see `page_in`).
+    pub fn messages_page(
         &self,
-        tree: TreeId,
+        after: Option<&[u8]>,
+        newest_first: bool,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&MessageRecord) -> Option<bool>,
+    ) -> Result<Page<MessageRecord>, StoreError> {
+        self.page_in(TreeId::Messages, after, newest_first, limit, max_scan, keep)
+    }
+
+    /// One page of conversations in creation order, or newest first (see `page_in`).
+    pub fn conversations_page(
+        &self,
+        after: Option<&[u8]>,
+        newest_first: bool,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&model::Conversation) -> Option<bool>,
+    ) -> Result<Page<model::Conversation>, StoreError> {
+        self.page_in(
+            TreeId::Conversations,
+            after,
+            newest_first,
+            limit,
+            max_scan,
+            keep,
+        )
+    }
+
+    /// One page of contacts in email order (see `page_in`).
+    pub fn contacts_page(
+        &self,
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> bool,
+        keep: impl Fn(&model::Contact) -> bool,
+    ) -> Result<Page<model::Contact>, StoreError> {
+        self.page_in(TreeId::Contacts, after, false, limit, max_scan, |c| {
+            Some(keep(c))
+        })
+    }
+
+    /// One page of a tree's records for cursor pagination, in either direction: oldest first (key order) or newest first (reversed, for
+    /// trees keyed by ULID), after the cursor key `after` in that direction. `keep` answers
+    /// `Some(true)` to take a record, `Some(false)` to skip it, and `None` when no record further
+    /// in this direction can match (a time bound passed): the page then ends without a cursor.
+    /// Bounded like `page`: at most `max_scan` records read, a page may end short with a cursor.
+    fn page_in<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        after: Option<&[u8]>,
+        newest_first: bool,
+        limit: usize,
+        max_scan: usize,
+        keep: impl Fn(&T) -> Option<bool>,
     ) -> Result<Page<T>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        type Entry = sled::Result<(sled::IVec, sled::IVec)>;
         let engine = self.inner.engine()?;
         let tree = engine.tree(tree);
-        let iter = match after {
-            Some(a) => {
-                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
-            }
-            None => tree.iter(),
+        let range = match (after, newest_first) {
+            (Some(a), false) => tree.range::<&[u8], _>((Excluded(a), Unbounded)),
+            (Some(a), true) => tree.range::<&[u8], _>((Unbounded, Excluded(a))),
+            (None, _) => tree.iter(),
+        };
+        let iter: Box<dyn Iterator<Item = Entry>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
         };
         let mut items = Vec::new();
-        // The key of the last record this page has consumed (kept or skipped).
         let mut last: Option<sled::IVec> = None;
         for (scanned, kv) in iter.enumerate() {
             let (key, value) = kv?;
@@ -47,28 +98,24 @@ impl Store {
                 });
             }
             let record: T = serde_json::from_slice(&value)?;
-            if keep(&record) {
-                if items.len() >= limit {
-                    // Another match exists: the next page starts right before it.
+            match keep(&record) {
+                None => return Ok(Page { items, next: None }),
+                Some(true) if items.len() >= limit => {
                     return Ok(Page {
                         items,
                         next: last.map(|k| k.to_vec()),
                     });
                 }
-                items.push(record);
+                Some(true) => items.push(record),
+                Some(false) => {}
             }
             last = Some(key);
         }
         Ok(Page { items, next: None })
     }
 
-    /// Outbox items due by `until_ms`, earliest first, at most `limit`. The item type belongs to
-    /// `notify`; the store only keeps the schedule.
-    pub fn outbox_due<T: serde::de::DeserializeOwned>(
-        &self,
-        until_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<T>, StoreError> {
+    /// Outbox items due by `until_ms`, earliest first, at most `limit`.
+    pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
         let mut out = Vec::new();
@@ -85,15 +132,18 @@ impl Store {
         Ok(out)
     }
 
-    /// A counter of the `Counters` tree (0 when never set).
-    pub fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+    /// How many outbox items are waiting.
+    pub fn outbox_depth(&self) -> Result<i64, StoreError> {
         Ok(decode_counter(
-            self.inner.engine()?.tree(TreeId::Counters).get(key)?,
+            self.inner
+                .engine()?
+                .tree(TreeId::Counters)
+                .get(OUTBOX_DEPTH)?,
         ))
     }
 
     /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
-    pub fn outbox_oldest<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+    pub fn outbox_oldest(&self) -> Result<Option<OutboxItem>, StoreError> {
         match self.inner.engine()?.tree(TreeId::Outbox).first()? {
             Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -101,7 +151,7 @@ impl Store {
     }
 
     /// Every outbox item waiting, oldest first.
-    pub fn outbox_items<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+    pub fn outbox_items(&self) -> Result<Vec<OutboxItem>, StoreError> {
         self.inner
             .engine()?
             .tree(TreeId::Outbox)
@@ -156,45 +206,29 @@ impl Store {
         max_scan: usize,
         keep: impl Fn(&MessageRecord) -> bool,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        self.newest(
-            TreeId::Messages,
-            before,
+        let page = self.messages_page(
+            before.map(str::as_bytes),
+            true,
             limit,
             max_scan,
             |r: &MessageRecord| (r.received_at >= since_ms).then(|| keep(r)),
-        )
+        )?;
+        Ok(page.items)
     }
 
-    /// Records of a tree keyed by ULID, newest first (reversed key order), before `before`
-    /// (exclusive): at most `limit` that `keep` accepts (`Some(true)`), ending at the first for
-    /// which it says `None` (older than wanted) or after examining `max_scan` records.
-    pub fn newest<T: serde::de::DeserializeOwned>(
+    /// Conversations newest first, before `before` (exclusive): at most `limit` that `keep`
+    /// accepts (`Some(true)`), ending at the first for which it says `None` (older than wanted)
+    /// or after examining `max_scan` records.
+    pub fn conversations_newest(
         &self,
-        tree: TreeId,
         before: Option<&str>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> Option<bool>,
-    ) -> Result<Vec<T>, StoreError> {
-        let engine = self.inner.engine()?;
-        let tree = engine.tree(tree);
-        let iter = match before {
-            Some(b) => tree.range::<&[u8], _>(..b.as_bytes()),
-            None => tree.iter(),
-        };
-        let mut out = Vec::new();
-        for kv in iter.rev().take(max_scan) {
-            if out.len() >= limit {
-                break;
-            }
-            let r: T = serde_json::from_slice(&kv?.1)?;
-            match keep(&r) {
-                None => break,
-                Some(true) => out.push(r),
-                Some(false) => {}
-            }
-        }
-        Ok(out)
+        keep: impl Fn(&model::Conversation) -> Option<bool>,
+    ) -> Result<Vec<model::Conversation>, StoreError> {
+        let page =
+            self.conversations_page(before.map(str::as_bytes), true, limit, max_scan, keep)?;
+        Ok(page.items)
     }
 
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
@@ -353,7 +387,7 @@ mod tests {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let p = store
-                .page(TreeId::Contacts, after.as_deref(), limit, max_scan, keep)
+                .contacts_page(after.as_deref(), limit, max_scan, keep)
                 .unwrap();
             pages.push(p.items.into_iter().map(|c| c.email).collect());
             match p.next {
@@ -376,7 +410,7 @@ mod tests {
                         email: e.clone(),
                         ..Default::default()
                     };
-                    tx.put_json(TreeId::Contacts, e.as_bytes(), &c)?;
+                    tx.put_contact(&c)?;
                 }
                 Ok(())
             })

@@ -143,11 +143,8 @@ mod tests {
     fn an_aborted_transaction_is_a_refusal_not_a_broken_store() {
         let cfg = crate::config::Config::embedded_default().store;
         let store = Store::open_temporary(&cfg).unwrap();
-        let r: Result<(), _> = store.update(|_| {
-            Err(sled::transaction::ConflictableTransactionError::Abort(
-                "no such conversation".to_string(),
-            ))
-        });
+        let r: Result<(), _> =
+            store.update(|_| Err(crate::store::TxError::abort("no such conversation")));
         assert!(r.unwrap_err().to_string().contains("no such conversation"));
         assert!(!store.is_broken());
         store.probe_write().unwrap();

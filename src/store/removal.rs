@@ -136,7 +136,7 @@ impl Store {
                 else {
                     continue;
                 };
-                if conv.status != "closed"
+                if conv.status != model::ConversationStatus::Closed
                     || conv.updated_at > updated_before_ms
                     || conv.message_count != messages.len() as u64
                 {

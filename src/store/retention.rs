@@ -264,7 +264,7 @@ fn conversations_pass(
                 reached_end = true;
                 break;
             }
-            if c.status == "closed" && c.updated_at <= cut {
+            if c.status == super::model::ConversationStatus::Closed && c.updated_at <= cut {
                 due.push(c.id.clone());
             }
         }

@@ -4,7 +4,7 @@
 //! removal keeps the indexes in step.
 
 use serde::Serialize;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, UnabortableTransactionError};
 
 use super::keys;
 use super::model::{self, MessageRecord};
@@ -15,9 +15,10 @@ use super::model::{self, MessageRecord};
 /// than once (a transaction may be retried), so it must only act through `Tx`.
 pub type Plan = Box<dyn Fn(&Tx<'_>, &mut MessageRecord) -> TxResult<()> + Send + Sync>;
 
-/// The trees of the database. Every commit may touch any of them atomically.
+/// The trees of the database. Every commit may touch any of them atomically. Private to the
+/// store: the rest of the server speaks in domain operations (`ops`), never in trees and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TreeId {
+pub(super) enum TreeId {
     Messages = 0,
     Bodies = 1,
     Conversations = 2,
@@ -42,9 +43,12 @@ pub enum TreeId {
     /// `conversation id \0 queue id` -> empty: a conversation's messages in arrival order (queue
     /// ids are ULIDs), without growing the conversation record with every new one.
     ConversationMessages = 12,
+    /// Inboxes created through the API: `i\0<id>` -> definition, `a\0<address>` -> inbox id
+    /// (every address ever used, retired ones too, so none is handed to another team).
+    InboxDefinitions = 13,
 }
 
-pub(super) const TREE_NAMES: [&str; 13] = [
+pub(super) const TREE_NAMES: [&str; 14] = [
     "messages",
     "bodies",
     "conversations",
@@ -58,10 +62,29 @@ pub(super) const TREE_NAMES: [&str; 13] = [
     "outbox",
     "outbox_due",
     "conversation_messages",
+    "inbox_definitions",
 ];
 
-/// Result of an operation inside a transaction; `Abort(reason)` undoes the whole transaction.
-pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+/// Result of an operation inside a transaction; an error undoes the whole transaction.
+pub type TxResult<T> = Result<T, TxError>;
+
+/// Why a transaction did not complete: a refusal with its reason (`TxError::abort`), or the
+/// database's own (a conflict to retry, a storage failure), which the store handles.
+#[derive(Debug)]
+pub struct TxError(pub(super) ConflictableTransactionError<String>);
+
+impl TxError {
+    /// Undo the whole transaction, with `reason` as its error.
+    pub fn abort(reason: impl Into<String>) -> TxError {
+        TxError(ConflictableTransactionError::Abort(reason.into()))
+    }
+}
+
+impl From<UnabortableTransactionError> for TxError {
+    fn from(e: UnabortableTransactionError) -> TxError {
+        TxError(e.into())
+    }
+}
 
 /// A counter as stored (8 bytes, big-endian); absent or malformed reads as 0.
 pub(super) fn decode_counter(value: Option<sled::IVec>) -> i64 {
@@ -82,42 +105,46 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    pub fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+    pub(super) fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
         Ok(self.views[tree as usize].get(key)?)
     }
 
-    pub fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+    pub(super) fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
         self.views[tree as usize].insert(key, value)?;
         Ok(())
     }
 
-    pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
+    pub(super) fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
         self.views[tree as usize].remove(key)?;
         Ok(())
     }
 
-    pub fn get_json<T: serde::de::DeserializeOwned>(
+    pub(super) fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         tree: TreeId,
         key: &[u8],
     ) -> TxResult<Option<T>> {
         match self.get(tree, key)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| {
-                ConflictableTransactionError::Abort(format!("decoding {tree:?} record: {e}"))
-            }),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| TxError::abort(format!("decoding {tree:?} record: {e}"))),
         }
     }
 
-    pub fn put_json<T: Serialize>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
-            ConflictableTransactionError::Abort(format!("encoding {tree:?} record: {e}"))
-        })?;
+    pub(super) fn put_json<T: Serialize>(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        value: &T,
+    ) -> TxResult<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| TxError::abort(format!("encoding {tree:?} record: {e}")))?;
         self.insert(tree, key, &bytes)
     }
 
     /// Add `delta` to a counter and return the new value.
-    pub fn add(&self, key: &[u8], delta: i64) -> TxResult<i64> {
+    pub(super) fn add(&self, key: &[u8], delta: i64) -> TxResult<i64> {
         let now = self.counter(key)?;
         let next = now.saturating_add(delta);
         self.insert(TreeId::Counters, key, &next.to_be_bytes())?;
@@ -162,14 +189,12 @@ impl Tx<'_> {
             &record.subject,
             &record.sha256,
         );
-        let idx = [inbox.as_bytes(), &[0], message_id.as_bytes()].concat();
+        let idx = super::ops::thread_key(inbox, &message_id);
         if let Some(v) = self.get(TreeId::MessageIds, &idx)? {
-            // `conversation \0 first queue id`.
-            let mut parts = v.split(|&b| b == 0);
-            let (conv, first) = (parts.next(), parts.next());
+            let entry = super::ops::ThreadEntry::decode(&v);
             let owned = match conversation {
-                Some(c) => conv == Some(c.as_bytes()),
-                None => first == Some(record.queue_id.as_bytes()),
+                Some(c) => entry.conversation == c,
+                None => entry.first == record.queue_id,
             };
             if owned {
                 self.remove(TreeId::MessageIds, &idx)?;
@@ -238,7 +263,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn counter(&self, key: &[u8]) -> TxResult<i64> {
+    pub(super) fn counter(&self, key: &[u8]) -> TxResult<i64> {
         Ok(decode_counter(self.get(TreeId::Counters, key)?))
     }
 }

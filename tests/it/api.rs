@@ -147,7 +147,7 @@ async fn every_protected_route_needs_a_valid_token() {
             }
         }
     }
-    assert_eq!(protected, 22, "protected operations in the document");
+    assert_eq!(protected, 28, "protected operations in the document");
 
     // Other schemes and a token in the query do not count.
     let addr = srv.api_addr.unwrap();
@@ -375,6 +375,15 @@ async fn bad_input_is_a_400_that_names_the_field() {
         ("/v1/conversations?assignee=ghost", "assignee"),
         ("/v1/contacts?limit=-1", "limit"),
         ("/v1/quarantine?cursor=0", "cursor"),
+        ("/v1/messages?since=yesterday", "since"),
+        ("/v1/messages?until=2026-13-01T00:00:00Z", "until"),
+        (
+            "/v1/messages?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "until",
+        ),
+        ("/v1/messages?order=sideways", "order"),
+        ("/v1/conversations?since=-5", "since"),
+        ("/v1/conversations?order=newest-first", "order"),
     ] {
         let r = api.get(target).await;
         assert_eq!(r.status, 400, "{target}");
@@ -720,11 +729,8 @@ async fn availability_set_through_the_api_steers_routing() {
         (&json!(false), &json!(true), &json!(false))
     );
     // Stored where routing reads it.
-    let stored = srv
-        .ctx
-        .store
-        .view(|tx| tx.get_json::<Value>(inbound::store::TreeId::Users, b"alice"));
-    assert_eq!(stored.unwrap(), Some(json!({"available": false})));
+    let stored = srv.ctx.store.view(|tx| tx.user_state("alice"));
+    assert_eq!(stored.unwrap().and_then(|st| st.available), Some(false));
 
     // The sales rule is round robin over alice and bob: with alice away, bob gets both.
     for i in 0..2 {
@@ -805,7 +811,13 @@ async fn inbox_state_and_confirm_shared_with_the_admin_socket() {
     );
     assert_eq!(api.ok("/v1/inboxes/demo").await["state"], "connected");
     assert_eq!(
-        srv.ctx.store.inbox_state("demo").unwrap().unwrap().state,
+        srv.ctx
+            .store
+            .inbox_state("demo")
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "connected"
     );
 
@@ -1281,6 +1293,113 @@ async fn half_sent_requests_and_idle_connections_are_closed_and_capped() {
     srv.stop().await;
 }
 
+/// Issue #11: a request whose header is complete but whose body stops coming is not covered by
+/// `api.header_read_timeout`; `api.idle_timeout` closes it. The header timeout here is an hour,
+/// so only the idle timeout (1 s) can end the connection within the test's bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_that_stops_coming_is_closed_by_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("apiidle");
+    let cfg = ConfigBuilder::test(dir.path())
+        .set("api", "header_read_timeout = \"1h\"")
+        .set("api", "idle_timeout = \"1s\"")
+        .extra(PEOPLE)
+        .parse();
+    let srv = TestServer::start_config(dir, cfg).await;
+    let addr = srv.api_addr.unwrap();
+    let head = format!(
+        "PUT /v1/users/bob/availability HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+    );
+    // The same request completed is served on this config: it is the stall that is closed.
+    let mut whole = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = format!("{:<64}", r#"{"available":false}"#);
+    whole
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut status = [0u8; 12];
+    whole.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(format!("{head}{{\"available\"").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut answer))
+        .await
+        .expect("a request body that stopped coming is closed by api.idle_timeout");
+    // Closed: an end of stream (after whatever error answer the server managed to write) or a
+    // reset; never the request served.
+    if closed.is_ok() {
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    srv.stop().await;
+}
+
+/// `inbound_readiness_store_probes_total` from `GET /metrics`.
+async fn readiness_store_probes(api: &Api) -> u64 {
+    let m = api.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("inbound_readiness_store_probes_total "))
+        .unwrap_or_else(|| panic!("no readiness probe counter in\n{text}"))
+        .parse()
+        .expect("a count")
+}
+
+/// Issue #11: `/readyz` needs no token, and each check was a flushed write to the store, so
+/// anyone could make the disk sync as fast as they could ask. The probe's result is reused for
+/// `STORE_CACHE` (2 s): a flood of checks, one after another and many at once, costs one probe
+/// per interval, counted by `inbound_readiness_store_probes_total`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_readiness_checks_probes_the_store_once_per_interval() {
+    let dns = support::dns::TestDns::start().await;
+    let dir = TempDir::new("readyflood");
+    let dns_block = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    );
+    let srv = TestServer::start_in(dir, &dns_block).await;
+    let api = srv.api().await;
+    let before = readiness_store_probes(&api).await;
+    const CHECKS: u64 = 40;
+    let public = api.with_token(None);
+    let started = std::time::Instant::now();
+    for _ in 0..CHECKS {
+        let r = public.get("/readyz").await;
+        assert_eq!(r.status, 200, "{}", r.json());
+        assert_eq!(r.json()["store_writable"], true);
+    }
+    let together = (0..CHECKS).map(|_| {
+        let public = public.with_token(None);
+        tokio::spawn(async move { public.get("/readyz").await.status })
+    });
+    for check in together.collect::<Vec<_>>() {
+        assert_eq!(check.await.unwrap(), 200);
+    }
+    let elapsed = started.elapsed();
+    let made = readiness_store_probes(&api).await - before;
+    // One probe for the first check, then at most one each time a 2 s result has expired: on a
+    // slow machine the checks span more intervals, and the bound grows with them (without the
+    // cache, every one of the 80 checks probed).
+    let bound = 1 + elapsed.as_secs() / 2 + 1;
+    eprintln!(
+        "{} readiness checks in {elapsed:?}: {made} store probes",
+        2 * CHECKS
+    );
+    assert!(made >= 1, "no store probe at all");
+    assert!(
+        made <= bound,
+        "{made} store probes for {} checks in {elapsed:?} (at most {bound} expected)",
+        2 * CHECKS
+    );
+    srv.stop().await;
+}
+
 /// Issue #16: the MTA-STS policy for the hosted domains, over real HTTP and without a token,
 /// with the configured mode and the server's hostname as the MX; 404 when not configured.
 #[tokio::test(flavor = "multi_thread")]
@@ -1317,4 +1436,160 @@ async fn mta_sts_policy_is_served_with_the_configured_mode() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("api.mta_sts"), "{e}");
+}
+
+/// Issue #15: lists newest first on request, and bounded in time by `since` and `until` (RFC 3339
+/// or Unix milliseconds, the two forms the answers give), paging without gap or duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_go_newest_first_and_filter_by_time() {
+    let srv = TestServer::start().await;
+    let api = srv.api().await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let from = format!("t{i}@example.com");
+        sent.push(
+            send(
+                &srv,
+                DEMO,
+                &from,
+                &msg(&from, &format!("time {i}"), &format!("t{i}@x")),
+            )
+            .await,
+        );
+    }
+    let newest: Vec<String> = sent.iter().rev().cloned().collect();
+    let (ids, sizes) = walk(&api, "/v1/messages?order=newest", "id", 2).await;
+    assert_eq!((ids, sizes), (newest.clone(), vec![2, 2, 1]));
+    let (ids, _) = walk(&api, "/v1/messages?order=oldest", "id", 2).await;
+    assert_eq!(ids, sent);
+
+    let at = |m: &Value| m["received_at_ms"].as_u64().unwrap();
+    let all = api.ok("/v1/messages").await["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (t1, t3) = (at(&all[1]), at(&all[3]));
+    // Both bounds are inclusive; distinct messages may share a millisecond, so compare with
+    // what the records say rather than with positions.
+    let want = |f: &dyn Fn(u64) -> bool, rev: bool| -> Vec<String> {
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|m| f(at(m)))
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        if rev {
+            v.reverse();
+        }
+        v
+    };
+    for order in ["oldest", "newest"] {
+        let rev = order == "newest";
+        let base = format!("/v1/messages?order={order}&since={t1}&until={t3}");
+        let (ids, _) = walk(&api, &base, "id", 1).await;
+        assert_eq!(ids, want(&|t| (t1..=t3).contains(&t), rev), "{base}");
+        let base = format!("/v1/messages?order={order}&since={t3}");
+        assert_eq!(walk(&api, &base, "id", 2).await.0, want(&|t| t >= t3, rev));
+        let base = format!("/v1/messages?order={order}&until={t1}");
+        assert_eq!(walk(&api, &base, "id", 2).await.0, want(&|t| t <= t1, rev));
+    }
+    // RFC 3339, any offset.
+    let r = api.ok("/v1/messages?since=2000-01-01T00:00:00Z").await;
+    assert_eq!(r["items"].as_array().unwrap().len(), 5);
+    let r = api
+        .ok("/v1/messages?until=2000-01-01T01:00:00%2B01:00")
+        .await;
+    assert!(r["items"].as_array().unwrap().is_empty());
+    assert!(r["next_cursor"].is_null());
+    let first = &all[0]["received_at"];
+    assert_eq!(first.as_str().unwrap().len(), 20, "{first}");
+
+    // Conversations: by creation, newest first on request.
+    let (convs, _) = walk(&api, "/v1/conversations?order=newest", "id", 2).await;
+    let (oldest, _) = walk(&api, "/v1/conversations", "id", 2).await;
+    assert_eq!(convs.len(), 5);
+    assert_eq!(convs, oldest.iter().rev().cloned().collect::<Vec<_>>());
+    let c = api.ok("/v1/conversations?order=newest&limit=1").await["items"][0].clone();
+    let since = c["created_at_ms"].as_u64().unwrap();
+    let (recent, _) = walk(&api, &format!("/v1/conversations?since={since}"), "id", 2).await;
+    assert!(recent.contains(&c["id"].as_str().unwrap().to_string()));
+    assert!(recent.len() < 5 || at(&all[0]) == since, "{recent:?}");
+    srv.stop().await;
+}
+
+/// Issue #15: the served document is valid OpenAPI 3.0 by a validator we did not write
+/// (openapi-spec-validator; tests/run.sh installs it), and strict: every answer schema closes its
+/// objects and lists each property as required (absent values are `null`, never missing keys).
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_passes_openapi_spec_validator_and_is_strict() {
+    let srv = TestServer::start().await;
+    let api = srv.api().await;
+    let served = api.with_token(None).get("/openapi.json").await;
+    assert_eq!(served.status, 200);
+    let body = served.body.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys\n\
+                 from openapi_spec_validator import validate\n\
+                 validate(json.load(sys.stdin))\n\
+                 print('valid')",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/run.sh installs it)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&body).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"valid"),
+        "openapi-spec-validator (pip install openapi-spec-validator; tests/run.sh does):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let spec = &api.spec;
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        let Some(props) = schema["properties"].as_object() else {
+            continue;
+        };
+        if name.ends_with("Request") {
+            continue; // request bodies: optional fields are allowed there
+        }
+        assert_eq!(
+            schema["additionalProperties"],
+            json!(false),
+            "{name}: objects are closed"
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        for p in props.keys() {
+            assert!(
+                required.contains(&p.as_str()),
+                "{name}.{p}: not required (absent values are null, not missing keys)"
+            );
+        }
+        // The time vocabulary: an `_ms` time has its RFC 3339 twin, and the other way round.
+        for p in props.keys() {
+            if let Some(base) = p.strip_suffix("_ms") {
+                assert!(props.contains_key(base), "{name}.{p} without {base}");
+            }
+            if props[p]["format"] == "date-time" && p != "date" {
+                assert!(
+                    props.contains_key(&format!("{p}_ms")),
+                    "{name}.{p} without _ms"
+                );
+            }
+        }
+    }
+    srv.stop().await;
 }

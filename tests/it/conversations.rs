@@ -87,7 +87,7 @@ async fn default_inbox_leaves_conversations_unassigned_with_a_ticket() {
     .await;
     let r = &rec.routing[0];
     assert_eq!(r.inbox, "demo");
-    assert_eq!(r.thread, "new");
+    assert_eq!(r.thread.as_str(), "new");
     assert_eq!(r.assignee, None);
     assert_eq!(r.assignment, "unassigned");
     let ticket = srv
@@ -201,7 +201,7 @@ async fn a_reply_stays_with_the_assignee() {
     )
     .await;
     let r = &reply.routing[0];
-    assert_eq!(r.thread, "joined");
+    assert_eq!(r.thread.as_str(), "joined");
     assert_eq!(r.conversation, first.routing[0].conversation);
     assert_eq!(r.assignee.as_deref(), Some(assignee.as_str()));
     assert_eq!(r.assignment, "kept");
@@ -346,7 +346,7 @@ async fn the_same_message_twice_is_one_message() {
     // Same Message-ID by a second path (e.g. a group and a personal forward, via the alias).
     let two = send(&srv, "help@demo.inbound.test", "a@x.example", &body).await;
     let r = &two.routing[0];
-    assert_eq!(r.thread, "duplicate");
+    assert_eq!(r.thread.as_str(), "duplicate");
     assert_eq!(r.duplicate_of.as_deref(), Some(one.queue_id.as_str()));
     assert_eq!(r.conversation, one.routing[0].conversation);
     let conv = srv

@@ -80,7 +80,8 @@ async fn confirmation_code_then_first_forward_connects_then_the_address_is_locke
     );
     let st = srv.ctx.store.inbox_state("acme").unwrap().unwrap();
     assert_eq!(
-        st.state, "pending",
+        st.state.as_str(),
+        "pending",
         "the provider's own mail does not prove forwarding works"
     );
     assert_eq!(
@@ -95,7 +96,13 @@ async fn confirmation_code_then_first_forward_connects_then_the_address_is_locke
     assert!(rec.verification.is_none());
     assert!(rec.routing[0].ticket.is_some());
     assert_eq!(
-        srv.ctx.store.inbox_state("acme").unwrap().unwrap().state,
+        srv.ctx
+            .store
+            .inbox_state("acme")
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "pending"
     );
 
@@ -112,7 +119,7 @@ async fn confirmation_code_then_first_forward_connects_then_the_address_is_locke
         "carol@customer.example"
     );
     let st = srv.ctx.store.inbox_state("acme").unwrap().unwrap();
-    assert_eq!(st.state, "connected", "{st:?}");
+    assert_eq!(st.state.as_str(), "connected", "{st:?}");
     assert!(
         st.evidence.as_deref().unwrap().contains(&rec.queue_id),
         "{st:?}"

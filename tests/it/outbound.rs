@@ -506,11 +506,11 @@ Subject: Invoice 42 is wrong\r\nMessage-ID: <inv42@customer.example>\r\n\r\nPlea
     srv.ctx
         .store
         .update(|tx| {
-            tx.put_json(
-                inbound::store::TreeId::Users,
-                b"alice",
-                &serde_json::json!({ "available": false }),
-            )
+            let st = inbound::store::model::UserState {
+                available: Some(false),
+                ..Default::default()
+            };
+            tx.put_user_state("alice", &st)
         })
         .unwrap();
     let reply = b"From: Carol <carol@customer.example>\r\nTo: support@acme.example\r\n\

@@ -318,12 +318,9 @@ fn close(srv: &TestServer, conversation: &str) {
     srv.ctx
         .store
         .update(|tx| {
-            let key = conversation.as_bytes();
-            let mut c: inbound::store::model::Conversation = tx
-                .get_json(inbound::store::TreeId::Conversations, key)?
-                .expect("conversation exists");
-            c.status = "closed".into();
-            tx.put_json(inbound::store::TreeId::Conversations, key, &c)
+            let mut c = tx.conversation(conversation)?.expect("conversation exists");
+            c.status = inbound::store::model::ConversationStatus::Closed;
+            tx.put_conversation(&c)
         })
         .unwrap();
 }
@@ -406,7 +403,12 @@ async fn closed_conversations_past_their_lifetime_go_with_their_messages() {
     // A re-delivery of the deleted message is a new conversation, not a "duplicate" of a
     // message that is gone (its Message-ID entries went with it).
     let again = deliver(&srv, &["ops@acme.inbound.test"], &large("both-inboxes")).await;
-    assert_eq!(again.routing[0].thread, "new", "{:?}", again.routing);
+    assert_eq!(
+        again.routing[0].thread.as_str(),
+        "new",
+        "{:?}",
+        again.routing
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -417,13 +419,19 @@ async fn deleting_a_message_without_message_id_frees_its_thread_entry() {
     let first = deliver(&srv, &["sales@acme.inbound.test"], body).await;
     let dup = deliver(&srv, &["sales@acme.inbound.test"], body).await;
     assert_eq!(
-        dup.routing[0].thread, "duplicate",
+        dup.routing[0].thread.as_str(),
+        "duplicate",
         "a re-delivery is recognised"
     );
     srv.ctx.store.delete_message(&dup.queue_id).unwrap();
     srv.ctx.store.delete_message(&first.queue_id).unwrap();
     let again = deliver(&srv, &["sales@acme.inbound.test"], body).await;
-    assert_eq!(again.routing[0].thread, "new", "{:?}", again.routing);
+    assert_eq!(
+        again.routing[0].thread.as_str(),
+        "new",
+        "{:?}",
+        again.routing
+    );
 }
 
 /// The body's record is marked expired and flushed before its spool file is unlinked; a crash in
