@@ -347,7 +347,7 @@ pub async fn message(
     PathParams(id): PathParams<String>,
 ) -> Json<views::MessageDetail> {
     let store = s.ctx.store.clone();
-    blocking(move || Ok(message_detail(&store, find_message(&store, &id)?)?))
+    blocking(move || message_detail(&store, find_message(&store, &id)?))
         .await
         .map(axum::Json)
 }

@@ -476,7 +476,7 @@ async fn check_config_names_a_clash_between_the_file_and_an_api_inbox() {
     };
     for (extra, key) in [
         (
-            format!("[[inbox]]\nid = \"acme\"\naddress = \"x@acme.inbound.test\"\n"),
+            "[[inbox]]\nid = \"acme\"\naddress = \"x@acme.inbound.test\"\n".to_string(),
             "inbox[1].id",
         ),
         (
