@@ -9,10 +9,11 @@
 //! conversations assigned to them (what `least_open` assignment compares).
 
 pub mod inboxes;
+pub mod people;
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::pipeline::routing;
 use crate::store::model::{Conversation, ConversationStatus, InboxLifecycle, InboxState};
 use crate::store::{keys, MessageRecord, Store, StoreError, Tx, TxResult};
@@ -42,6 +43,75 @@ impl ActionError {
             message: message.into(),
         }
     }
+}
+
+/// The validation errors of a change (an inbox, user or team created or changed through the
+/// API) as one refusal, paths relative to `own`, the changed item's key path
+/// (`/v1/inboxes/acme`): a clash (a duplicate id, address or from name) or an error at another
+/// key (what still names the item) is a conflict; anything else is bad input naming the first
+/// field.
+fn config_refusal(own: &str, errors: Vec<ConfigError>) -> ActionError {
+    let prefix = format!("{own}.");
+    let mut list = errors.into_iter().map(|e| {
+        let elsewhere = !e.path.starts_with(&prefix);
+        let path = e.path.strip_prefix(&prefix).unwrap_or(&e.path).to_string();
+        (elsewhere, path, e.message)
+    });
+    let Some((elsewhere, path, first)) = list.next() else {
+        return ActionError::invalid("body", "invalid");
+    };
+    let mut message = first.clone();
+    for (_, path, m) in list {
+        message.push_str(&format!("; {path}: {m}"));
+    }
+    if elsewhere || first.starts_with("duplicate ") {
+        ActionError::Conflict(format!("{path}: {message}"))
+    } else {
+        ActionError::Invalid {
+            field: path,
+            message,
+        }
+    }
+}
+
+/// A PATCH body applied to the stored `old` (an inbox, user or team spec): the fields it names
+/// replace the old ones (`null` removes one); the id cannot change. The merged object, and the
+/// names of the fields whose value changed.
+fn merge_patch(
+    old: &impl serde::Serialize,
+    id: &str,
+    kind: &str,
+    patch: serde_json::Map<String, serde_json::Value>,
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<String>), ActionError> {
+    let mut merged = match serde_json::to_value(old) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err(ActionError::Conflict("stored definition unreadable".into())),
+    };
+    let mut changes = Vec::new();
+    for (key, value) in patch {
+        if key == "id" && value.as_str() != Some(id) {
+            return Err(ActionError::invalid(
+                "id",
+                format!("the id of a {kind} cannot change"),
+            ));
+        }
+        if merged.get(&key) != Some(&value) {
+            changes.push(key.clone());
+        }
+        merged.insert(key, value);
+    }
+    Ok((merged, changes))
+}
+
+/// A merged PATCH as the spec it must be, or the field at fault (unknown, wrong type).
+fn parse_merged<T: serde::de::DeserializeOwned>(
+    merged: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, ActionError> {
+    serde_path_to_error::deserialize(serde_json::Value::Object(merged)).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { "body".into() } else { path };
+        ActionError::invalid(&path, e.into_inner().to_string())
+    })
 }
 
 /// An operator confirms that the team's forwarding to `address` works: the inbox becomes

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::inboxes::{FromNameMode, InboxSource};
 use crate::config::raw::{RawInbox, RawRule};
-use crate::config::routes::User;
+use crate::config::routes::{Team, User};
 use crate::config::InboxConfig;
 use crate::store::model::{
     AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
@@ -695,6 +695,8 @@ pub struct UserView {
     /// Set through `PUT /v1/users/{id}/availability`; `null` when never set.
     pub available_override: Option<bool>,
     pub open_conversations: i64,
+    /// "config" (a `[[user]]` table, read-only through the API) or "api".
+    pub source: InboxSource,
 }
 
 impl UserView {
@@ -713,6 +715,28 @@ impl UserView {
             available_configured: user.available,
             available_override,
             open_conversations: open,
+            source: user.source,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TeamView {
+    pub id: String,
+    pub name: Option<String>,
+    /// User ids, in configured order.
+    pub members: Vec<String>,
+    /// "config" (a `[[team]]` table, read-only through the API) or "api".
+    pub source: InboxSource,
+}
+
+impl TeamView {
+    pub fn new(team: &Team) -> TeamView {
+        TeamView {
+            id: team.id.clone(),
+            name: team.name.clone(),
+            members: team.members.clone(),
+            source: team.source,
         }
     }
 }

@@ -88,36 +88,14 @@ pub fn update(
     let _one_change = ctx.config_change();
     let config = ctx.config();
     let old = active_definition(ctx, &config, id)?;
-    let mut merged = match serde_json::to_value(&old.spec) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => return Err(ActionError::Conflict("stored definition unreadable".into())),
-    };
     let remake = (patch.contains_key("tenant") || patch.contains_key("local"))
         && !patch.contains_key("address");
-    let mut changes: Vec<String> = Vec::new();
-    for (key, value) in patch {
-        if key == "id" && value.as_str() != Some(id) {
-            return Err(ActionError::invalid("id", "an inbox's id cannot change"));
-        }
-        if merged.get(&key) != Some(&value) {
-            changes.push(key.clone());
-        }
-        merged.insert(key, value);
-    }
+    let (mut merged, mut changes) = super::merge_patch(&old.spec, id, "inbox", patch)?;
     if remake {
         // Made again below from the new tenant and local part.
         merged.insert("address".into(), serde_json::Value::Null);
     }
-    let mut spec: RawInbox = serde_path_to_error::deserialize(serde_json::Value::Object(merged))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            ActionError::invalid(&path, e.into_inner().to_string())
-        })?;
+    let mut spec: RawInbox = super::parse_merged(merged)?;
     make_address(&config, &mut spec)?;
     let moved = spec.address != old.spec.address;
     changes.retain(|c| c != "address");
@@ -262,29 +240,9 @@ fn validate(
         .map_err(|e| invalid(&spec.id, e.0))
 }
 
-/// Validation errors as one refusal naming the first field: a clash (a duplicate id, address
-/// or from name) is a conflict, anything else bad input.
+/// Validation errors as one refusal naming the first field (`super::config_refusal`).
 fn invalid(id: &str, errors: Vec<ConfigError>) -> ActionError {
-    let prefix = format!("{}.", api_path(id));
-    let mut list = errors.into_iter().map(|e| ConfigError {
-        path: e.path.strip_prefix(&prefix).unwrap_or(&e.path).to_string(),
-        message: e.message,
-    });
-    let Some(first) = list.next() else {
-        return ActionError::invalid("inbox", "invalid");
-    };
-    let mut message = first.message.clone();
-    for e in list {
-        message.push_str(&format!("; {}: {}", e.path, e.message));
-    }
-    if first.message.starts_with("duplicate ") {
-        ActionError::Conflict(format!("{}: {message}", first.path))
-    } else {
-        ActionError::Invalid {
-            field: first.path,
-            message,
-        }
-    }
+    super::config_refusal(&api_path(id), errors)
 }
 
 /// Give `spec` its canonical address: the one given, or the one `address_pattern` makes from

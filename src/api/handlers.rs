@@ -16,7 +16,6 @@ use super::params::{
 use super::ApiState;
 use crate::actions::{self, Assignee};
 use crate::config::Config;
-use crate::pipeline::routing;
 use crate::store::model::ConversationStatus;
 use crate::store::{MessageRecord, Store, BODY_EXPIRED};
 use crate::views;
@@ -557,57 +556,6 @@ pub async fn quarantine_delete(
     let store = s.ctx.store.clone();
     blocking(move || Ok(actions::delete_quarantined(&store, &id)?)).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-// ---- users -------------------------------------------------------------------------------------
-
-fn user_view(store: &Store, config: &Config, id: &str) -> Result<views::UserView, ApiError> {
-    let user = config
-        .directory
-        .users
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("user {id:?}")))?;
-    let dir = &config.directory;
-    let (available, over, open) = store.view(|tx| {
-        let over = tx.user_state(id)?.and_then(|st| st.available);
-        Ok((routing::available(tx, dir, id)?, over, tx.open_count(id)?))
-    })?;
-    Ok(views::UserView::new(user, available, over, open))
-}
-
-pub async fn users(State(s): St) -> Json<views::List<views::UserView>> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    let items = blocking(move || {
-        config
-            .directory
-            .users
-            .keys()
-            .map(|id| user_view(&store, &config, id))
-            .collect()
-    })
-    .await?;
-    ok(views::List { items })
-}
-
-/// `PUT /v1/users/{id}/availability`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AvailabilityBody {
-    available: bool,
-}
-
-pub async fn user_availability(
-    State(s): St,
-    PathParams(id): PathParams<String>,
-    JsonBody(body): JsonBody<AvailabilityBody>,
-) -> Json<views::UserView> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || {
-        actions::set_availability(&store, &config, &id, body.available)?;
-        user_view(&store, &config, &id)
-    })
-    .await
-    .map(axum::Json)
 }
 
 #[cfg(test)]

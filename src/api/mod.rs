@@ -1,5 +1,5 @@
 //! HTTP requests -> JSON answers: reads of inboxes, conversations, messages, contacts, quarantine
-//! and users, and operator actions (whose store changes live in `crate::actions`). Served with
+//! users and teams, and operator actions (whose store changes live in `crate::actions`). Served with
 //! axum on the server's own runtime (`server::Bound::run`), on `api.listen`.
 //!
 //! Every route except `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`
@@ -11,6 +11,7 @@ mod error;
 mod handlers;
 mod inboxes;
 mod params;
+mod people;
 
 use std::sync::Arc;
 
@@ -116,10 +117,23 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/v1/quarantine/{id}/release",
             post(handlers::quarantine_release),
         )
-        .route("/v1/users", get(handlers::users))
+        .route("/v1/users", get(people::users).post(people::user_create))
+        .route(
+            "/v1/users/{id}",
+            get(people::user)
+                .patch(people::user_update)
+                .delete(people::user_delete),
+        )
         .route(
             "/v1/users/{id}/availability",
-            put(handlers::user_availability),
+            put(people::user_availability),
+        )
+        .route("/v1/teams", get(people::teams).post(people::team_create))
+        .route(
+            "/v1/teams/{id}",
+            get(people::team)
+                .patch(people::team_update)
+                .delete(people::team_delete),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

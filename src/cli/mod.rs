@@ -299,25 +299,36 @@ fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)>
             cfg.admin_socket.display()
         )
     })?;
-    // The inboxes created through the API count as the running server's would (a clash is
-    // reported by check-config and refused at start; here the file's inboxes are kept).
-    if let Ok(Ok(merged)) = crate::context::reload::with_store_inboxes(&cfg, &store) {
+    // The definitions made through the API count as the running server's would (a clash is
+    // reported by check-config and refused at start; here the file's are kept).
+    if let Ok(Ok(merged)) = crate::context::reload::with_store_definitions(&cfg, &store) {
         cfg = merged;
     }
     Ok(admin::execute(&store, &cfg, &req))
 }
 
-/// `cfg` with the inboxes created through the API added, asked of the running server or read
-/// from the store; `cfg` as it is when neither answers or they clash (check-config says why).
-fn with_api_inboxes(store: &StoreArgs, cfg: Config) -> Config {
-    let Ok((resp, _)) = admin_request(store, Request::InboxDefinitions) else {
+/// The users, teams and active inboxes created through the API, asked of the running server
+/// or read from the store; `None` when neither answers.
+fn api_definitions(
+    store: &StoreArgs,
+) -> Option<(
+    crate::config::people::ApiPeople,
+    Vec<crate::config::raw::RawInbox>,
+)> {
+    let (resp, _) = admin_request(store, Request::InboxDefinitions).ok()?;
+    let defs = decode::<Vec<crate::store::model::InboxDefinition>>(resp).ok()?;
+    let (resp, _) = admin_request(store, Request::PeopleDefinitions).ok()?;
+    let people = decode(resp).ok()?;
+    Some((people, crate::context::reload::active_specs(&defs)))
+}
+
+/// `cfg` with the users, teams and inboxes created through the API added; `cfg` as it is when
+/// neither the server nor the store answers or they clash (check-config says why).
+fn with_api_definitions(store: &StoreArgs, cfg: Config) -> Config {
+    let Some((people, specs)) = api_definitions(store) else {
         return cfg;
     };
-    let Ok(defs) = decode::<Vec<crate::store::model::InboxDefinition>>(resp) else {
-        return cfg;
-    };
-    let specs = crate::context::reload::active_specs(&defs);
-    cfg.with_api_inboxes(&specs, crate::config::inboxes::Blame::File)
+    cfg.with_api_definitions(&people, &specs, crate::config::inboxes::Blame::File)
         .unwrap_or(cfg)
 }
 

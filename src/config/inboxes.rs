@@ -37,7 +37,7 @@ pub struct InboxConfig {
     pub source: InboxSource,
 }
 
-/// Where an inbox is defined.
+/// Where an inbox, a user or a team is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InboxSource {

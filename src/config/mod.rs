@@ -13,6 +13,7 @@ pub mod errors;
 pub mod inboxes;
 pub mod limits;
 pub mod outbound;
+pub mod people;
 pub mod raw;
 pub mod routes;
 pub mod server;
@@ -62,6 +63,12 @@ pub struct Config {
     /// The active inboxes created through the API that `with_api_inboxes` compiled in (empty
     /// for a config as read from the file).
     pub api_inboxes: Vec<raw::RawInbox>,
+    /// The file's `[[user]]`, `[[team]]` and `[[contact]]` tables with their key paths: what
+    /// `with_api_definitions` compiles again together with the users and teams of the API.
+    pub file_people: people::FilePeople,
+    /// The users and teams created through the API compiled into `directory` (empty for a
+    /// config as read from the file).
+    pub api_people: people::ApiPeople,
     /// `server.hosted_domain`: API-created inboxes may use it and its subdomains.
     pub hosted_domain: Option<String>,
     /// `server.address_pattern` (or its default): how an inbox's address is made from its
@@ -133,6 +140,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         retention,
         file_inboxes: raw.inboxes,
         api_inboxes: Vec::new(),
+        file_people: people::FilePeople {
+            users: raw.users,
+            teams: raw.teams,
+            contacts: raw.contacts,
+        },
+        api_people: people::ApiPeople::default(),
         hosted_domain,
         address_pattern,
     })

@@ -80,7 +80,7 @@ pub struct RawWebhook {
 }
 
 /// Every webhook event, in the order they happen to a message.
-pub const EVENTS: [&str; 13] = [
+pub const EVENTS: [&str; 19] = [
     "message.received",
     "message.quarantined",
     "conversation.created",
@@ -94,6 +94,12 @@ pub const EVENTS: [&str; 13] = [
     "inbox.updated",
     "inbox.connected",
     "inbox.retired",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "team.created",
+    "team.updated",
+    "team.deleted",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,9 +2,11 @@
 //! path reads: lower-cased match values, team names expanded to member lists, every reference
 //! checked (unknown users or teams and unreachable rules are errors with their key paths).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::inboxes::InboxSource;
 use super::raw::{RawAssign, RawContact, RawMatch, RawRule, RawTeam, RawTickets, RawUser};
+use super::values::normalize_address;
 use super::Errors;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub struct User {
     pub email: Option<String>,
     /// As configured; a runtime override (API) may change it.
     pub available: bool,
+    /// A `[[user]]` table (read-only through the API) or `POST /v1/users`.
+    pub source: InboxSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +25,8 @@ pub struct Team {
     pub id: String,
     pub name: Option<String>,
     pub members: Vec<String>,
+    /// A `[[team]]` table (read-only through the API) or `POST /v1/teams`.
+    pub source: InboxSource,
 }
 
 /// People and ownership, shared by every inbox.
@@ -133,6 +139,37 @@ fn lower(v: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Where a key path comes from: the file's tables are `user[0]`, `team[1]`; the API's are
+/// `/v1/users/<id>`, `/v1/teams/<id>`.
+fn source_of(path: &str) -> InboxSource {
+    if path.starts_with('/') {
+        InboxSource::Api
+    } else {
+        InboxSource::Config
+    }
+}
+
+/// A user or team id: it is a path segment of the API (`/v1/users/{id}`).
+fn check_id(kind: &str, id: &str, path: &str, first: Option<&String>, errors: &mut Errors) {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errors.push(
+            format!("{path}.id"),
+            format!("invalid {kind} id {id:?} (letters, digits, ., - and _)"),
+        );
+    } else if let Some(first) = first {
+        errors.push(
+            format!("{path}.id"),
+            format!("duplicate {kind} id {id:?} (also {first})"),
+        );
+    }
+}
+
+/// Users, teams and contact owners -> the directory, each table at its key path (the file's
+/// and the API's together: `Config::with_api_definitions`). Ids are unique across all of them.
 pub(super) fn compile_directory(
     users: &[(String, RawUser)],
     teams: &[(String, RawTeam)],
@@ -140,14 +177,15 @@ pub(super) fn compile_directory(
     errors: &mut Errors,
 ) -> Directory {
     let mut dir = Directory::default();
+    let mut claimed: HashMap<String, String> = HashMap::new();
     for (path, u) in users {
-        if u.id.is_empty() {
-            errors.push(format!("{path}.id"), "must not be empty");
-        } else if dir.users.contains_key(&u.id) {
-            errors.push(
-                format!("{path}.id"),
-                format!("duplicate user id {:?}", u.id),
-            );
+        let first = claimed.get(&u.id);
+        check_id("user", &u.id, path, first, errors);
+        claimed.entry(u.id.clone()).or_insert_with(|| path.clone());
+        if let Some(e) = &u.email {
+            if normalize_address(e).is_none() {
+                errors.push(format!("{path}.email"), format!("invalid address {e:?}"));
+            }
         }
         dir.users.insert(
             u.id.clone(),
@@ -156,16 +194,15 @@ pub(super) fn compile_directory(
                 name: u.name.clone(),
                 email: u.email.clone(),
                 available: u.available.unwrap_or(true),
+                source: source_of(path),
             },
         );
     }
+    let mut claimed: HashMap<String, String> = HashMap::new();
     for (path, t) in teams {
-        if dir.teams.contains_key(&t.id) {
-            errors.push(
-                format!("{path}.id"),
-                format!("duplicate team id {:?}", t.id),
-            );
-        }
+        let first = claimed.get(&t.id);
+        check_id("team", &t.id, path, first, errors);
+        claimed.entry(t.id.clone()).or_insert_with(|| path.clone());
         for (i, m) in t.members.iter().enumerate() {
             if !dir.users.contains_key(m) {
                 errors.push(
@@ -186,6 +223,7 @@ pub(super) fn compile_directory(
                 id: t.id.clone(),
                 name: t.name.clone(),
                 members: t.members.clone(),
+                source: source_of(path),
             },
         );
     }

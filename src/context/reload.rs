@@ -124,13 +124,15 @@ impl Ctx {
             },
         })?;
         let old = self.config();
-        // Inboxes created through the API stay: a file that clashes with one is refused.
-        let new = match with_store_inboxes(&new, &self.store).map_err(|e| ReloadError::Store {
-            message: e.to_string(),
-        })? {
-            Ok(merged) => merged,
-            Err(errors) => return Err(ReloadError::Refused { path: file, errors }),
-        };
+        // Inboxes, users and teams created through the API stay: a file that clashes with one is
+        // refused.
+        let new =
+            match with_store_definitions(&new, &self.store).map_err(|e| ReloadError::Store {
+                message: e.to_string(),
+            })? {
+                Ok(merged) => merged,
+                Err(errors) => return Err(ReloadError::Refused { path: file, errors }),
+            };
 
         let mut errors = locked_addresses(&new, &self.store).map_err(|e| ReloadError::Store {
             message: e.to_string(),
@@ -172,15 +174,15 @@ impl Ctx {
     }
 }
 
-/// `config` (as read from the file) with the active inboxes created through the API added;
-/// `Ok(Err(..))` names each clash between the two, blaming the file's keys.
-pub(crate) fn with_store_inboxes(
+/// `config` (as read from the file) with the users, teams and active inboxes created through
+/// the API added; `Ok(Err(..))` names each clash between the two, blaming the file's keys.
+pub(crate) fn with_store_definitions(
     config: &Config,
     store: &Store,
 ) -> Result<Result<Config, Vec<ConfigError>>, StoreError> {
     let specs = active_specs(&store.inbox_definitions()?);
     Ok(config
-        .with_api_inboxes(&specs, Blame::File)
+        .with_api_definitions(&store.api_people()?, &specs, Blame::File)
         .map_err(|e| e.0))
 }
 

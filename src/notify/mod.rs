@@ -122,7 +122,19 @@ pub fn queue_event(
     data: serde_json::Value,
     now_ms: u64,
 ) -> TxResult<()> {
-    queue(tx, config, event, inbox, now_ms, |_| data.clone())
+    queue(tx, config, event, Some(inbox), now_ms, |_| data.clone())
+}
+
+/// An event about the directory (`user.*`, `team.*`): users and teams serve every inbox, so
+/// every endpoint that wants the event gets it, whatever its `inboxes`; `inbox` is `null`.
+pub fn queue_directory_event(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    data: serde_json::Value,
+    now_ms: u64,
+) -> TxResult<()> {
+    queue(tx, config, event, None, now_ms, |_| data.clone())
 }
 
 /// A message event (`message.received`, `message.quarantined`): `data` (an object) gains the
@@ -168,7 +180,7 @@ pub fn queue_message_event(
         .and_then(|m| m.get("id"))
         .and_then(|id| id.as_str())
         .map(|id| format!("/v1/messages/{id}"));
-    queue(tx, config, event, inbox, now_ms, |w| {
+    queue(tx, config, event, Some(inbox), now_ms, |w| {
         let mut d = data.clone();
         let (value, omitted) = match (&detail, w.include_message) {
             (_, false) => (serde_json::Value::Null, Some("not_requested")),
@@ -193,7 +205,7 @@ fn queue(
     tx: &Tx<'_>,
     config: &Config,
     event: &str,
-    inbox: &str,
+    inbox: Option<&str>,
     now_ms: u64,
     data_for: impl Fn(&crate::config::outbound::WebhookConfig) -> serde_json::Value,
 ) -> TxResult<()> {
@@ -201,7 +213,10 @@ fn queue(
         .outbound
         .webhooks
         .iter()
-        .filter(|w| w.wants(event, inbox))
+        .filter(|w| match inbox {
+            Some(inbox) => w.wants(event, inbox),
+            None => w.events.iter().any(|e| e == event),
+        })
         .collect();
     if endpoints.is_empty() {
         return Ok(());

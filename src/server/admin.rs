@@ -64,6 +64,8 @@ pub enum Request {
     InboxesList,
     /// The inboxes created through the API (retired ones too), as stored.
     InboxDefinitions,
+    /// The users and teams created through the API (`config::people::ApiPeople`).
+    PeopleDefinitions,
     /// An operator confirms that the team's forwarding works.
     InboxConfirm {
         id: String,
@@ -253,6 +255,10 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
         },
         Request::InboxDefinitions => match store.inbox_definitions() {
             Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
+        Request::PeopleDefinitions => match store.api_people() {
+            Ok(people) => ok(serde_json::to_value(people).ok()),
             Err(e) => Response::err(e),
         },
         Request::InboxesList => match store.inbox_states() {

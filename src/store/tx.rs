@@ -46,9 +46,11 @@ pub(super) enum TreeId {
     /// Inboxes created through the API: `i\0<id>` -> definition, `a\0<address>` -> inbox id
     /// (every address ever used, retired ones too, so none is handed to another team).
     InboxDefinitions = 13,
+    /// Users and teams created through the API: `user\0<id>` and `team\0<id>` -> definition.
+    People = 14,
 }
 
-pub(super) const TREE_NAMES: [&str; 14] = [
+pub(super) const TREE_NAMES: [&str; 15] = [
     "messages",
     "bodies",
     "conversations",
@@ -63,6 +65,7 @@ pub(super) const TREE_NAMES: [&str; 14] = [
     "outbox_due",
     "conversation_messages",
     "inbox_definitions",
+    "people",
 ];
 
 /// Result of an operation inside a transaction; an error undoes the whole transaction.

@@ -147,7 +147,7 @@ async fn every_protected_route_needs_a_valid_token() {
             }
         }
     }
-    assert_eq!(protected, 28, "protected operations in the document");
+    assert_eq!(protected, 37, "protected operations in the document");
 
     // Other schemes and a token in the query do not count.
     let addr = srv.api_addr.unwrap();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use support::sink::{HttpRequest, HttpSink};
 use support::*;
 
-const SECRET: &str = "whsec-test-0123456789abcdef";
+pub(crate) const SECRET: &str = "whsec-test-0123456789abcdef";
 
 /// Inboxes under the hosted domain `inbound.test`, a signed webhook to loopback `webhook_port`
 /// for the inbox events, the user alice and the file's `demo` inbox; `extra` after them.
@@ -50,7 +50,7 @@ async fn start(dir: TempDir, port: u16, extra: &str) -> TestServer {
     TestServer::start_file(dir, &file).await
 }
 
-async fn rcpt(srv: &TestServer, to: &str) -> u16 {
+pub(crate) async fn rcpt(srv: &TestServer, to: &str) -> u16 {
     let mut c = srv.connect().await;
     c.hello().await;
     c.cmd("MAIL FROM:<carol@customer.example>", "250").await;
@@ -58,7 +58,7 @@ async fn rcpt(srv: &TestServer, to: &str) -> u16 {
     c.read_reply().await.expect("a reply").code
 }
 
-async fn send(srv: &TestServer, from: &str, to: &str, body: &[u8]) -> String {
+pub(crate) async fn send(srv: &TestServer, from: &str, to: &str, body: &[u8]) -> String {
     let mut c = srv.connect().await;
     c.hello().await;
     let r = c.send_message(from, &[to], body).await;
@@ -66,7 +66,7 @@ async fn send(srv: &TestServer, from: &str, to: &str, body: &[u8]) -> String {
     r.last_word()
 }
 
-fn verify_signed(r: &HttpRequest) -> Value {
+pub(crate) fn verify_signed(r: &HttpRequest) -> Value {
     let sig = r.header("inbound-signature").expect("signature header");
     let (t, v1) = sig
         .split_once(',')
@@ -84,7 +84,7 @@ fn verify_signed(r: &HttpRequest) -> Value {
 
 const ADDRESS: &str = "support@acme.inbound.test";
 
-fn text(r: &support::http::HttpResponse) -> String {
+pub(crate) fn text(r: &support::http::HttpResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 

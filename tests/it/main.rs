@@ -97,6 +97,8 @@ mod observability;
 mod operator_cli;
 /// Notification mail through a real relay on loopback.
 mod outbound;
+/// Users and teams through the API: routing to them, restarts, reloads, refusals, events.
+mod people_api;
 /// Config reload while mail flows.
 mod reload;
 /// Signed webhooks to a real HTTP receiver on loopback.
