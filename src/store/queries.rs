@@ -6,6 +6,19 @@ use super::ops::OUTBOX_DEPTH;
 use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
+/// How long a node holds the outbox items it claimed (PostgreSQL): longer than any delivery
+/// attempt takes; a node that dies leaves its items to the others after this.
+const OUTBOX_LEASE_MS: u64 = 120_000;
+
+/// The PostgreSQL listing of a tree that is paged.
+fn listed(tree: TreeId) -> super::pg::Listed {
+    match tree {
+        TreeId::Conversations => super::pg::Listed::Conversations,
+        TreeId::Contacts => super::pg::Listed::Contacts,
+        _ => super::pg::Listed::Messages,
+    }
+}
+
 /// One page of `Store::page`.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -21,7 +34,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&MessageRecord) -> bool,
+        keep: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<Page<MessageRecord>, StoreError> {
         self.page_in(TreeId::Messages, after, limit, max_scan, keep)
     }
@@ -32,7 +45,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Conversation) -> bool,
+        keep: impl Fn(&model::Conversation) -> bool + Sync,
     ) -> Result<Page<model::Conversation>, StoreError> {
         self.page_in(TreeId::Conversations, after, limit, max_scan, keep)
     }
@@ -43,7 +56,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Contact) -> bool,
+        keep: impl Fn(&model::Contact) -> bool + Sync,
     ) -> Result<Page<model::Contact>, StoreError> {
         self.page_in(TreeId::Contacts, after, limit, max_scan, keep)
     }
@@ -53,14 +66,17 @@ impl Store {
     /// filter that matches little costs a bounded amount per page: a page may then hold fewer
     /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
     /// `after` for the following page; `None` only when nothing after this page matches.
-    fn page_in<T: serde::de::DeserializeOwned>(
+    fn page_in<T: serde::de::DeserializeOwned + Send>(
         &self,
         tree: TreeId,
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> bool,
+        keep: impl Fn(&T) -> bool + Sync,
     ) -> Result<Page<T>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.page(listed(tree), after, limit, max_scan, &keep);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(tree);
         let iter = match after {
@@ -98,6 +114,9 @@ impl Store {
 
     /// Outbox items due by `until_ms`, earliest first, at most `limit`.
     pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_claim(&self.node_id(), until_ms, OUTBOX_LEASE_MS, limit);
+        }
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
         let mut out = Vec::new();
@@ -116,6 +135,9 @@ impl Store {
 
     /// How many outbox items are waiting.
     pub fn outbox_depth(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_depth();
+        }
         Ok(decode_counter(
             self.inner
                 .engine()?
@@ -126,6 +148,9 @@ impl Store {
 
     /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
     pub fn outbox_oldest(&self) -> Result<Option<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_oldest();
+        }
         match self.inner.engine()?.tree(TreeId::Outbox).first()? {
             Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -134,6 +159,9 @@ impl Store {
 
     /// Every outbox item waiting, oldest first.
     pub fn outbox_items(&self) -> Result<Vec<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_items();
+        }
         self.inner
             .engine()?
             .tree(TreeId::Outbox)
@@ -144,6 +172,9 @@ impl Store {
 
     /// Every inbox state recorded, by id.
     pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_states();
+        }
         self.inner
             .engine()?
             .tree(TreeId::Inboxes)
@@ -153,6 +184,9 @@ impl Store {
     }
 
     pub fn inbox_state(&self, id: &str) -> Result<Option<model::InboxState>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_state(id);
+        }
         self.get_json(TreeId::Inboxes, id)
     }
 
@@ -162,6 +196,17 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StoreError> {
+        if self.pg.is_some() {
+            return Ok(self
+                .page_in(
+                    TreeId::Messages,
+                    after.map(str::as_bytes),
+                    limit,
+                    usize::MAX,
+                    |_: &MessageRecord| true,
+                )?
+                .items);
+        }
         let engine = self.inner.engine()?;
         let messages = engine.tree(TreeId::Messages);
         let iter = match after {
@@ -186,7 +231,7 @@ impl Store {
         limit: usize,
         since_ms: u64,
         max_scan: usize,
-        keep: impl Fn(&MessageRecord) -> bool,
+        keep: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<Vec<MessageRecord>, StoreError> {
         self.newest(
             TreeId::Messages,
@@ -203,7 +248,7 @@ impl Store {
         before: Option<&str>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Conversation) -> Option<bool>,
+        keep: impl Fn(&model::Conversation) -> Option<bool> + Sync,
     ) -> Result<Vec<model::Conversation>, StoreError> {
         self.newest(TreeId::Conversations, before, limit, max_scan, keep)
     }
@@ -211,14 +256,17 @@ impl Store {
     /// Records of a tree keyed by ULID, newest first (reversed key order), before `before`
     /// (exclusive): at most `limit` that `keep` accepts (`Some(true)`), ending at the first for
     /// which it says `None` (older than wanted) or after examining `max_scan` records.
-    fn newest<T: serde::de::DeserializeOwned>(
+    fn newest<T: serde::de::DeserializeOwned + Send>(
         &self,
         tree: TreeId,
         before: Option<&str>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> Option<bool>,
+        keep: impl Fn(&T) -> Option<bool> + Sync,
     ) -> Result<Vec<T>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.newest(listed(tree), before, limit, max_scan, &keep);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(tree);
         let iter = match before {
@@ -241,6 +289,9 @@ impl Store {
     }
 
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.message(queue_id);
+        }
         match self
             .inner
             .engine()?
@@ -259,6 +310,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<model::Conversation>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversations(inbox, after, limit);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(TreeId::Conversations);
         let iter = match after {
@@ -293,15 +347,24 @@ impl Store {
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<model::Conversation>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversation(id);
+        }
         self.get_json(TreeId::Conversations, id)
     }
 
     pub fn contact(&self, email: &str) -> Result<Option<model::Contact>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.contact(&email.to_lowercase());
+        }
         self.get_json(TreeId::Contacts, &email.to_lowercase())
     }
 
     /// Conversation ids of a contact, oldest first.
     pub fn contact_conversations(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.contact_conversations(&email.to_lowercase());
+        }
         let mut prefix = email.to_lowercase().into_bytes();
         prefix.push(0);
         let engine = self.inner.engine()?;
@@ -318,6 +381,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversation_messages(id, after, limit);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(TreeId::ConversationMessages);
         let prefix = conversation_message_key(id, "");
@@ -347,6 +413,9 @@ impl Store {
     }
 
     pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.ticket(id);
+        }
         self.get_json(TreeId::Tickets, id)
     }
 
@@ -358,6 +427,8 @@ impl Store {
                 std::io::ErrorKind::NotFound,
                 "the message body has expired (retention)",
             )))
+        } else if let Some(pg) = &self.pg {
+            pg.body(&record.queue_id)
         } else if record.body_location == "inline" {
             Ok(self
                 .inner
