@@ -199,9 +199,8 @@ fn compile_backend(store: &RawStore, errors: &mut Errors) -> StoreBackend {
                 }
                 Err(()) => String::new(),
             };
-            if !url.is_empty()
-                && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-            {
+            let is_pg_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !url.is_empty() && !is_pg_url {
                 errors.push(
                     "store.url",
                     format!(

@@ -218,7 +218,7 @@ fn transact_items(
                 plan(tx, &mut record)?;
             }
             if let Body::Inline(bytes) = body {
-                tx.put_body(&record.queue_id, bytes)?;
+                tx.put_body(&record.queue_id, &bytes[..])?;
             }
             tx.put_message(&record)?;
             out.push(record);

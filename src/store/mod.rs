@@ -37,6 +37,7 @@ use crate::config::StoreConfig;
 use committer::{Committer, COMMIT_QUEUE};
 pub use model::{MessageRecord, RcptRecord, BODY_EXPIRED};
 pub use ops::ThreadEntry;
+pub use pg::{CopyReport, CopySide};
 pub use queries::Page;
 pub use spool::{Body, BodyBuffer, Spool};
 use tx::TREE_NAMES;
@@ -387,17 +388,23 @@ impl Store {
         pg::migrate(cfg)
     }
 
-    /// This process's name among the nodes sharing a database (for outbox leases): host, pid
-    /// and a random part, made once.
+    /// Copy the stopped embedded store under `data_dir` into an empty PostgreSQL database
+    /// (`inbound store copy`): counts and checksums of both sides, which must agree.
+    pub fn copy_to_postgres(
+        data_dir: &Path,
+        cfg: &StoreConfig,
+        to: &crate::config::PostgresConfig,
+    ) -> Result<CopyReport, StoreError> {
+        pg::copy(data_dir, cfg.cache_bytes, to)
+    }
+
+    /// This store's name among the nodes sharing a database (whose outbox leases it holds);
+    /// "local" for the embedded store, which has no other node.
     pub fn node_id(&self) -> String {
-        static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        ID.get_or_init(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
-            format!("{host}:{}:{}", std::process::id(), keys::new_queue_id())
-        })
-        .clone()
+        match &self.pg {
+            Some(pg) => pg.node.to_string(),
+            None => "local".into(),
+        }
     }
 
     /// Which backend keeps the records: "sled" or "postgres".

@@ -143,6 +143,11 @@ domain_ops! {
     /// Add an item, due at its `next_attempt_at`.
     pub fn outbox_add(&self, item: &OutboxItem) -> TxResult<()>;
     pub fn outbox_item(&self, id: &str) -> TxResult<Option<OutboxItem>>;
+    /// The item if this node may settle it (record a delivery, a retry, giving up): on a store
+    /// shared by several nodes only while this node holds its lease (`Store::outbox_due`), so
+    /// a node whose lease ran out cannot undo the claim of the node that took the item over;
+    /// on the embedded store whenever it exists.
+    pub fn outbox_claimed(&self, id: &str) -> TxResult<Option<OutboxItem>>;
     /// Store `item` changed (attempts, error, next attempt) in place of `old`: it is then due
     /// at its new `next_attempt_at`.
     pub fn outbox_update(&self, old: &OutboxItem, item: &OutboxItem) -> TxResult<()>;
@@ -451,6 +456,11 @@ impl SledTx<'_> {
 
     pub(super) fn outbox_item(&self, id: &str) -> TxResult<Option<OutboxItem>> {
         self.get_json(TreeId::Outbox, id.as_bytes())
+    }
+
+    /// One node: every item is this node's to settle.
+    pub(super) fn outbox_claimed(&self, id: &str) -> TxResult<Option<OutboxItem>> {
+        self.outbox_item(id)
     }
 
     /// Store `item` changed (attempts, error, next attempt) in place of `old`: it is then due at

@@ -115,7 +115,7 @@ impl Store {
     /// Outbox items due by `until_ms`, earliest first, at most `limit`.
     pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         if let Some(pg) = &self.pg {
-            return pg.outbox_claim(&self.node_id(), until_ms, OUTBOX_LEASE_MS, limit);
+            return pg.outbox_claim(until_ms, OUTBOX_LEASE_MS, limit);
         }
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
@@ -131,6 +131,15 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Give back items `outbox_due` handed out that this node will not deliver now: due again
+    /// at once for every node (a shared store), nothing to do on the embedded store.
+    pub fn outbox_release(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
+        match &self.pg {
+            Some(pg) if !items.is_empty() => pg.outbox_release(items),
+            _ => Ok(()),
+        }
     }
 
     /// How many outbox items are waiting.
@@ -461,7 +470,7 @@ mod tests {
         store: &Store,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Contact) -> bool + Copy,
+        keep: impl Fn(&model::Contact) -> bool + Copy + Sync,
     ) -> Vec<Vec<String>> {
         let mut pages = Vec::new();
         let mut after: Option<Vec<u8>> = None;

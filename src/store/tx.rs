@@ -6,7 +6,7 @@
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, UnabortableTransactionError};
 
-
+use super::model::MessageRecord;
 
 /// Decisions that depend on what is already stored (threading, assignment, counters): run by
 /// the committer inside the message's transaction, so they see every earlier commit and their

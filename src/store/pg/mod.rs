@@ -20,10 +20,12 @@
 //! transaction. Calls never block a runtime worker: from inside an async context they run on a
 //! scoped thread of their own (`off_runtime`).
 
+mod copy;
 mod ops;
 mod reads;
 pub(super) mod schema;
 
+pub use copy::{CopyReport, CopySide};
 pub(super) use reads::Listed;
 
 use std::cell::RefCell;
@@ -106,6 +108,8 @@ impl Conn {
 /// holds for this backend.
 pub(in crate::store) struct PgTx<'a> {
     conn: RefCell<&'a mut Conn>,
+    /// This node's name: whose outbox leases are ours (`outbox_claimed`).
+    pub(super) node: &'a str,
 }
 
 impl PgTx<'_> {
@@ -192,9 +196,20 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closing a connection blocks on the client's own runtime: never on a runtime worker.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|p| p.into_inner()).0);
+        off_runtime(move || drop(idle));
+    }
+}
+
 /// The PostgreSQL store of one node.
 pub(super) struct PgStore {
     pool: Pool,
+    /// This node's name among the nodes sharing the database (outbox leases): host, pid and a
+    /// random part, new for every open store.
+    pub(super) node: Arc<str>,
 }
 
 impl PgStore {
@@ -206,6 +221,7 @@ impl PgStore {
                 idle: Mutex::new((Vec::new(), 0)),
                 freed: Condvar::new(),
             },
+            node: node_name().into(),
         };
         store.with_conn(|c| schema::check(c, &mask_url_password(&cfg.url)))?;
         Ok(store)
@@ -230,7 +246,7 @@ impl PgStore {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<T> + Sync,
     ) -> Result<T, StoreError> {
-        self.with_conn(|conn| transaction(conn, |tx| f(tx)))
+        self.with_conn(|conn| transaction(conn, &self.node, |tx| f(tx)))
     }
 
     /// Start the committers: each has its own connection and takes whatever batch is waiting.
@@ -244,7 +260,8 @@ impl PgStore {
         let mut threads = Vec::new();
         for i in 0..self.pool.cfg.committers {
             let (rx, spool, cfg) = (rx.clone(), spool.clone(), self.pool.cfg.clone());
-            let mut conn = Some(Conn::connect(&cfg)?);
+            let node = self.node.clone();
+            let mut conn = Some(off_runtime(|| Conn::connect(&cfg))?);
             threads.push(
                 thread::Builder::new()
                     .name(format!("inbound-commit-{i}"))
@@ -269,7 +286,7 @@ impl PgStore {
                         };
                         let results = match c {
                             Ok(mut c) => {
-                                let r = commit_batch(&mut c, &spool, &batch);
+                                let r = commit_batch(&mut c, &node, &spool, &batch);
                                 conn = Some(c);
                                 r
                             }
@@ -304,6 +321,20 @@ impl PgStore {
     }
 }
 
+pub(super) use copy::copy;
+
+/// A name for this node that no other node sharing the database has: host, pid, random part.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        crate::store::keys::new_queue_id()
+    )
+}
+
 /// Bring the database's schema to this build's version (`inbound store migrate`).
 pub(super) fn migrate(cfg: &PostgresConfig) -> Result<(i32, i32), StoreError> {
     off_runtime(|| schema::migrate(&mut Conn::connect(cfg)?))
@@ -317,12 +348,13 @@ pub(super) fn pg_error(e: postgres::Error) -> StoreError {
 /// Run `f` in one REPEATABLE READ transaction on `conn`, committed; a lost race runs it again.
 pub(super) fn transaction<T>(
     conn: &mut Conn,
+    node: &str,
     f: impl Fn(&Tx<'_>) -> TxResult<T>,
 ) -> Result<T, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_transaction(conn, &f) {
+        match try_transaction(conn, node, &f) {
             Ok(v) => return Ok(v),
             Err(TxError(TxErrorKind::Pg(e))) if retryable(&e) && attempt < MAX_ATTEMPTS => {
                 thread::sleep(Duration::from_millis(u64::from(attempt) * 2));
@@ -337,12 +369,17 @@ pub(super) fn transaction<T>(
     }
 }
 
-fn try_transaction<T>(conn: &mut Conn, f: &impl Fn(&Tx<'_>) -> TxResult<T>) -> TxResult<T> {
+fn try_transaction<T>(
+    conn: &mut Conn,
+    node: &str,
+    f: &impl Fn(&Tx<'_>) -> TxResult<T>,
+) -> TxResult<T> {
     conn.client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")?;
     let out = {
         let pg = PgTx {
             conn: RefCell::new(&mut *conn),
+            node,
         };
         f(&Tx(TxInner::Pg(&pg)))
     };
@@ -364,6 +401,7 @@ fn try_transaction<T>(conn: &mut Conn, f: &impl Fn(&Tx<'_>) -> TxResult<T>) -> T
 /// the others.
 fn commit_batch(
     conn: &mut Conn,
+    node: &str,
     spool: &Spool,
     batch: &[CommitRequest],
 ) -> Vec<Result<MessageRecord, String>> {
@@ -378,11 +416,11 @@ fn commit_batch(
         })
         .collect();
     let all: Vec<usize> = (0..batch.len()).collect();
-    match commit_items(conn, batch, &bodies, &all) {
+    match commit_items(conn, node, batch, &bodies, &all) {
         Ok(records) => records.into_iter().map(Ok).collect(),
         Err(StoreError::Io(_)) if batch.len() > 1 => (0..batch.len())
             .map(|i| {
-                commit_items(conn, batch, &bodies, &[i])
+                commit_items(conn, node, batch, &bodies, &[i])
                     .map(|mut r| r.remove(0))
                     .map_err(|e| e.to_string())
             })
@@ -394,11 +432,12 @@ fn commit_batch(
 /// One transaction for the requests at `items`, in order.
 fn commit_items(
     conn: &mut Conn,
+    node: &str,
     batch: &[CommitRequest],
     bodies: &[Result<Option<Vec<u8>>, String>],
     items: &[usize],
 ) -> Result<Vec<MessageRecord>, StoreError> {
-    transaction(conn, |tx| {
+    transaction(conn, node, |tx| {
         let mut out = Vec::with_capacity(items.len());
         for &i in items {
             let req = &batch[i];

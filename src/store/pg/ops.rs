@@ -281,6 +281,13 @@ impl PgTx<'_> {
         record(self.query("SELECT record FROM outbox WHERE id = $1", &[&id])?)
     }
 
+    pub(in crate::store) fn outbox_claimed(&self, id: &str) -> TxResult<Option<OutboxItem>> {
+        record(self.query(
+            "SELECT record FROM outbox WHERE id = $1 AND lease_owner = $2",
+            &[&id, &self.node],
+        )?)
+    }
+
     /// The lease ends with the update: the item is due again at its new time, for any node.
     pub(in crate::store) fn outbox_update(
         &self,

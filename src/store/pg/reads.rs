@@ -315,7 +315,6 @@ impl PgStore {
     /// rescheduled, dropped) ends the lease. Locked rows are skipped, not waited for.
     pub(in crate::store) fn outbox_claim(
         &self,
-        node: &str,
         until_ms: u64,
         lease_ms: u64,
         limit: usize,
@@ -328,7 +327,12 @@ impl PgStore {
                          SELECT id FROM outbox WHERE due <= $1 ORDER BY due, id LIMIT $2
                          FOR UPDATE SKIP LOCKED)
                      RETURNING record",
-                    &[&(until_ms as i64), &(limit as i64), &lease_until, &node],
+                    &[
+                        &(until_ms as i64),
+                        &(limit as i64),
+                        &lease_until,
+                        &&*self.node,
+                    ],
                 )
                 .map_err(pg_error)?;
             let mut items: Vec<OutboxItem> = rows
@@ -337,6 +341,22 @@ impl PgStore {
                 .collect::<Result<_, _>>()?;
             items.sort_by(|a, b| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
             Ok(items)
+        })
+    }
+
+    /// End this node's lease on `items` (still unsettled): due at their own time again.
+    pub(in crate::store) fn outbox_release(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let due: Vec<i64> = items.iter().map(|i| i.next_attempt_at as i64).collect();
+        self.with_conn(|c| {
+            c.execute(
+                "UPDATE outbox SET due = r.due, lease_owner = NULL
+                 FROM unnest($1::text[], $2::bigint[]) AS r(id, due)
+                 WHERE outbox.id = r.id AND outbox.lease_owner = $3",
+                &[&ids, &due, &&*self.node],
+            )
+            .map(drop)
+            .map_err(pg_error)
         })
     }
 

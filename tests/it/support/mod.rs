@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub mod dns;
 pub mod http;
+pub mod pg;
 pub mod schema;
 pub mod sign;
 pub mod sink;
