@@ -8,6 +8,8 @@
 //! Invariant kept here: the store's open count of a user (`Tx::open_count`) is the number of open
 //! conversations assigned to them (what `least_open` assignment compares).
 
+pub mod inboxes;
+
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -45,7 +47,12 @@ impl ActionError {
 /// An operator confirms that the team's forwarding to `address` works: the inbox becomes
 /// connected (its address locked) with this as its evidence. Confirming a connected inbox
 /// changes nothing. What the admin socket's `InboxConfirm` and the API's confirm both run.
-pub fn confirm_inbox(store: &Store, id: &str, address: &str) -> Result<InboxState, StoreError> {
+pub fn confirm_inbox(
+    store: &Store,
+    config: &Config,
+    id: &str,
+    address: &str,
+) -> Result<InboxState, StoreError> {
     let now = keys::now_ms();
     store.update(|tx| {
         let mut st: InboxState = tx
@@ -56,6 +63,8 @@ pub fn confirm_inbox(store: &Store, id: &str, address: &str) -> Result<InboxStat
             st.address = address.to_string();
             st.connected_at = Some(now);
             st.evidence = Some("confirmed by an operator".into());
+            let data = crate::pipeline::threading::connected_event(&st);
+            crate::notify::queue_event(tx, config, "inbox.connected", id, data, now)?;
         }
         tx.put_inbox_state(&st)?;
         Ok(st)

@@ -10,7 +10,8 @@
 //!
 //! Around them: [`config`] (TOML -> validated -> compiled, reloaded by `server::reload`),
 //! [`metrics`] (counters for Prometheus), [`cli`] (the `inbound` command), [`api`] (the HTTP
-//! API: reads and operator actions), [`actions`] (what every operator action changes in the
+//! API: reads and operator actions), [`views`] (the JSON shapes the API, the CLI's `--json` and
+//! the webhooks share: one vocabulary), [`actions`] (what every operator action changes in the
 //! store, one transaction each), `bench` (the load generator behind `inbound bench`,
 //! compiled only with the `bench` feature), `fuzzing` (the fuzzers' harnesses, with the
 //! `fuzzing` feature only).
@@ -33,3 +34,4 @@ pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod util;
+pub mod views;

@@ -19,6 +19,22 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+# openapi-spec-validator: the API test checks /openapi.json with it (Debian does not package it).
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+        else
+            echo "tests need: python3-pip (or openapi-spec-validator installed for python3)" >&2
+            exit 1
+        fi
+    fi
+    # Debian marks its Python externally managed (PEP 668); this is a test machine's tool.
+    python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1' \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            'openapi-spec-validator>=0.7,<1'
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi

@@ -10,25 +10,26 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, JsonBody, PathParams, Query};
-use super::{views, ApiState};
+use super::params::{
+    cursor_in, cursor_out, in_window, inbox_filter, limit, newest_first, page, time_window,
+};
+use super::ApiState;
 use crate::actions::{self, Assignee};
 use crate::config::Config;
 use crate::pipeline::routing;
 use crate::store::model::ConversationStatus;
-use crate::store::{MessageRecord, Store, StoreError, BODY_EXPIRED};
+use crate::store::{MessageRecord, Store, BODY_EXPIRED};
+use crate::views;
 
-type St = State<Arc<ApiState>>;
-type Json<T> = Result<axum::Json<T>, ApiError>;
+pub(super) type St = State<Arc<ApiState>>;
+pub(super) type Json<T> = Result<axum::Json<T>, ApiError>;
 
-/// Page size when `limit` is not given, and the largest one allowed.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
 /// Records one page may read past its filter before it answers with what it has (and a cursor):
 /// a filter that matches little must not make one request read the whole store.
 const MAX_SCAN: usize = 10_000;
 
 /// Run store work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -36,7 +37,7 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::internal(format!("request task: {e}"))))
 }
 
-fn ok<T>(v: T) -> Json<T> {
+pub(super) fn ok<T>(v: T) -> Json<T> {
     Ok(axum::Json(v))
 }
 
@@ -125,126 +126,15 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-// ---- pagination --------------------------------------------------------------------------------
-
-/// `limit`: default 50, from 1 to 500.
-fn limit(q: &Query) -> Result<usize, ApiError> {
-    match q.get("limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::parameter(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}, not {v:?}"),
-                )
-            }),
-    }
-}
-
-/// Cursors are opaque to clients: hex of `list:key`, so one list's cursor cannot be replayed on
-/// another and the value needs no escaping in a URL.
-fn cursor_out(list: &str, key: Option<Vec<u8>>) -> Option<String> {
-    key.map(|k| crate::util::hex(&[list.as_bytes(), b":", &k].concat()))
-}
-
-fn cursor_in(q: &Query, list: &str) -> Result<Option<Vec<u8>>, ApiError> {
-    let Some(v) = q.get("cursor") else {
-        return Ok(None);
-    };
-    let bad = || {
-        ApiError::parameter(
-            "cursor",
-            "not a cursor of this list (use next_cursor as given)",
-        )
-    };
-    if v.len() % 2 != 0 {
-        return Err(bad());
-    }
-    let bytes = (0..v.len())
-        .step_by(2)
-        .map(|i| v.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(bad)?;
-    let prefix = [list.as_bytes(), b":"].concat();
-    bytes
-        .strip_prefix(prefix.as_slice())
-        .map(|k| Some(k.to_vec()))
-        .ok_or_else(bad)
-}
-
-fn page<T, V: From<T>>(list: &str, p: crate::store::Page<T>) -> views::Page<V> {
-    views::Page {
-        items: p.items.into_iter().map(V::from).collect(),
-        next_cursor: cursor_out(list, p.next),
-    }
-}
-
-/// A filter that must name a configured inbox.
-fn inbox_filter(q: &Query, config: &Config) -> Result<Option<String>, ApiError> {
-    match q.get("inbox") {
-        None => Ok(None),
-        Some(i) if config.inboxes.get(i).is_some() => Ok(Some(i.to_string())),
-        Some(i) => Err(ApiError::parameter(
-            "inbox",
-            format!("no inbox {i:?} in the config"),
-        )),
-    }
-}
-
-// ---- inboxes -----------------------------------------------------------------------------------
-
-pub async fn inboxes(State(s): St) -> Json<views::List<views::Inbox>> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    let items = blocking(move || {
-        config
-            .inboxes
-            .list
-            .iter()
-            .map(|i| Ok(views::Inbox::new(i, store.inbox_state(&i.id)?)))
-            .collect::<Result<Vec<_>, StoreError>>()
-            .map_err(ApiError::from)
-    })
-    .await?;
-    ok(views::List { items })
-}
-
-pub async fn inbox(State(s): St, PathParams(id): PathParams<String>) -> Json<views::Inbox> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || {
-        let cfg = config
-            .inboxes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found(format!("inbox {id:?}")))?;
-        Ok(views::Inbox::new(cfg, store.inbox_state(&id)?))
-    })
-    .await
-    .map(axum::Json)
-}
-
-pub async fn inbox_confirm(State(s): St, PathParams(id): PathParams<String>) -> Json<views::Inbox> {
-    let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    blocking(move || {
-        let cfg = config
-            .inboxes
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found(format!("inbox {id:?}")))?;
-        let st = actions::confirm_inbox(&store, &cfg.id, &cfg.address)?;
-        Ok(views::Inbox::new(cfg, Some(st)))
-    })
-    .await
-    .map(axum::Json)
-}
-
 // ---- conversations -----------------------------------------------------------------------------
 
 pub async fn conversations(
     State(s): St,
     q: Query,
 ) -> Json<views::Page<views::ConversationSummary>> {
-    q.only(&["inbox", "assignee", "status", "cursor", "limit"])?;
+    q.only(&[
+        "inbox", "assignee", "status", "since", "until", "order", "cursor", "limit",
+    ])?;
     let config = s.ctx.config();
     let inbox = inbox_filter(&q, &config)?;
     let assignee = match q.get("assignee") {
@@ -262,19 +152,26 @@ pub async fn conversations(
             ApiError::parameter("status", format!("must be open or closed, not {st:?}"))
         })?),
     };
+    let (window, newest) = (time_window(&q)?, newest_first(&q)?);
     let (after, limit) = (cursor_in(&q, "conversations")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
         Ok(store.conversations_page(
             after.as_deref(),
+            newest,
             limit,
             MAX_SCAN,
             |c: &crate::store::model::Conversation| {
-                inbox.as_ref().is_none_or(|i| c.inbox == *i)
-                    && assignee
-                        .as_ref()
-                        .is_none_or(|a| c.assignee.as_ref() == Some(a))
-                    && status.is_none_or(|st| c.status == st)
+                // Conversation ids are ULIDs of their creation: `since`/`until` bound
+                // `created_at`, as the CLI's --since does.
+                in_window(c.created_at, window, newest).map(|inside| {
+                    inside
+                        && inbox.as_ref().is_none_or(|i| c.inbox == *i)
+                        && assignee
+                            .as_ref()
+                            .is_none_or(|a| c.assignee.as_ref() == Some(a))
+                        && status.is_none_or(|st| c.status == st)
+                })
             },
         )?)
     })
@@ -387,20 +284,36 @@ async fn conversation_action(
 // ---- messages ----------------------------------------------------------------------------------
 
 pub async fn messages(State(s): St, q: Query) -> Json<views::Page<views::MessageSummary>> {
-    q.only(&["inbox", "quarantined", "cursor", "limit"])?;
+    q.only(&[
+        "inbox",
+        "quarantined",
+        "since",
+        "until",
+        "order",
+        "cursor",
+        "limit",
+    ])?;
     let inbox = inbox_filter(&q, &s.ctx.config())?;
     let with_quarantined = q.bool("quarantined")?.unwrap_or(false);
+    let (window, newest) = (time_window(&q)?, newest_first(&q)?);
     let (after, limit) = (cursor_in(&q, "messages")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(
-            store.messages_page(after.as_deref(), limit, MAX_SCAN, |m: &MessageRecord| {
-                (with_quarantined || !m.quarantined)
-                    && inbox
-                        .as_ref()
-                        .is_none_or(|i| m.rcpt.iter().any(|r| r.inbox == *i))
-            })?,
-        )
+        Ok(store.messages_page(
+            after.as_deref(),
+            newest,
+            limit,
+            MAX_SCAN,
+            |m: &MessageRecord| {
+                in_window(m.received_at, window, newest).map(|inside| {
+                    inside
+                        && (with_quarantined || !m.quarantined)
+                        && inbox
+                            .as_ref()
+                            .is_none_or(|i| m.rcpt.iter().any(|r| r.inbox == *i))
+                })
+            },
+        )?)
     })
     .await?;
     ok(page("messages", p))
@@ -435,9 +348,20 @@ pub async fn message(
     PathParams(id): PathParams<String>,
 ) -> Json<views::MessageDetail> {
     let store = s.ctx.store.clone();
-    blocking(move || Ok(find_message(&store, &id)?.into()))
+    blocking(move || message_detail(&store, find_message(&store, &id)?))
         .await
         .map(axum::Json)
+}
+
+/// The record with the content read from its body (`pipeline::body`); the content fields are
+/// `null` once retention removed the body, the record's fields stay.
+fn message_detail(store: &Store, record: MessageRecord) -> Result<views::MessageDetail, ApiError> {
+    let content = match body_of(store, &record) {
+        Ok(raw) => crate::pipeline::body::read(&raw),
+        Err(e) if e.code == "body_expired" => None,
+        Err(e) => return Err(e),
+    };
+    Ok(views::MessageDetail::new(record, content))
 }
 
 /// The message as stored: our trace header fields, then the body byte for byte as received.
@@ -600,11 +524,13 @@ pub async fn quarantine(State(s): St, q: Query) -> Json<views::Page<views::Messa
     let (after, limit) = (cursor_in(&q, "quarantine")?, limit(&q)?);
     let store = s.ctx.store.clone();
     let p = blocking(move || {
-        Ok(
-            store.messages_page(after.as_deref(), limit, MAX_SCAN, |m: &MessageRecord| {
-                m.quarantined
-            })?,
-        )
+        Ok(store.messages_page(
+            after.as_deref(),
+            false,
+            limit,
+            MAX_SCAN,
+            |m: &MessageRecord| Some(m.quarantined),
+        )?)
     })
     .await?;
     ok(page("quarantine", p))
@@ -615,8 +541,11 @@ pub async fn quarantine_release(
     PathParams(id): PathParams<String>,
 ) -> Json<views::MessageDetail> {
     let (config, store) = (s.ctx.config(), s.ctx.store.clone());
-    let answer =
-        blocking(move || Ok(actions::release_quarantined(&config, &store, &id)?.into())).await;
+    let answer = blocking(move || {
+        let record = actions::release_quarantined(&config, &store, &id)?;
+        message_detail(&store, record)
+    })
+    .await;
     s.ctx.outbox_wake.notify_one();
     answer.map(axum::Json)
 }

@@ -9,7 +9,8 @@
 mod auth;
 mod error;
 mod handlers;
-pub mod views;
+mod inboxes;
+mod params;
 
 use std::sync::Arc;
 
@@ -59,9 +60,26 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/admin/reload", post(handlers::admin_reload))
-        .route("/v1/inboxes", get(handlers::inboxes))
-        .route("/v1/inboxes/{id}", get(handlers::inbox))
-        .route("/v1/inboxes/{id}/confirm", post(handlers::inbox_confirm))
+        .route(
+            "/v1/inboxes",
+            get(inboxes::inboxes).post(inboxes::inbox_create),
+        )
+        .route(
+            "/v1/inboxes/{id}",
+            get(inboxes::inbox)
+                .patch(inboxes::inbox_update)
+                .delete(inboxes::inbox_retire),
+        )
+        .route("/v1/inboxes/{id}/confirm", post(inboxes::inbox_confirm))
+        .route("/v1/inboxes/{id}/finish", post(inboxes::inbox_finish))
+        .route(
+            "/v1/inboxes/{id}/from-address",
+            post(inboxes::inbox_from_address),
+        )
+        .route(
+            "/v1/inboxes/{id}/from-address/confirm",
+            post(inboxes::inbox_from_address_confirm),
+        )
         .route("/v1/conversations", get(handlers::conversations))
         .route("/v1/conversations/{id}", get(handlers::conversation))
         .route(

@@ -19,12 +19,27 @@ pub fn check(file: PathBuf) -> Result<ExitCode> {
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     match config::parse(&text) {
         Ok(cfg) => {
-            // A connected inbox's address is locked: check against the store this
-            // config points at, when there is one.
+            // The inboxes created through the API and the connected inboxes' locked addresses:
+            // checked against the store this config points at, when there is one.
             let store = StoreArgs {
                 data_dir: None,
                 config: Some(file.clone()),
             };
+            let mut cfg = cfg;
+            if let Ok((resp, _)) = admin_request(&store, Request::InboxDefinitions) {
+                let defs: Vec<crate::store::model::InboxDefinition> = decode(resp)?;
+                let specs = crate::context::reload::active_specs(&defs);
+                match cfg.with_api_inboxes(&specs, config::inboxes::Blame::File) {
+                    Ok(merged) => cfg = merged,
+                    Err(errors) => {
+                        eprint!(
+                            "{}: clashes with inboxes created through the API: {errors}",
+                            file.display()
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
             if let Ok((resp, _)) = admin_request(&store, Request::InboxesList) {
                 let states: Vec<crate::store::model::InboxState> = decode(resp)?;
                 let locked = cfg.check_locked_addresses(

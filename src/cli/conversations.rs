@@ -109,7 +109,11 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
             )?;
             let list: Vec<crate::store::model::Conversation> = decode(resp)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &list)?;
+                let items: Vec<crate::views::ConversationSummary> = list
+                    .into_iter()
+                    .map(crate::views::ConversationSummary::from)
+                    .collect();
+                serde_json::to_writer_pretty(&mut out, &items)?;
                 writeln!(out)?;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -175,7 +179,19 @@ pub fn run(command: ConversationsCommand) -> Result<ExitCode> {
             )?;
             let view: admin::ConversationView = decode(resp)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &view)?;
+                let detail = crate::views::ConversationDetail {
+                    conversation: view.conversation.into(),
+                    messages: view
+                        .messages
+                        .into_iter()
+                        .map(crate::views::MessageSummary::from)
+                        .collect(),
+                    // The CLI pages with --after QUEUE_ID: the cursor is that queue id.
+                    messages_next_cursor: view.next,
+                    ticket: view.ticket.map(crate::views::TicketView::from),
+                    contact: view.contact.map(crate::views::ContactSummary::from),
+                };
+                serde_json::to_writer_pretty(&mut out, &detail)?;
                 writeln!(out)?;
                 return Ok(ExitCode::SUCCESS);
             }

@@ -72,7 +72,7 @@ struct InboxView {
 }
 
 fn inbox_views(store: &StoreArgs) -> Result<Vec<InboxView>> {
-    let cfg = load_config(store.config.as_ref())?;
+    let cfg = super::with_api_inboxes(store, load_config(store.config.as_ref())?);
     let states: Vec<crate::store::model::InboxState> =
         match admin_request(store, Request::InboxesList) {
             Ok((resp, _)) => decode(resp)?,

@@ -10,6 +10,7 @@ use super::{admin_request, decode, truncate, StoreArgs};
 use crate::server::admin::Request;
 use crate::store::MessageRecord;
 use crate::util::rfc3339;
+use crate::views;
 
 #[derive(Subcommand)]
 pub enum MessagesCommand {
@@ -77,7 +78,12 @@ pub fn run(command: MessagesCommand) -> Result<ExitCode> {
             let (resp, _) = admin_request(&store, req)?;
             let records: Vec<MessageRecord> = decode(resp)?;
             if json {
-                serde_json::to_writer_pretty(&mut stdout, &records)?;
+                // The API's shape (`views`): one vocabulary for the CLI, the API and webhooks.
+                let items: Vec<views::MessageSummary> = records
+                    .into_iter()
+                    .map(views::MessageSummary::from)
+                    .collect();
+                serde_json::to_writer_pretty(&mut stdout, &items)?;
                 writeln!(stdout)?;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -122,12 +128,35 @@ pub fn run(command: MessagesCommand) -> Result<ExitCode> {
             raw,
             json,
         } => {
-            let (resp, bytes) = admin_request(&store, Request::MessagesShow { queue_id, raw })?;
+            let (resp, bytes) = admin_request(
+                &store,
+                Request::MessagesShow {
+                    queue_id: queue_id.clone(),
+                    raw,
+                },
+            )?;
             let record: MessageRecord = decode(resp)?;
             if raw {
                 stdout.write_all(&bytes)?;
             } else if json {
-                serde_json::to_writer_pretty(&mut stdout, &record)?;
+                // The content is read from the stored message, as the API does: our trace
+                // fields, then the body as received. Without a body the content is null.
+                let content = if record.body_location == crate::store::BODY_EXPIRED {
+                    None
+                } else {
+                    let (_, stored) = admin_request(
+                        &store,
+                        Request::MessagesShow {
+                            queue_id,
+                            raw: true,
+                        },
+                    )?;
+                    stored
+                        .get(record.trace_headers.len()..)
+                        .and_then(crate::pipeline::body::read)
+                };
+                let detail = views::MessageDetail::new(record, content);
+                serde_json::to_writer_pretty(&mut stdout, &detail)?;
                 writeln!(stdout)?;
             } else {
                 print_record(&mut stdout, &record)?;

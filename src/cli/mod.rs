@@ -307,7 +307,26 @@ fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)>
             cfg.admin_socket.display()
         )
     })?;
+    // The inboxes created through the API count as the running server's would (a clash is
+    // reported by check-config and refused at start; here the file's inboxes are kept).
+    if let Ok(Ok(merged)) = crate::context::reload::with_store_inboxes(&cfg, &store) {
+        cfg = merged;
+    }
     Ok(admin::execute(&store, &cfg, &req))
+}
+
+/// `cfg` with the inboxes created through the API added, asked of the running server or read
+/// from the store; `cfg` as it is when neither answers or they clash (check-config says why).
+fn with_api_inboxes(store: &StoreArgs, cfg: Config) -> Config {
+    let Ok((resp, _)) = admin_request(store, Request::InboxDefinitions) else {
+        return cfg;
+    };
+    let Ok(defs) = decode::<Vec<crate::store::model::InboxDefinition>>(resp) else {
+        return cfg;
+    };
+    let specs = crate::context::reload::active_specs(&defs);
+    cfg.with_api_inboxes(&specs, crate::config::inboxes::Blame::File)
+        .unwrap_or(cfg)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T> {

@@ -44,6 +44,20 @@ pub fn run(store: &StoreArgs, json: bool) -> Result<ExitCode> {
     let (resp, _) = admin_request(store, Request::OutboxList)?;
     let items: Vec<crate::notify::OutboxItem> = decode(resp)?;
     if json {
+        let items: Vec<crate::views::OutboxEntry> = items
+            .iter()
+            .map(|i| crate::views::OutboxEntry {
+                id: i.id.clone(),
+                destination: i.destination(),
+                what: i.describe(),
+                attempts: i.attempts,
+                created_at: rfc3339(i.created_at),
+                created_at_ms: i.created_at,
+                next_attempt_at: rfc3339(i.next_attempt_at),
+                next_attempt_at_ms: i.next_attempt_at,
+                last_error: i.last_error.clone(),
+            })
+            .collect();
         serde_json::to_writer_pretty(&mut out, &items)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);

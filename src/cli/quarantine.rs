@@ -54,7 +54,11 @@ pub fn run(command: QuarantineCommand) -> Result<ExitCode> {
             let (resp, _) = admin_request(&store, Request::QuarantineList { after, limit })?;
             let records: Vec<MessageRecord> = decode(resp)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &records)?;
+                let items: Vec<crate::views::MessageSummary> = records
+                    .into_iter()
+                    .map(crate::views::MessageSummary::from)
+                    .collect();
+                serde_json::to_writer_pretty(&mut out, &items)?;
                 writeln!(out)?;
                 return Ok(ExitCode::SUCCESS);
             }

@@ -56,6 +56,17 @@ pub struct Config {
     pub outbound: outbound::OutboundConfig,
     pub retention: RetentionConfig,
     pub api: ApiConfig,
+    /// The file's `[[inbox]]` tables as read (addresses generated), with their key paths: what
+    /// `with_api_inboxes` compiles again together with the inboxes created through the API.
+    pub file_inboxes: Vec<(String, raw::RawInbox)>,
+    /// The active inboxes created through the API that `with_api_inboxes` compiled in (empty
+    /// for a config as read from the file).
+    pub api_inboxes: Vec<raw::RawInbox>,
+    /// `server.hosted_domain`: API-created inboxes may use it and its subdomains.
+    pub hosted_domain: Option<String>,
+    /// `server.address_pattern` (or its default): how an inbox's address is made from its
+    /// tenant and local part.
+    pub address_pattern: String,
 }
 
 /// Parse and validate a whole config text. Relative paths are relative to the working directory
@@ -75,6 +86,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let api = server::compile_api(&raw.api, &mut errors);
     let directory = routes::compile_directory(&raw.users, &raw.teams, &raw.contacts, &mut errors);
     inboxes::generate_addresses(&mut raw.inboxes, &raw.server, &mut errors);
+    let hosted_domain = raw
+        .server
+        .hosted_domain
+        .as_deref()
+        .map(values::normalize_domain);
+    let address_pattern = inboxes::address_pattern(&raw.server);
     let inboxes = inboxes::compile_inboxes(&raw.inboxes, &auth.policy, &directory, &mut errors);
     let inbox_ids: Vec<&str> = inboxes.list.iter().map(|i| i.id.as_str()).collect();
     let outbound = outbound::compile(
@@ -114,6 +131,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         outbound,
         api,
         retention,
+        file_inboxes: raw.inboxes,
+        api_inboxes: Vec::new(),
+        hosted_domain,
+        address_pattern,
     })
 }
 
@@ -152,8 +173,8 @@ impl Config {
             out.push(ConfigError {
                 path,
                 message: format!(
-                    "this config {what} inbox {id:?}, which is connected: the team's provider forwards to {address}. \
-                     To migrate, keep {id:?} with {address} (as its address or an alias) and add a new inbox for the new address"
+                    "this config {what} {}",
+                    locked_reason(id, address, "connected")
                 ),
             });
         }
@@ -191,6 +212,15 @@ impl Config {
             std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
         parse(&text).map_err(LoadError::Invalid)
     }
+}
+
+/// Why an inbox's forwarding address cannot change (the config lock, and the API's after
+/// "connect & finish"): `state` says what locked it ("connected", "finished").
+pub fn locked_reason(id: &str, address: &str, state: &str) -> String {
+    format!(
+        "inbox {id:?}, which is {state}: the team's provider forwards to {address}. \
+         To migrate, keep {id:?} with {address} (as its address or an alias) and add a new inbox for the new address"
+    )
 }
 
 /// Where a server's config came from, so that a reload reads it again the same way: the file

@@ -72,10 +72,15 @@ pub struct RawWebhook {
     pub inboxes: Vec<String>,
     /// Per-request timeout, e.g. "10s".
     pub timeout: Option<String>,
+    /// Message events carry the parsed message (`detail`: the API's message detail).
+    pub include_message: Option<bool>,
+    /// The largest `detail` sent, in bytes of JSON; a larger one is left out (`detail_omitted`
+    /// = "too_large") and read from `detail_url` instead.
+    pub message_max_bytes: Option<u64>,
 }
 
 /// Every webhook event, in the order they happen to a message.
-pub const EVENTS: [&str; 9] = [
+pub const EVENTS: [&str; 13] = [
     "message.received",
     "message.quarantined",
     "conversation.created",
@@ -85,6 +90,10 @@ pub const EVENTS: [&str; 9] = [
     "conversation.reopened",
     "ticket.created",
     "verification.received",
+    "inbox.created",
+    "inbox.updated",
+    "inbox.connected",
+    "inbox.retired",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +167,17 @@ pub struct WebhookConfig {
     /// Empty: every inbox.
     pub inboxes: Vec<String>,
     pub timeout: Duration,
+    /// Message events carry the parsed message (the API's message detail), up to
+    /// `message_max_bytes` of JSON: past it they carry only the link to it.
+    pub include_message: bool,
+    pub message_max_bytes: u64,
 }
+
+/// `message_max_bytes` when not set: a 100 KiB mail with its text and HTML fits; larger mail is
+/// read from the API.
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 256 * 1024;
+/// The largest `message_max_bytes`: the size limit of a message, read twice (text and HTML).
+pub const MAX_MESSAGE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 impl WebhookConfig {
     /// The URL as logs and recorded outcomes show it: scheme, host, port and path. Receivers
@@ -385,7 +404,23 @@ fn compile_webhooks(
                 );
             }
         }
+        let include_message = w.include_message.unwrap_or(false);
+        if w.message_max_bytes.is_some() && !include_message {
+            errors.push(
+                format!("{path}.message_max_bytes"),
+                "only has a meaning with include_message = true",
+            );
+        }
+        let message_max_bytes = errors.range(
+            &format!("{path}.message_max_bytes"),
+            w.message_max_bytes,
+            1024,
+            MAX_MESSAGE_MAX_BYTES,
+            DEFAULT_MESSAGE_MAX_BYTES,
+        );
         out.push(WebhookConfig {
+            include_message,
+            message_max_bytes,
             id: w.id.clone(),
             url: w.url.clone(),
             secret: secret.ok().flatten().unwrap_or_default(),

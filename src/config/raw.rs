@@ -3,7 +3,7 @@
 //! ignored setting. Validation (ranges, cross-references, parsing of addresses and durations)
 //! happens in the section modules (`server`, `limits`, `auth`, `inboxes`, `routes`, `outbound`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::errors::{ConfigError, ConfigErrors, Errors};
 use super::outbound::{RawNotify, RawOutbox, RawRelay, RawWebhook};
@@ -222,7 +222,7 @@ pub struct RawRetention {
     pub sweep_interval: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawInbox {
     pub id: String,
@@ -252,9 +252,31 @@ pub struct RawInbox {
     /// Routing rules, in order; the first that matches decides.
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    /// How the From name of outbound mail is made: "agent_and_company" ("Jane at ACME
+    /// Support") or "company" ("ACME Support"); default "company".
+    pub from_name_mode: Option<String>,
+    /// The team signature appended to outbound mail; `{first_name}` and `{full_name}` stand for
+    /// the agent who writes.
+    pub signature: Option<String>,
+    /// Assign every conversation no rule assigned, among these users and teams.
+    pub auto_assign: Option<RawAutoAssign>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+/// `[inbox.auto_assign]`: the inbox's default assignment, after its rules.
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoAssign {
+    /// Off keeps the members for later (default on).
+    pub enabled: Option<bool>,
+    /// "round_robin" (default) or "least_open".
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub id: String,
@@ -264,7 +286,7 @@ pub struct RawUser {
     pub available: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawTeam {
     pub id: String,
@@ -282,7 +304,7 @@ pub struct RawContact {
     pub owner: String,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawTickets {
     pub enabled: Option<bool>,
@@ -291,7 +313,7 @@ pub struct RawTickets {
     pub priority: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: Option<String>,
@@ -302,7 +324,7 @@ pub struct RawRule {
     pub ticket: Option<RawTickets>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Original sender addresses.
@@ -332,7 +354,7 @@ pub struct RawMatch {
     pub dmarc: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
     pub name: String,
@@ -340,7 +362,7 @@ pub struct RawHeaderMatch {
     pub contains: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawAssign {
     #[serde(default)]
@@ -388,7 +410,7 @@ pub struct RawAuth {
     pub max_inflight_bytes: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawInboxAuth {
     pub enabled: Option<bool>,

@@ -213,6 +213,13 @@ pub(super) fn compile_directory(
     dir
 }
 
+impl TicketDefaults {
+    /// An inbox's ticket settings with the defaults filled in.
+    pub fn from_raw(raw: Option<&RawTickets>) -> TicketDefaults {
+        compile_tickets(raw)
+    }
+}
+
 pub(super) fn compile_tickets(raw: Option<&RawTickets>) -> TicketDefaults {
     let raw = raw.cloned().unwrap_or_default();
     TicketDefaults {
@@ -265,7 +272,12 @@ fn candidates(
     (out, via)
 }
 
-fn compile_assign(raw: &RawAssign, dir: &Directory, path: &str, errors: &mut Errors) -> Assign {
+pub(super) fn compile_assign(
+    raw: &RawAssign,
+    dir: &Directory,
+    path: &str,
+    errors: &mut Errors,
+) -> Assign {
     let (candidates_, via_team) =
         candidates(&raw.users, &raw.teams, dir, path, "users", "teams", errors);
     let (fallback, fallback_via_team) = candidates(
@@ -302,6 +314,11 @@ fn compile_assign(raw: &RawAssign, dir: &Directory, path: &str, errors: &mut Err
         fallback,
         fallback_via_team,
     }
+}
+
+/// Whether a rule's `match` takes every message (its own errors are reported elsewhere).
+pub(super) fn is_catch_all(raw: &RawMatch) -> bool {
+    compile_match(raw, "", &mut Errors::default()).is_catch_all()
 }
 
 fn compile_match(raw: &RawMatch, path: &str, errors: &mut Errors) -> Match {

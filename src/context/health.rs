@@ -28,8 +28,7 @@ pub struct Readiness {
     pub dns_reachable: bool,
     /// All of the above.
     pub ready: bool,
-    /// What is wrong, one entry per failed check (empty when ready).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// What is wrong, one entry per failed check (`[]` when ready: never a missing key).
     pub problems: Vec<String>,
 }
 

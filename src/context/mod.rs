@@ -90,6 +90,18 @@ impl Ctx {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Held while the inboxes created through the API change (and by reload): each change
+    /// validates against the config the previous one installed, so none is lost.
+    pub fn config_change(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Put `config` in force (after an API change to the inboxes committed; hold
+    /// `config_change`).
+    pub fn install_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
     /// The config in force now. Sessions take a snapshot per use, so a reload never changes the
     /// rules in the middle of a command.
     pub fn config(&self) -> Arc<Config> {

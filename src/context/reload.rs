@@ -23,8 +23,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{tls, Ctx};
+use crate::config::inboxes::Blame;
+use crate::config::raw::RawInbox;
 use crate::config::{Config, ConfigError, LoadError};
 use crate::metrics::ReloadResult;
+use crate::store::model::{DefinitionStatus, InboxDefinition};
 use crate::store::{Store, StoreError};
 
 /// What a reload applied.
@@ -121,6 +124,13 @@ impl Ctx {
             },
         })?;
         let old = self.config();
+        // Inboxes created through the API stay: a file that clashes with one is refused.
+        let new = match with_store_inboxes(&new, &self.store).map_err(|e| ReloadError::Store {
+            message: e.to_string(),
+        })? {
+            Ok(merged) => merged,
+            Err(errors) => return Err(ReloadError::Refused { path: file, errors }),
+        };
 
         let mut errors = locked_addresses(&new, &self.store).map_err(|e| ReloadError::Store {
             message: e.to_string(),
@@ -160,6 +170,26 @@ impl Ctx {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         Ok(summary)
     }
+}
+
+/// `config` (as read from the file) with the active inboxes created through the API added;
+/// `Ok(Err(..))` names each clash between the two, blaming the file's keys.
+pub(crate) fn with_store_inboxes(
+    config: &Config,
+    store: &Store,
+) -> Result<Result<Config, Vec<ConfigError>>, StoreError> {
+    let specs = active_specs(&store.inbox_definitions()?);
+    Ok(config
+        .with_api_inboxes(&specs, Blame::File)
+        .map_err(|e| e.0))
+}
+
+/// The specs of the definitions that still receive mail.
+pub fn active_specs(defs: &[InboxDefinition]) -> Vec<RawInbox> {
+    defs.iter()
+        .filter(|d| d.status == DefinitionStatus::Active)
+        .map(|d| d.spec.clone())
+        .collect()
 }
 
 /// A connected inbox's forwarding address is locked (`Config::check_locked_addresses`): one

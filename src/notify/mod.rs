@@ -122,6 +122,81 @@ pub fn queue_event(
     data: serde_json::Value,
     now_ms: u64,
 ) -> TxResult<()> {
+    queue(tx, config, event, inbox, now_ms, |_| data.clone())
+}
+
+/// A message event (`message.received`, `message.quarantined`): `data` (an object) gains the
+/// parsed message for endpoints with `include_message`, like the inbound JSON of hosted mail
+/// APIs. Every endpoint gets the same keys, so a receiver reads one shape:
+/// - `detail_url`: the API path of the message detail (`/v1/messages/{id}`);
+/// - `detail`: that detail (`views::MessageDetail`, its `routing` that of this event's inbox),
+///   or `null`;
+/// - `detail_omitted`: why `detail` is `null` ("not_requested": the endpoint did not opt in;
+///   "too_large": its JSON is over the endpoint's `message_max_bytes`; "unreadable": the
+///   message did not parse), `null` when it is there.
+///
+/// The body is rendered here, inside the message's commit, and stored as sent: a retry sends
+/// the same bytes even after retention removed the message body.
+pub fn queue_message_event(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    inbox: &str,
+    data: serde_json::Value,
+    detail: Option<&crate::views::MessageDetail>,
+    now_ms: u64,
+) -> TxResult<()> {
+    let wanted = config
+        .outbound
+        .webhooks
+        .iter()
+        .any(|w| w.include_message && w.wants(event, inbox));
+    // Serialized once, and only when an endpoint takes it; the length is what the cap measures.
+    let detail = if wanted {
+        detail.and_then(|d| {
+            let text = serde_json::to_string(d).ok()?;
+            Some((
+                text.len() as u64,
+                serde_json::from_str::<serde_json::Value>(&text).ok()?,
+            ))
+        })
+    } else {
+        None
+    };
+    let url = data
+        .get("message")
+        .and_then(|m| m.get("id"))
+        .and_then(|id| id.as_str())
+        .map(|id| format!("/v1/messages/{id}"));
+    queue(tx, config, event, inbox, now_ms, |w| {
+        let mut d = data.clone();
+        let (value, omitted) = match (&detail, w.include_message) {
+            (_, false) => (serde_json::Value::Null, Some("not_requested")),
+            (None, true) => (serde_json::Value::Null, Some("unreadable")),
+            (Some((len, _)), true) if *len > w.message_max_bytes => {
+                (serde_json::Value::Null, Some("too_large"))
+            }
+            (Some((_, v)), true) => (v.clone(), None),
+        };
+        if let Some(obj) = d.as_object_mut() {
+            obj.insert("detail_url".into(), serde_json::json!(url));
+            obj.insert("detail".into(), value);
+            obj.insert("detail_omitted".into(), serde_json::json!(omitted));
+        }
+        d
+    })
+}
+
+/// One webhook call per endpoint that wants `event` for `inbox`, with the data `data_for`
+/// gives that endpoint; the event id (the idempotency key) is the same for all.
+fn queue(
+    tx: &Tx<'_>,
+    config: &Config,
+    event: &str,
+    inbox: &str,
+    now_ms: u64,
+    data_for: impl Fn(&crate::config::outbound::WebhookConfig) -> serde_json::Value,
+) -> TxResult<()> {
     let endpoints: Vec<_> = config
         .outbound
         .webhooks
@@ -132,22 +207,23 @@ pub fn queue_event(
         return Ok(());
     }
     let event_id = format!("evt_{}", keys::new_queue_id());
-    let body = serde_json::json!({
-        "id": event_id,
-        "type": event,
-        "created_at": crate::util::rfc3339(now_ms),
-        "inbox": inbox,
-        "data": data,
-    })
-    .to_string();
     for w in endpoints {
+        let body = serde_json::json!({
+            "id": event_id,
+            "type": event,
+            "created_at": crate::util::rfc3339(now_ms),
+            "created_at_ms": now_ms,
+            "inbox": inbox,
+            "data": data_for(w),
+        })
+        .to_string();
         enqueue(
             tx,
             Delivery::Webhook {
                 endpoint: w.id.clone(),
                 event: event.into(),
                 event_id: event_id.clone(),
-                body: body.clone(),
+                body,
             },
             now_ms,
         )?;

@@ -4,10 +4,13 @@
 
 use tracing::warn;
 
+use std::sync::Arc;
+
 use super::auth::Assessment;
 use super::{attribution, parse, verification, Envelope};
 use crate::config::Config;
 use crate::store::model::{AttributionRecord, VerificationRecord};
+use crate::views::Content;
 
 /// The content stages in one place: parse the message once, then attribute it to its original
 /// sender (for the first recipient's address, which SRS/`+caf_` decoding compares against).
@@ -23,6 +26,7 @@ pub fn analyse(raw: &[u8], env: &Envelope, config: &Config) -> Analysis {
             parsed: parse::Parsed::default(),
             attribution: envelope_attribution(env),
             verification: None,
+            content: None,
         }
     })
 }
@@ -33,6 +37,9 @@ pub struct Analysis {
     pub attribution: AttributionRecord,
     /// A provider's forwarding/verification confirmation, if the message is one.
     pub verification: Option<VerificationRecord>,
+    /// What webhooks with `include_message` carry (`pipeline::body`), read from the same parse;
+    /// `None` when no endpoint wants it (the work is skipped) or the message does not parse.
+    pub content: Option<Arc<Content>>,
 }
 
 fn envelope_attribution(env: &Envelope) -> AttributionRecord {
@@ -70,16 +77,19 @@ fn analyse_unguarded(raw: &[u8], env: &Envelope, config: &Config) -> Analysis {
                     queue_id: String::new(),
                     received_at: 0,
                 });
+            let wanted = config.outbound.webhooks.iter().any(|w| w.include_message);
             Analysis {
                 parsed,
                 attribution,
                 verification,
+                content: wanted.then(|| Arc::new(super::body::read_message(&msg))),
             }
         }
         None => Analysis {
             parsed: parse::parse(raw, &env.mail_from),
             attribution: envelope_attribution(env),
             verification: None,
+            content: None,
         },
     }
 }

@@ -116,6 +116,7 @@ pub async fn explain(
         parsed,
         attribution,
         verification,
+        ..
     } = analysis;
     Ok(Explanation {
         inbox,

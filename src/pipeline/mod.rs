@@ -2,10 +2,12 @@
 //! started at MAIL FROM; DKIM, ARC and DMARC here), content (parse, attribution, verification),
 //! prepare (the record and the commit plan's input), then the durable commit whose plan runs
 //! threading and assignment. Each stage is a module named after what it does; this file only
-//! sequences them. Around the path of a new message: `release` (quarantine) and `explain`.
+//! sequences them. Around the path of a new message: `release` (quarantine), `explain`, and `body`
+//! (a stored message read for the API and webhooks).
 
 pub mod attribution;
 pub mod auth;
+pub mod body;
 pub mod content;
 pub mod explain;
 pub mod html;

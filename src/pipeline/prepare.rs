@@ -231,5 +231,6 @@ pub fn thread_input(
         verification: analysis.verification.is_some(),
         received_at: now_ms,
         inboxes,
+        content: analysis.content.clone(),
     }
 }

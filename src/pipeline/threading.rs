@@ -23,6 +23,7 @@ use crate::store::model::{
     ThreadDecision, Ticket, VerificationRecord,
 };
 use crate::store::{keys, MessageRecord, Plan, Tx, TxResult};
+use crate::views;
 
 use super::routing;
 
@@ -44,6 +45,8 @@ pub struct ThreadInput {
     pub verification: bool,
     pub received_at: u64,
     pub inboxes: Vec<InboxInput>,
+    /// The parsed message for webhooks with `include_message` (`None` when none wants it).
+    pub content: Option<Arc<crate::views::Content>>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,17 +71,17 @@ pub fn plan(input: ThreadInput) -> Plan {
             record.routing = Vec::new();
             for inbox in &input.inboxes {
                 let data = serde_json::json!({
-                    "queue_id": record.queue_id,
-                    "from": record.from,
-                    "subject": record.subject,
+                    "message": views::MessageSummary::from(record.clone()),
                     "reason": record.auth.as_ref().map(|a| a.reason.as_str()).unwrap_or(""),
                 });
-                notify::queue_event(
+                let detail = message_detail(&input, record, None);
+                notify::queue_message_event(
                     tx,
                     &input.config,
                     "message.quarantined",
                     &inbox.inbox,
                     data,
+                    detail.as_ref(),
                     input.received_at,
                 )?;
             }
@@ -86,7 +89,13 @@ pub fn plan(input: ThreadInput) -> Plan {
         }
         let mut routing = Vec::with_capacity(input.inboxes.len());
         for inbox in &input.inboxes {
-            let r = apply(tx, &input, inbox, record)?;
+            // A provider's confirmation is setup mail, not a customer: it shows on the inbox
+            // (`update_inbox`) and opens no conversation and no contact (#15).
+            let r = if input.verification {
+                setup_mail(inbox)
+            } else {
+                apply(tx, &input, inbox, record)?
+            };
             let duplicate = r.thread == ThreadDecision::Duplicate;
             update_inbox(tx, &input, inbox, record, duplicate)?;
             if !duplicate {
@@ -97,6 +106,19 @@ pub fn plan(input: ThreadInput) -> Plan {
         record.routing = routing;
         Ok(())
     })
+}
+
+/// The routing of a provider's confirmation mail: in no conversation.
+fn setup_mail(inbox: &InboxInput) -> RoutingRecord {
+    RoutingRecord {
+        inbox: inbox.inbox.clone(),
+        conversation: String::new(),
+        thread: ThreadDecision::Setup,
+        thread_reason: "a provider's forwarding confirmation is setup mail, not a conversation"
+            .into(),
+        assignment: "verification".into(),
+        ..Default::default()
+    }
 }
 
 /// Find the conversation this message continues, and why.
@@ -313,9 +335,27 @@ fn update_inbox(
             st.address = inbox.address.clone();
             st.connected_at = Some(input.received_at);
             st.evidence = Some(format!("{evidence} (message {})", record.queue_id));
+            notify::queue_event(
+                tx,
+                &input.config,
+                "inbox.connected",
+                &inbox.inbox,
+                connected_event(&st),
+                input.received_at,
+            )?;
         }
     }
     tx.put_inbox_state(&st)
+}
+
+/// The `inbox.connected` event's data.
+pub fn connected_event(st: &InboxState) -> serde_json::Value {
+    serde_json::json!({
+        "inbox": st.id,
+        "address": st.address,
+        "connected_at": st.connected_at.map(crate::util::rfc3339),
+        "evidence": st.evidence,
+    })
 }
 
 /// Assignment outcomes that gave the conversation a (new) assignee by rule.
@@ -333,25 +373,21 @@ fn announce(
 ) -> TxResult<()> {
     let (config, now, id) = (&input.config, input.received_at, inbox.inbox.as_str());
     let attribution = record.attribution.as_ref();
+    // The API's shapes (`views`), so a webhook and `GET /v1/messages/{id}` name things alike.
     let message = serde_json::json!({
-        "queue_id": record.queue_id,
-        "message_id": input.message_id,
-        "received_at": crate::util::rfc3339(record.received_at),
-        "subject": record.subject,
-        "from": attribution.map(|a| a.email.as_str()).unwrap_or(&record.from),
-        "from_name": attribution.and_then(|a| a.name.as_deref()),
-        "attribution_method": attribution.map(|a| a.method.as_str()),
-        "forwarded_by": attribution.and_then(|a| a.forwarded_by.as_deref()),
-        "size": record.size,
-        "attachments": record.attachments.len(),
-        "auth_verdict": record.auth.as_ref().map(|a| a.verdict.as_str()),
-        "automatic": record.automatic,
-        "conversation": r.conversation,
-        "thread": r.thread,
-        "assignee": r.assignee,
-        "ticket": r.ticket,
+        "message": views::MessageSummary::from(record.clone()),
+        "routing": views::Routing::from(r.clone()),
     });
-    notify::queue_event(tx, config, "message.received", id, message, now)?;
+    let detail = message_detail(input, record, Some(r));
+    notify::queue_message_event(
+        tx,
+        config,
+        "message.received",
+        id,
+        message,
+        detail.as_ref(),
+        now,
+    )?;
     if r.thread == ThreadDecision::New {
         let data = serde_json::json!({
             "conversation": r.conversation,
@@ -384,7 +420,7 @@ fn announce(
     }
     if let (true, Some(ticket)) = (r.thread == ThreadDecision::New, &r.ticket) {
         if let Some(t) = tx.ticket(ticket)? {
-            let data = serde_json::to_value(&t).unwrap_or_default();
+            let data = serde_json::to_value(views::TicketView::from(t)).unwrap_or_default();
             notify::queue_event(tx, config, "ticket.created", id, data, now)?;
         }
     }
@@ -392,7 +428,7 @@ fn announce(
         let mut v = v.clone();
         v.queue_id = record.queue_id.clone();
         v.received_at = now;
-        let data = serde_json::to_value(&v).unwrap_or_default();
+        let data = serde_json::to_value(views::Verification::from(v.clone())).unwrap_or_default();
         notify::queue_event(tx, config, "verification.received", id, data, now)?;
         notify::verification_notice(tx, config, id, &v, now)?;
     }
@@ -420,6 +456,20 @@ fn announce(
         }
     }
     Ok(())
+}
+
+/// The message detail a webhook with `include_message` carries: the record, its content, and
+/// the routing of the event's inbox (the record's full list is written after every inbox).
+/// `None` when no endpoint wants it.
+fn message_detail(
+    input: &ThreadInput,
+    record: &MessageRecord,
+    routing: Option<&RoutingRecord>,
+) -> Option<views::MessageDetail> {
+    let content = input.content.as_ref()?;
+    let mut record = record.clone();
+    record.routing = routing.cloned().into_iter().collect();
+    Some(views::MessageDetail::new(record, Some((**content).clone())))
 }
 
 fn new_conversation(input: &ThreadInput, inbox: &InboxInput) -> Conversation {

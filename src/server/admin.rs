@@ -62,6 +62,8 @@ pub enum Request {
         limit: usize,
     },
     InboxesList,
+    /// The inboxes created through the API (retired ones too), as stored.
+    InboxDefinitions,
     /// An operator confirms that the team's forwarding works.
     InboxConfirm {
         id: String,
@@ -249,12 +251,16 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
+        Request::InboxDefinitions => match store.inbox_definitions() {
+            Ok(list) => ok(serde_json::to_value(list).ok()),
+            Err(e) => Response::err(e),
+        },
         Request::InboxesList => match store.inbox_states() {
             Ok(list) => ok(serde_json::to_value(list).ok()),
             Err(e) => Response::err(e),
         },
         Request::InboxConfirm { id, address } => {
-            match crate::actions::confirm_inbox(store, id, address) {
+            match crate::actions::confirm_inbox(store, config, id, address) {
                 Ok(st) => ok(serde_json::to_value(st).ok()),
                 Err(e) => Response::err(e),
             }
@@ -262,9 +268,10 @@ pub fn execute(store: &Store, config: &Config, req: &Request) -> (Response, Vec<
         Request::QuarantineList { after, limit } => {
             let quarantined = store.messages_page(
                 after.as_deref().map(str::as_bytes),
+                false,
                 *limit,
                 QUARANTINE_MAX_SCAN,
-                |m: &crate::store::MessageRecord| m.quarantined,
+                |m: &crate::store::MessageRecord| Some(m.quarantined),
             );
             match quarantined {
                 Ok(p) => ok(serde_json::to_value(p.items).ok()),
@@ -335,7 +342,9 @@ fn list_messages(
         return store.list(after, limit);
     }
     Ok(store
-        .messages_page(after.map(str::as_bytes), limit, LIST_MAX_SCAN, keep)?
+        .messages_page(after.map(str::as_bytes), false, limit, LIST_MAX_SCAN, |m| {
+            Some(keep(m))
+        })?
         .items)
 }
 
@@ -360,9 +369,10 @@ fn list_conversations(
         return Ok(store
             .conversations_page(
                 after.map(str::as_bytes),
+                false,
                 limit,
                 max_scan,
-                |c: &Conversation| c.created_at >= since_ms && keep(c),
+                |c: &Conversation| Some(c.created_at >= since_ms && keep(c)),
             )?
             .items);
     }

@@ -32,6 +32,9 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     LockedAddress(crate::config::ConfigErrors),
+    /// The config file and the inboxes created through the API (kept in the store) clash.
+    #[error("the config file clashes with inboxes created through the API: {0}")]
+    InboxClash(crate::config::ConfigErrors),
     #[error("DNS resolver: {0}")]
     Dns(#[from] DnsSetupError),
     #[error("API: cannot listen on {addr}: {source}")]
@@ -93,6 +96,14 @@ pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bo
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+    let store_error = |source| ServerError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    };
+    // The inboxes created through the API join the file's; a clash between them is named.
+    let config = reload::with_store_inboxes(&config, &store)
+        .map_err(store_error)?
+        .map_err(|e| ServerError::InboxClash(crate::config::ConfigErrors(e)))?;
     let locked =
         reload::locked_addresses(&config, &store).map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),

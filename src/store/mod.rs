@@ -13,6 +13,7 @@
 //! and is removed; a record always has its body.
 
 mod committer;
+mod inboxes;
 pub mod keys;
 pub mod model;
 mod ops;

@@ -103,6 +103,8 @@ pub enum ThreadDecision {
     Joined,
     /// Its Message-ID was already received: it points at the first copy's conversation.
     Duplicate,
+    /// A provider's forwarding confirmation: setup mail, in no conversation.
+    Setup,
 }
 
 impl ThreadDecision {
@@ -111,6 +113,7 @@ impl ThreadDecision {
             ThreadDecision::New => "new",
             ThreadDecision::Joined => "joined",
             ThreadDecision::Duplicate => "duplicate",
+            ThreadDecision::Setup => "setup",
         }
     }
 }
@@ -470,4 +473,37 @@ impl OutboxItem {
             } => format!("webhook {event} to {endpoint}"),
         }
     }
+}
+
+/// An inbox created through the API, as kept: what the team asked for (the same fields as an
+/// `[[inbox]]` table, address made) and where it is in its life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxDefinition {
+    pub spec: crate::config::raw::RawInbox,
+    pub status: DefinitionStatus,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// "Connect & finish" was pressed: the address is locked from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
+}
+
+impl InboxDefinition {
+    /// The canonical address (made and checked before it was stored).
+    pub fn address(&self) -> &str {
+        self.spec.address.as_deref().unwrap_or_default()
+    }
+}
+
+/// Where an API-created inbox is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DefinitionStatus {
+    /// Receives mail (pending or connected: `InboxState` tells).
+    Active,
+    /// Receives nothing any more; its id and address stay reserved for good.
+    Retired,
 }

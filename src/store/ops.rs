@@ -5,7 +5,8 @@
 
 use super::keys;
 use super::model::{
-    Contact, Conversation, InboxState, MessageRecord, OutboxItem, Ticket, UserState,
+    Contact, Conversation, InboxDefinition, InboxState, MessageRecord, OutboxItem, Ticket,
+    UserState,
 };
 use super::tx::{conversation_message_key, SledTx, TreeId, Tx, TxInner, TxResult};
 
@@ -153,6 +154,15 @@ domain_ops! {
     pub fn outbox_update(&self, old: &OutboxItem, item: &OutboxItem) -> TxResult<()>;
     /// Remove an item (delivered, given up, dropped) as it is stored.
     pub fn outbox_remove(&self, item: &OutboxItem) -> TxResult<()>;
+    /// An inbox created through the API, by id.
+    pub fn inbox_definition(&self, id: &str) -> TxResult<Option<InboxDefinition>>;
+    /// Store a definition and claim its address for its inbox (for good).
+    pub fn put_inbox_definition(&self, def: &InboxDefinition) -> TxResult<()>;
+    /// The API inbox that has or had `address`, if any.
+    pub fn inbox_address_owner(&self, address: &str) -> TxResult<Option<String>>;
+    /// An address given up while the inbox was still pending was never forwarded to: it may
+    /// be used again.
+    pub fn release_inbox_address(&self, address: &str) -> TxResult<()>;
 }
 
 /// Removals that keep every index in step, written once over the operations above for every

@@ -28,26 +28,35 @@ pub struct Page<T> {
 }
 
 impl Store {
-    /// One page of messages in arrival order (see `page_in`).
+    /// One page of messages in arrival order, or newest first (see `page_in`).
     pub fn messages_page(
         &self,
         after: Option<&[u8]>,
+        newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&MessageRecord) -> bool + Sync,
+        keep: impl Fn(&MessageRecord) -> Option<bool> + Sync,
     ) -> Result<Page<MessageRecord>, StoreError> {
-        self.page_in(TreeId::Messages, after, limit, max_scan, keep)
+        self.page_in(TreeId::Messages, after, newest_first, limit, max_scan, keep)
     }
 
-    /// One page of conversations in creation order (see `page_in`).
+    /// One page of conversations in creation order, or newest first (see `page_in`).
     pub fn conversations_page(
         &self,
         after: Option<&[u8]>,
+        newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Conversation) -> bool + Sync,
+        keep: impl Fn(&model::Conversation) -> Option<bool> + Sync,
     ) -> Result<Page<model::Conversation>, StoreError> {
-        self.page_in(TreeId::Conversations, after, limit, max_scan, keep)
+        self.page_in(
+            TreeId::Conversations,
+            after,
+            newest_first,
+            limit,
+            max_scan,
+            keep,
+        )
     }
 
     /// One page of contacts in email order (see `page_in`).
@@ -58,35 +67,43 @@ impl Store {
         max_scan: usize,
         keep: impl Fn(&model::Contact) -> bool + Sync,
     ) -> Result<Page<model::Contact>, StoreError> {
-        self.page_in(TreeId::Contacts, after, limit, max_scan, keep)
+        self.page_in(TreeId::Contacts, after, false, limit, max_scan, |c| {
+            Some(keep(c))
+        })
     }
 
-    /// One page of a tree's records in key order, for cursor pagination: the records after key
-    /// `after` that `keep` accepts, at most `limit`. At most `max_scan` records are read, so a
-    /// filter that matches little costs a bounded amount per page: a page may then hold fewer
-    /// than `limit` records (even none) while `next` is set. `next` is the key to pass as
-    /// `after` for the following page; `None` only when nothing after this page matches.
+    /// One page of a tree's records for cursor pagination, in either direction: oldest first (key order) or newest first (reversed, for
+    /// trees keyed by ULID), after the cursor key `after` in that direction. `keep` answers
+    /// `Some(true)` to take a record, `Some(false)` to skip it, and `None` when no record further
+    /// in this direction can match (a time bound passed): the page then ends without a cursor.
+    /// Bounded like `page`: at most `max_scan` records read, a page may end short with a cursor.
     fn page_in<T: serde::de::DeserializeOwned + Send>(
         &self,
         tree: TreeId,
         after: Option<&[u8]>,
+        newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> bool + Sync,
+        keep: impl Fn(&T) -> Option<bool> + Sync,
     ) -> Result<Page<T>, StoreError> {
         if let Some(pg) = &self.pg {
-            return pg.page(listed(tree), after, limit, max_scan, &keep);
+            return pg.page(listed(tree), after, newest_first, limit, max_scan, &keep);
         }
+        use std::ops::Bound::{Excluded, Unbounded};
+        type Entry = sled::Result<(sled::IVec, sled::IVec)>;
         let engine = self.inner.engine()?;
         let tree = engine.tree(tree);
-        let iter = match after {
-            Some(a) => {
-                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
-            }
-            None => tree.iter(),
+        let range = match (after, newest_first) {
+            (Some(a), false) => tree.range::<&[u8], _>((Excluded(a), Unbounded)),
+            (Some(a), true) => tree.range::<&[u8], _>((Unbounded, Excluded(a))),
+            (None, _) => tree.iter(),
+        };
+        let iter: Box<dyn Iterator<Item = Entry>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
         };
         let mut items = Vec::new();
-        // The key of the last record this page has consumed (kept or skipped).
         let mut last: Option<sled::IVec> = None;
         for (scanned, kv) in iter.enumerate() {
             let (key, value) = kv?;
@@ -97,15 +114,16 @@ impl Store {
                 });
             }
             let record: T = serde_json::from_slice(&value)?;
-            if keep(&record) {
-                if items.len() >= limit {
-                    // Another match exists: the next page starts right before it.
+            match keep(&record) {
+                None => return Ok(Page { items, next: None }),
+                Some(true) if items.len() >= limit => {
                     return Ok(Page {
                         items,
                         next: last.map(|k| k.to_vec()),
                     });
                 }
-                items.push(record);
+                Some(true) => items.push(record),
+                Some(false) => {}
             }
             last = Some(key);
         }
@@ -210,9 +228,10 @@ impl Store {
                 .page_in(
                     TreeId::Messages,
                     after.map(str::as_bytes),
+                    false,
                     limit,
                     usize::MAX,
-                    |_: &MessageRecord| true,
+                    |_: &MessageRecord| Some(true),
                 )?
                 .items);
         }
@@ -242,16 +261,19 @@ impl Store {
         max_scan: usize,
         keep: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        self.newest(
-            TreeId::Messages,
-            before,
+        let page = self.messages_page(
+            before.map(str::as_bytes),
+            true,
             limit,
             max_scan,
             |r: &MessageRecord| (r.received_at >= since_ms).then(|| keep(r)),
-        )
+        )?;
+        Ok(page.items)
     }
 
-    /// Conversations newest first (see `newest`).
+    /// Conversations newest first, before `before` (exclusive): at most `limit` that `keep`
+    /// accepts (`Some(true)`), ending at the first for which it says `None` (older than wanted)
+    /// or after examining `max_scan` records.
     pub fn conversations_newest(
         &self,
         before: Option<&str>,
@@ -259,42 +281,9 @@ impl Store {
         max_scan: usize,
         keep: impl Fn(&model::Conversation) -> Option<bool> + Sync,
     ) -> Result<Vec<model::Conversation>, StoreError> {
-        self.newest(TreeId::Conversations, before, limit, max_scan, keep)
-    }
-
-    /// Records of a tree keyed by ULID, newest first (reversed key order), before `before`
-    /// (exclusive): at most `limit` that `keep` accepts (`Some(true)`), ending at the first for
-    /// which it says `None` (older than wanted) or after examining `max_scan` records.
-    fn newest<T: serde::de::DeserializeOwned + Send>(
-        &self,
-        tree: TreeId,
-        before: Option<&str>,
-        limit: usize,
-        max_scan: usize,
-        keep: impl Fn(&T) -> Option<bool> + Sync,
-    ) -> Result<Vec<T>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.newest(listed(tree), before, limit, max_scan, &keep);
-        }
-        let engine = self.inner.engine()?;
-        let tree = engine.tree(tree);
-        let iter = match before {
-            Some(b) => tree.range::<&[u8], _>(..b.as_bytes()),
-            None => tree.iter(),
-        };
-        let mut out = Vec::new();
-        for kv in iter.rev().take(max_scan) {
-            if out.len() >= limit {
-                break;
-            }
-            let r: T = serde_json::from_slice(&kv?.1)?;
-            match keep(&r) {
-                None => break,
-                Some(true) => out.push(r),
-                Some(false) => {}
-            }
-        }
-        Ok(out)
+        let page =
+            self.conversations_page(before.map(str::as_bytes), true, limit, max_scan, keep)?;
+        Ok(page.items)
     }
 
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {

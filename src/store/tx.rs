@@ -42,9 +42,12 @@ pub(super) enum TreeId {
     /// `conversation id \0 queue id` -> empty: a conversation's messages in arrival order (queue
     /// ids are ULIDs), without growing the conversation record with every new one.
     ConversationMessages = 12,
+    /// Inboxes created through the API: `i\0<id>` -> definition, `a\0<address>` -> inbox id
+    /// (every address ever used, retired ones too, so none is handed to another team).
+    InboxDefinitions = 13,
 }
 
-pub(super) const TREE_NAMES: [&str; 13] = [
+pub(super) const TREE_NAMES: [&str; 14] = [
     "messages",
     "bodies",
     "conversations",
@@ -58,6 +61,7 @@ pub(super) const TREE_NAMES: [&str; 13] = [
     "outbox",
     "outbox_due",
     "conversation_messages",
+    "inbox_definitions",
 ];
 
 /// Result of an operation inside a transaction; an error undoes the whole transaction.

@@ -147,7 +147,7 @@ async fn every_protected_route_needs_a_valid_token() {
             }
         }
     }
-    assert_eq!(protected, 22, "protected operations in the document");
+    assert_eq!(protected, 28, "protected operations in the document");
 
     // Other schemes and a token in the query do not count.
     let addr = srv.api_addr.unwrap();
@@ -375,6 +375,15 @@ async fn bad_input_is_a_400_that_names_the_field() {
         ("/v1/conversations?assignee=ghost", "assignee"),
         ("/v1/contacts?limit=-1", "limit"),
         ("/v1/quarantine?cursor=0", "cursor"),
+        ("/v1/messages?since=yesterday", "since"),
+        ("/v1/messages?until=2026-13-01T00:00:00Z", "until"),
+        (
+            "/v1/messages?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "until",
+        ),
+        ("/v1/messages?order=sideways", "order"),
+        ("/v1/conversations?since=-5", "since"),
+        ("/v1/conversations?order=newest-first", "order"),
     ] {
         let r = api.get(target).await;
         assert_eq!(r.status, 400, "{target}");
@@ -1342,4 +1351,160 @@ async fn mta_sts_policy_is_served_with_the_configured_mode() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("api.mta_sts"), "{e}");
+}
+
+/// Issue #15: lists newest first on request, and bounded in time by `since` and `until` (RFC 3339
+/// or Unix milliseconds, the two forms the answers give), paging without gap or duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_go_newest_first_and_filter_by_time() {
+    let srv = TestServer::start().await;
+    let api = srv.api().await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let from = format!("t{i}@example.com");
+        sent.push(
+            send(
+                &srv,
+                DEMO,
+                &from,
+                &msg(&from, &format!("time {i}"), &format!("t{i}@x")),
+            )
+            .await,
+        );
+    }
+    let newest: Vec<String> = sent.iter().rev().cloned().collect();
+    let (ids, sizes) = walk(&api, "/v1/messages?order=newest", "id", 2).await;
+    assert_eq!((ids, sizes), (newest.clone(), vec![2, 2, 1]));
+    let (ids, _) = walk(&api, "/v1/messages?order=oldest", "id", 2).await;
+    assert_eq!(ids, sent);
+
+    let at = |m: &Value| m["received_at_ms"].as_u64().unwrap();
+    let all = api.ok("/v1/messages").await["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (t1, t3) = (at(&all[1]), at(&all[3]));
+    // Both bounds are inclusive; distinct messages may share a millisecond, so compare with
+    // what the records say rather than with positions.
+    let want = |f: &dyn Fn(u64) -> bool, rev: bool| -> Vec<String> {
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|m| f(at(m)))
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        if rev {
+            v.reverse();
+        }
+        v
+    };
+    for order in ["oldest", "newest"] {
+        let rev = order == "newest";
+        let base = format!("/v1/messages?order={order}&since={t1}&until={t3}");
+        let (ids, _) = walk(&api, &base, "id", 1).await;
+        assert_eq!(ids, want(&|t| (t1..=t3).contains(&t), rev), "{base}");
+        let base = format!("/v1/messages?order={order}&since={t3}");
+        assert_eq!(walk(&api, &base, "id", 2).await.0, want(&|t| t >= t3, rev));
+        let base = format!("/v1/messages?order={order}&until={t1}");
+        assert_eq!(walk(&api, &base, "id", 2).await.0, want(&|t| t <= t1, rev));
+    }
+    // RFC 3339, any offset.
+    let r = api.ok("/v1/messages?since=2000-01-01T00:00:00Z").await;
+    assert_eq!(r["items"].as_array().unwrap().len(), 5);
+    let r = api
+        .ok("/v1/messages?until=2000-01-01T01:00:00%2B01:00")
+        .await;
+    assert!(r["items"].as_array().unwrap().is_empty());
+    assert!(r["next_cursor"].is_null());
+    let first = &all[0]["received_at"];
+    assert_eq!(first.as_str().unwrap().len(), 20, "{first}");
+
+    // Conversations: by creation, newest first on request.
+    let (convs, _) = walk(&api, "/v1/conversations?order=newest", "id", 2).await;
+    let (oldest, _) = walk(&api, "/v1/conversations", "id", 2).await;
+    assert_eq!(convs.len(), 5);
+    assert_eq!(convs, oldest.iter().rev().cloned().collect::<Vec<_>>());
+    let c = api.ok("/v1/conversations?order=newest&limit=1").await["items"][0].clone();
+    let since = c["created_at_ms"].as_u64().unwrap();
+    let (recent, _) = walk(&api, &format!("/v1/conversations?since={since}"), "id", 2).await;
+    assert!(recent.contains(&c["id"].as_str().unwrap().to_string()));
+    assert!(recent.len() < 5 || at(&all[0]) == since, "{recent:?}");
+    srv.stop().await;
+}
+
+/// Issue #15: the served document is valid OpenAPI 3.0 by a validator we did not write
+/// (openapi-spec-validator; tests/run.sh installs it), and strict: every answer schema closes its
+/// objects and lists each property as required (absent values are `null`, never missing keys).
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_passes_openapi_spec_validator_and_is_strict() {
+    let srv = TestServer::start().await;
+    let api = srv.api().await;
+    let served = api.with_token(None).get("/openapi.json").await;
+    assert_eq!(served.status, 200);
+    let body = served.body.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys\n\
+                 from openapi_spec_validator import validate\n\
+                 validate(json.load(sys.stdin))\n\
+                 print('valid')",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/run.sh installs it)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&body).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"valid"),
+        "openapi-spec-validator (pip install openapi-spec-validator; tests/run.sh does):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let spec = &api.spec;
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        let Some(props) = schema["properties"].as_object() else {
+            continue;
+        };
+        if name.ends_with("Request") {
+            continue; // request bodies: optional fields are allowed there
+        }
+        assert_eq!(
+            schema["additionalProperties"],
+            json!(false),
+            "{name}: objects are closed"
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        for p in props.keys() {
+            assert!(
+                required.contains(&p.as_str()),
+                "{name}.{p}: not required (absent values are null, not missing keys)"
+            );
+        }
+        // The time vocabulary: an `_ms` time has its RFC 3339 twin, and the other way round.
+        for p in props.keys() {
+            if let Some(base) = p.strip_suffix("_ms") {
+                assert!(props.contains_key(base), "{name}.{p} without {base}");
+            }
+            if props[p]["format"] == "date-time" && p != "date" {
+                assert!(
+                    props.contains_key(&format!("{p}_ms")),
+                    "{name}.{p} without _ms"
+                );
+            }
+        }
+    }
+    srv.stop().await;
 }

@@ -9,7 +9,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use inbound::store::MessageRecord;
 use process::{config_text, free_port, inbound, ServerProcess};
 use support::{message, sha256, Client, TempDir};
 
@@ -89,7 +88,8 @@ address = "Support@ACME.example"
     inbound(&["check-config", &s(&missing)]).assert_fails_with("a missing file", "missing.toml");
 }
 
-fn list_json(data: &str) -> Vec<MessageRecord> {
+/// `messages list --json`: the API's message summaries (one vocabulary, #15).
+fn list_json(data: &str) -> Vec<serde_json::Value> {
     let out = inbound(&["messages", "list", "--data-dir", data, "--json"]);
     out.assert_ok("messages list --json");
     serde_json::from_slice(&out.stdout).expect("messages list --json prints a JSON array")
@@ -99,7 +99,7 @@ fn list_json(data: &str) -> Vec<MessageRecord> {
 /// answered from.
 fn check_messages_cli(data: &str, expected: &[(String, Vec<u8>)], when: &str) {
     let records = list_json(data);
-    let ids: Vec<&str> = records.iter().map(|r| r.queue_id.as_str()).collect();
+    let ids: Vec<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
     // Newest first by default.
     let want: Vec<&str> = expected.iter().rev().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, want, "{when}: messages list --json");
@@ -127,17 +127,17 @@ fn check_messages_cli(data: &str, expected: &[(String, Vec<u8>)], when: &str) {
 
         let json = inbound(&["messages", "show", id, "--data-dir", data, "--json"]);
         json.assert_ok("messages show --json");
-        let rec: MessageRecord = serde_json::from_slice(&json.stdout).expect("a JSON record");
-        assert_eq!(&rec.queue_id, id);
-        assert_eq!(rec.sha256, sha256(body), "{when}");
+        let rec: serde_json::Value = serde_json::from_slice(&json.stdout).expect("a JSON detail");
+        assert_eq!(rec["id"], id.as_str());
+        assert_eq!(rec["sha256"], sha256(body), "{when}");
+        // The content is read from the stored message, as the API reads it.
+        assert!(rec["headers"].is_array(), "{when}: {rec}");
 
         let raw = inbound(&["messages", "show", id, "--data-dir", data, "--raw"]);
         raw.assert_ok("messages show --raw");
-        let mut want = rec.trace_headers.clone().into_bytes();
-        want.extend_from_slice(body);
         assert!(raw.stdout.starts_with(b"Received: "), "{when}: trace first");
         assert!(
-            raw.stdout == want,
+            raw.stdout.ends_with(body) && raw.stdout.len() > body.len(),
             "{when}: --raw is the trace header fields then the body as sent"
         );
     }

@@ -181,10 +181,17 @@ async fn disk_full_refuses_with_451_and_accepting_resumes_when_space_is_back() {
     assert!(first.starts_with("250"), "{first}");
 
     let filler = fill(fs.path());
-    let mut refused = Vec::new();
+    let (mut refused, mut written_while_full) = (Vec::new(), Vec::new());
     for i in 0..6 {
         let subject = format!("while-full-{i}");
         let reply = send_sized(srv.addr, &subject, i % 2 == 0).await;
+        if reply.starts_with("250") && i % 2 == 1 {
+            // A small message's write can still land in the last, partly used page of the
+            // database's log file (tmpfs allocates whole pages): the write and its flush
+            // succeeded, so the 250 is true and the message must be listed below.
+            written_while_full.push(subject);
+            continue;
+        }
         assert!(
             reply.starts_with('4'),
             "a full disk must be a temporary refusal, got {reply}\n{}",
@@ -192,6 +199,10 @@ async fn disk_full_refuses_with_451_and_accepting_resumes_when_space_is_back() {
         );
         refused.push(subject);
     }
+    assert!(
+        refused.len() >= 3,
+        "every spooled message must be refused on a full disk: {refused:?}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     // The store heals on its own: within a bounded number of tries (each a real message), mail
@@ -217,7 +228,11 @@ async fn disk_full_refuses_with_451_and_accepting_resumes_when_space_is_back() {
     assert!(again.starts_with("250"), "{again}");
 
     let listed = listed_subjects(&config);
-    for s in ["before-full", accepted.as_str(), "after-free-second"] {
+    let acknowledged = ["before-full", accepted.as_str(), "after-free-second"];
+    for s in acknowledged
+        .into_iter()
+        .chain(written_while_full.iter().map(String::as_str))
+    {
         assert!(listed.iter().any(|l| l == s), "{s} missing from {listed:?}");
     }
     for s in &refused {

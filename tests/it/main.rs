@@ -54,12 +54,19 @@ mod attribution_corpus;
 mod conversations;
 /// The message fuzzer's corpus and every fixture through parse and attribution.
 mod fuzz_message_corpus;
+/// Self-service inboxes through the API: onboarding, locks, clashes with the file, bad input.
+mod inbox_api;
 /// Inbox setup: confirmation codes and the connected state.
 mod inbox_setup;
+/// What `GET /v1/messages/{id}` reads from a stored message: bodies in many charsets, the new
+/// text of replies and forwards, headers, addresses, attachment parts (#15).
+mod message_content;
 /// `inbound route --explain` on message files.
 mod route_explain;
 /// Providers' forwarding confirmations, over the fixture corpus.
 mod verification_corpus;
+/// One vocabulary: the same object through the API, the CLI's --json and webhooks (#15).
+mod vocabulary;
 
 // The source tree itself.
 /// Import graph: no cycle, no stage reaching up into server/api, a store that knows no stage.

@@ -110,7 +110,7 @@ async fn conversations_outbox_and_quarantine_actions_through_the_running_server(
     assert!(out.contains("0 quarantined messages"), "{out}");
     let accepted = run(&["messages", "list", "-c", &cfg, "--json"], "messages");
     let accepted: serde_json::Value = serde_json::from_str(&accepted).unwrap();
-    let queue_id = accepted[0]["queue_id"].as_str().unwrap();
+    let queue_id = accepted[0]["id"].as_str().unwrap();
     inbound(&["quarantine", "release", queue_id, "-c", &cfg]).assert_fails_with(
         "release a message that is not quarantined",
         "not quarantined",

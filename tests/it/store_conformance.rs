@@ -692,3 +692,77 @@ fn outbox_lease_between_two_nodes() {
     b.update(|tx| tx.outbox_remove(&mine)).unwrap();
     assert_eq!(a.outbox_depth().unwrap(), 0);
 }
+
+/// An API inbox definition as stored (the fields a created inbox has).
+fn definition(id: &str, address: &str) -> inbound::store::model::InboxDefinition {
+    serde_json::from_value(serde_json::json!({
+        "spec": { "id": id, "address": address },
+        "status": "active",
+        "created_at": 1,
+        "updated_at": 1,
+    }))
+    .expect("a definition")
+}
+
+/// Inboxes created through the API: definitions by id, addresses reserved for good (whatever
+/// their case), released only on request, and one address claimed by many transactions at
+/// once goes to exactly one inbox.
+#[test]
+fn inbox_definitions_and_address_reservations() {
+    on_both(|o| {
+        let store = &o.store;
+        store
+            .update(|tx| tx.put_inbox_definition(&definition("b-team", "B@acme.inbound.test")))
+            .unwrap();
+        store
+            .update(|tx| tx.put_inbox_definition(&definition("a-team", "a@acme.inbound.test")))
+            .unwrap();
+        let ids: Vec<String> = store
+            .inbox_definitions()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.spec.id)
+            .collect();
+        assert_eq!(ids, ["a-team", "b-team"], "{}: in id order", o.name);
+        let b = store.inbox_definition("b-team").unwrap().expect("b-team");
+        assert_eq!(b.address(), "B@acme.inbound.test");
+        assert!(store.inbox_definition("nobody").unwrap().is_none());
+        let owner = store
+            .view(|tx| tx.inbox_address_owner("b@ACME.inbound.test"))
+            .unwrap();
+        assert_eq!(owner.as_deref(), Some("b-team"), "{}", o.name);
+        store
+            .update(|tx| tx.release_inbox_address("b@acme.inbound.test"))
+            .unwrap();
+        assert!(store
+            .view(|tx| tx.inbox_address_owner("b@acme.inbound.test"))
+            .unwrap()
+            .is_none());
+
+        let winners: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    s.spawn(move || {
+                        let def = definition(&format!("t{i}"), "race@acme.inbound.test");
+                        store
+                            .update(|tx| {
+                                if tx.inbox_address_owner(def.address())?.is_some() {
+                                    return Ok(false);
+                                }
+                                tx.put_inbox_definition(&def)?;
+                                Ok(true)
+                            })
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            winners.iter().filter(|w| **w).count(),
+            1,
+            "{}: {winners:?}",
+            o.name
+        );
+    });
+}

@@ -129,12 +129,28 @@ async fn events_for_a_new_message_are_signed_and_complete() {
         assert_eq!(body["inbox"], "acme");
         by_type.insert(body["type"].as_str().unwrap().to_string(), body);
     }
+    // The API's shapes: the message summary of GET /v1/messages and this inbox's routing.
     let received = &by_type["message.received"]["data"];
-    assert_eq!(received["queue_id"], queue_id.as_str());
-    assert_eq!(received["from"], "carol@customer.example");
-    assert_eq!(received["subject"], "Broken login");
-    assert_eq!(received["assignee"], "alice");
-    let conv = received["conversation"].as_str().unwrap();
+    assert_eq!(received["message"]["id"], queue_id.as_str());
+    assert_eq!(
+        received["message"]["attribution"]["email"],
+        "carol@customer.example"
+    );
+    assert_eq!(received["message"]["subject"], "Broken login");
+    assert_eq!(received["routing"]["assignee"], "alice");
+    assert_eq!(
+        received["detail_url"],
+        format!("/v1/messages/{queue_id}").as_str()
+    );
+    assert_eq!(
+        (&received["detail"], &received["detail_omitted"]),
+        (
+            &serde_json::Value::Null,
+            &serde_json::json!("not_requested")
+        ),
+        "include_message is opt-in"
+    );
+    let conv = received["routing"]["conversation"].as_str().unwrap();
     assert_eq!(
         by_type["conversation.created"]["data"]["conversation"],
         conv
@@ -289,7 +305,7 @@ async fn quarantine_is_announced_and_release_routes_the_message() {
     assert_eq!(sink.requests().len(), 1, "only message.quarantined");
     let body = json(&got[0]);
     assert_eq!(body["type"], "message.quarantined");
-    assert_eq!(body["data"]["queue_id"], queue_id.as_str());
+    assert_eq!(body["data"]["message"]["id"], queue_id.as_str());
     assert!(!body["data"]["reason"].as_str().unwrap().is_empty());
 
     // An operator releases it: routed now, with the events of a new message.
@@ -346,7 +362,7 @@ async fn a_provider_confirmation_is_a_verification_event_with_its_code() {
     assert_eq!(data["provider"], "gmail");
     assert_eq!(data["code"], "418297350");
     assert_eq!(data["address"], "jane.doe@gmail.com");
-    assert_eq!(data["queue_id"], r.last_word().as_str());
+    assert_eq!(data["message"], r.last_word().as_str());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         sink.requests().len(),
@@ -478,4 +494,100 @@ async fn closing_reopening_and_unassigning_are_announced_and_a_customer_reopens(
     assert_eq!(rec.routing[0].assignee.as_deref(), Some("alice"));
     assert_eq!(rec.routing[0].rule.as_deref(), Some("to alice"));
     srv.stop().await;
+}
+
+/// Issue #15: a webhook may carry the parsed message, as hosted mail APIs' inbound JSON does:
+/// opt-in per endpoint (`include_message`), the API's own message detail, and past the endpoint's
+/// `message_max_bytes` only the link to it with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn message_events_carry_the_parsed_message_when_asked_and_under_the_cap() {
+    let sink = HttpSink::start_on(0, &[]).await;
+    let dir = TempDir::new("wh-detail");
+    let port = sink.addr.port();
+    let extra = format!(
+        r#"include_message = true
+events = ["message.received"]
+
+[[webhook]]
+id = "small"
+url = "http://127.0.0.1:{port}/hooks/small"
+secret = "{SECRET}"
+include_message = true
+message_max_bytes = 2048
+events = ["message.received"]
+
+[api]
+tokens = ["{API_TOKEN}"]
+"#
+    );
+    let text = config(dir.path(), port, &extra);
+    let srv = start(dir, &text).await;
+    let api = srv.api().await;
+    let mut c = srv.connect().await;
+    c.hello().await;
+    let long = "Please refund one payment.\r\n".repeat(200);
+    let body = format!(
+        "From: Carol <carol@customer.example>\r\nTo: {ADDRESS}\r\nCc: Dan <dan@customer.example>\r\n\
+         Subject: Refund\r\nDate: Sun, 22 Nov 2026 11:00:00 +0100\r\n\
+         Message-ID: <refund@customer.example>\r\n\r\n{long}\r\n\
+         On Sat, 21 Nov 2026 at 09:00, Support <{ADDRESS}> wrote:\r\n> Which invoice?\r\n"
+    );
+    let r = c
+        .send_message("carol@customer.example", &[ADDRESS], body.as_bytes())
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let id = r.last_word();
+    let got = sink.wait_accepted(2, Duration::from_secs(10)).await;
+    let by_path: HashMap<String, serde_json::Value> = got
+        .iter()
+        .map(|r| {
+            verify(r);
+            (r.target.clone(), json(r))
+        })
+        .collect();
+    let full = &by_path["/hooks/inbound?src=mx"]["data"];
+    let small = &by_path["/hooks/small"]["data"];
+    let url = format!("/v1/messages/{id}");
+    // Both carry the same keys; the small endpoint's cap leaves the detail out.
+    assert_eq!(full["detail_url"], url.as_str());
+    assert!(full["detail_omitted"].is_null(), "{full}");
+    assert_eq!(
+        (
+            &small["detail"],
+            &small["detail_omitted"],
+            &small["detail_url"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &serde_json::json!("too_large"),
+            &serde_json::json!(url)
+        )
+    );
+    assert_eq!(full["message"], small["message"]);
+    // The detail is what the API answers for the message (one inbox: the same routing).
+    let detail = api.ok(&url).await;
+    assert_eq!(full["detail"], detail);
+    assert_eq!(
+        detail["stripped_text"].as_str().unwrap().trim_end(),
+        long.trim_end()
+    );
+    assert_eq!(detail["cc"][0]["email"], "dan@customer.example");
+    srv.stop().await;
+
+    // The options are checked like the rest of the config, each error with its key.
+    for (extra, key) in [
+        ("message_max_bytes = 4096", "message_max_bytes"),
+        (
+            "include_message = true\nmessage_max_bytes = 10",
+            "message_max_bytes",
+        ),
+        ("include_message = \"yes\"", "include_message"),
+    ] {
+        let text = config(std::path::Path::new("/tmp/unused"), 1, extra);
+        let err = inbound::config::parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{extra:?} accepted"))
+            .to_string();
+        assert!(err.contains(key), "{extra:?}: {err}");
+    }
 }

@@ -42,13 +42,17 @@
 //!
 //! Files: `header.rs` (rule 1 and the evidence for rule 3), `srs.rs` (envelopes), `forwarded.rs`
 //! (rule 2), with `lines.rs` (labels, separators, reply attributions), `subject.rs` (prefixes) and
-//! `address.rs` (mailboxes in free text) beneath it.
+//! `address.rs` (mailboxes in free text) beneath it; `reply.rs` reads the same layouts the other
+//! way round: the new text above the quoted history (`stripped_text`).
 
 mod address;
 mod forwarded;
 mod header;
 mod lines;
+mod reply;
 mod srs;
+
+pub use reply::new_text;
 
 use std::fmt;
 

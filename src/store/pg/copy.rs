@@ -134,6 +134,16 @@ const TABLES: &[Table] = &[
         key: "id",
     },
     Table {
+        name: "inbox_definitions",
+        columns: &[("id", 't'), ("record", 't')],
+        key: "id",
+    },
+    Table {
+        name: "inbox_addresses",
+        columns: &[("address", 't'), ("inbox", 't')],
+        key: "address",
+    },
+    Table {
         name: "store_state",
         columns: &[("key", 't'), ("value", 't')],
         key: "key",
@@ -323,6 +333,21 @@ fn source_rows(
                 out(vec![
                     Val::Text(text(&k)?),
                     Val::Int(item.next_attempt_at as i64),
+                    Val::Text(text(&v)?),
+                ])?;
+            }
+        }
+        "inbox_definitions" | "inbox_addresses" => {
+            // One tree, two kinds of key: `i\0<id>` -> definition, `a\0<address>` -> inbox id.
+            let prefix: &[u8] = if table == "inbox_definitions" {
+                b"i\0"
+            } else {
+                b"a\0"
+            };
+            for kv in engine.tree(TreeId::InboxDefinitions).scan_prefix(prefix) {
+                let (k, v) = kv?;
+                out(vec![
+                    Val::Text(text(&k[prefix.len()..])?),
                     Val::Text(text(&v)?),
                 ])?;
             }

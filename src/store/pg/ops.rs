@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 
 use super::PgTx;
 use crate::store::model::{
-    Contact, Conversation, InboxState, MessageRecord, OutboxItem, Ticket, UserState,
+    Contact, Conversation, InboxDefinition, InboxState, MessageRecord, OutboxItem, Ticket,
+    UserState,
 };
 use crate::store::ops::ThreadEntry;
 use crate::store::tx::TxResult;
@@ -304,5 +305,41 @@ impl PgTx<'_> {
     pub(in crate::store) fn outbox_remove(&self, item: &OutboxItem) -> TxResult<()> {
         self.execute("DELETE FROM outbox WHERE id = $1", &[&item.id])
             .map(drop)
+    }
+
+    pub(in crate::store) fn inbox_definition(&self, id: &str) -> TxResult<Option<InboxDefinition>> {
+        record(self.query("SELECT record FROM inbox_definitions WHERE id = $1", &[&id])?)
+    }
+
+    /// Two nodes claiming one address at once: the later upsert fails as a serialization
+    /// conflict, and its retry finds the address taken.
+    pub(in crate::store) fn put_inbox_definition(&self, def: &InboxDefinition) -> TxResult<()> {
+        self.execute(
+            "INSERT INTO inbox_definitions (id, record) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            &[&def.spec.id, &json(def)?],
+        )?;
+        self.execute(
+            "INSERT INTO inbox_addresses (address, inbox) VALUES ($1, $2)
+             ON CONFLICT (address) DO UPDATE SET inbox = EXCLUDED.inbox",
+            &[&def.address().to_lowercase(), &def.spec.id],
+        )
+        .map(drop)
+    }
+
+    pub(in crate::store) fn inbox_address_owner(&self, address: &str) -> TxResult<Option<String>> {
+        let rows = self.query(
+            "SELECT inbox FROM inbox_addresses WHERE address = $1",
+            &[&address.to_lowercase()],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    pub(in crate::store) fn release_inbox_address(&self, address: &str) -> TxResult<()> {
+        self.execute(
+            "DELETE FROM inbox_addresses WHERE address = $1",
+            &[&address.to_lowercase()],
+        )
+        .map(drop)
     }
 }

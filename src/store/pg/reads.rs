@@ -69,83 +69,52 @@ fn decode<T: DeserializeOwned>(json: &str) -> Result<T, StoreError> {
 }
 
 impl PgStore {
-    /// `Store::page_in` for this backend: the same scan bound and cursor rule.
+    /// `Store::page_in` for this backend: the same directions, scan bound and cursor rule.
     pub(in crate::store) fn page<T: DeserializeOwned + Send>(
         &self,
         table: Listed,
         after: Option<&[u8]>,
+        newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: &(dyn Fn(&T) -> bool + Sync),
+        keep: &(dyn Fn(&T) -> Option<bool> + Sync),
     ) -> Result<Page<T>, StoreError> {
         let after = after.map(|a| String::from_utf8_lossy(a).into_owned());
         self.with_conn(|c| {
             let mut items = Vec::new();
-            let mut last: Option<String> = after.clone();
-            let mut consumed_any = false;
+            // The key of the last record this page has consumed (kept or skipped).
+            let mut last: Option<String> = None;
+            let mut from = after.clone();
             let mut scanned = 0usize;
             loop {
-                let rows = chunk(c, table, false, last.as_deref(), CHUNK)?;
+                let rows = chunk(c, table, newest_first, from.as_deref(), CHUNK)?;
                 let done = (rows.len() as i64) < CHUNK;
                 for (key, json) in rows {
                     if scanned >= max_scan.max(1) {
                         return Ok(Page {
                             items,
-                            next: consumed_any.then(|| last.unwrap_or_default().into_bytes()),
+                            next: last.map(String::into_bytes),
                         });
                     }
                     scanned += 1;
                     let record: T = decode(&json)?;
-                    if keep(&record) {
-                        if items.len() >= limit {
+                    match keep(&record) {
+                        None => return Ok(Page { items, next: None }),
+                        Some(true) if items.len() >= limit => {
+                            // Another match exists: the next page starts right before it.
                             return Ok(Page {
                                 items,
-                                next: consumed_any.then(|| last.unwrap_or_default().into_bytes()),
+                                next: last.map(String::into_bytes),
                             });
                         }
-                        items.push(record);
+                        Some(true) => items.push(record),
+                        Some(false) => {}
                     }
+                    from = Some(key.clone());
                     last = Some(key);
-                    consumed_any = true;
                 }
                 if done {
                     return Ok(Page { items, next: None });
-                }
-            }
-        })
-    }
-
-    /// `Store::newest` for this backend.
-    pub(in crate::store) fn newest<T: DeserializeOwned + Send>(
-        &self,
-        table: Listed,
-        before: Option<&str>,
-        limit: usize,
-        max_scan: usize,
-        keep: &(dyn Fn(&T) -> Option<bool> + Sync),
-    ) -> Result<Vec<T>, StoreError> {
-        self.with_conn(|c| {
-            let mut out = Vec::new();
-            let mut from = before.map(str::to_string);
-            let mut scanned = 0usize;
-            loop {
-                let rows = chunk(c, table, true, from.as_deref(), CHUNK)?;
-                let done = (rows.len() as i64) < CHUNK;
-                for (key, json) in rows {
-                    if out.len() >= limit || scanned >= max_scan {
-                        return Ok(out);
-                    }
-                    scanned += 1;
-                    let r: T = decode(&json)?;
-                    match keep(&r) {
-                        None => return Ok(out),
-                        Some(true) => out.push(r),
-                        Some(false) => {}
-                    }
-                    from = Some(key);
-                }
-                if done {
-                    return Ok(out);
                 }
             }
         })
@@ -192,6 +161,19 @@ impl PgStore {
 
     pub(in crate::store) fn inbox_state(&self, id: &str) -> Result<Option<InboxState>, StoreError> {
         self.one("SELECT record FROM inbox_states WHERE id = $1", id)
+    }
+
+    pub(in crate::store) fn inbox_definitions(
+        &self,
+    ) -> Result<Vec<model::InboxDefinition>, StoreError> {
+        self.all("SELECT record FROM inbox_definitions ORDER BY id")
+    }
+
+    pub(in crate::store) fn inbox_definition(
+        &self,
+        id: &str,
+    ) -> Result<Option<model::InboxDefinition>, StoreError> {
+        self.one("SELECT record FROM inbox_definitions WHERE id = $1", id)
     }
 
     pub(in crate::store) fn inbox_states(&self) -> Result<Vec<InboxState>, StoreError> {
@@ -262,11 +244,12 @@ impl PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<model::Conversation>, StoreError> {
-        let keep = |c: &model::Conversation| inbox.is_none_or(|i| c.inbox == i);
+        let keep = |c: &model::Conversation| Some(inbox.is_none_or(|i| c.inbox == i));
         Ok(self
             .page(
                 Listed::Conversations,
                 after.map(str::as_bytes),
+                false,
                 limit,
                 usize::MAX,
                 &keep,

@@ -87,6 +87,18 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_by_due ON outbox (due, id);
 
+-- Inboxes created through the API, and every address any of them ever had (retired ones too,
+-- lower-case), so that no address is handed to a second inbox.
+CREATE TABLE inbox_definitions (
+    id text COLLATE "C" PRIMARY KEY,
+    record text NOT NULL
+);
+
+CREATE TABLE inbox_addresses (
+    address text COLLATE "C" PRIMARY KEY,
+    inbox text NOT NULL
+);
+
 -- Small values: retention cursors.
 CREATE TABLE store_state (
     key text COLLATE "C" PRIMARY KEY,

@@ -1,8 +1,13 @@
 //! A small validator for the OpenAPI 3.0 schema subset the API document uses: `type`,
-//! `required`, `properties`, `additionalProperties: false`, `items`, `$ref` (local), `allOf`,
-//! `nullable`, `enum`, `minimum`/`maximum`. And `check_response`: find the operation a request
-//! went to in the document, require the answer's status to be documented there (5xx may fall to
-//! `default`), and validate a JSON body against its schema.
+//! `required`, `properties`, `additionalProperties`, `items`, `$ref` (local), `allOf`,
+//! `nullable`, `enum`, `minimum`/`maximum`, `format: date-time`. And `check_response`: find the
+//! operation a request went to in the document, require the answer's status to be documented
+//! there (5xx may fall to `default`), and validate a JSON body against its schema.
+//!
+//! Strict, as the API promises (issue #15): an answer's object carries every property its schema
+//! lists (`null` for no value, never a missing key), nothing the schema does not list unless it
+//! says `additionalProperties`, `null` only where the schema says `nullable`, and a `date-time`
+//! is RFC 3339.
 
 use serde_json::Value;
 
@@ -58,6 +63,12 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<
             return Err(format!("{at}: {value} is not one of {options:?}"));
         }
     }
+    if schema.get("format").and_then(Value::as_str) == Some("date-time") {
+        let t = value.as_str().unwrap_or_default();
+        if !is_rfc3339(t) {
+            return Err(format!("{at}: {value} is not an RFC 3339 date-time"));
+        }
+    }
     if let Some(n) = value.as_f64() {
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
             if n < min {
@@ -80,14 +91,33 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<
                 }
             }
         }
+        // Every listed property is present in an answer: absent values are `null`.
+        for k in props.into_iter().flat_map(|p| p.keys()) {
+            if !obj.contains_key(k) {
+                return Err(format!(
+                    "{at}: property {k:?} is missing (absent values are null)"
+                ));
+            }
+        }
+        // Closed unless the schema opens it: a schema with properties lists them all.
+        let open = match schema.get("additionalProperties") {
+            Some(Value::Bool(b)) => *b,
+            Some(_) => true,
+            None => props.is_none(),
+        };
         for (k, v) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(s) => validate(doc, s, v, &format!("{at}.{k}"))?,
-                None => {
-                    if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
-                        return Err(format!("{at}: property {k:?} is not in the schema"));
-                    }
+            match (
+                props.and_then(|p| p.get(k)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(s), _) => validate(doc, s, v, &format!("{at}.{k}"))?,
+                (None, Some(extra)) if extra.is_object() => {
+                    validate(doc, extra, v, &format!("{at}.{k}"))?
                 }
+                (None, _) if !open => {
+                    return Err(format!("{at}: property {k:?} is not in the schema"));
+                }
+                _ => {}
             }
         }
     }
@@ -97,6 +127,41 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<
         }
     }
     Ok(())
+}
+
+/// `2026-11-22T10:00:00Z`, with optional fractional seconds and a `Z` or `±hh:mm` offset.
+fn is_rfc3339(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !(digits(0..4)
+            && digits(5..7)
+            && digits(8..10)
+            && digits(11..13)
+            && digits(14..16)
+            && digits(17..19))
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return false;
+    }
+    let mut rest = &t[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 /// The document's path template matching a request path (`/v1/messages/{id}`), if any.

@@ -1,18 +1,33 @@
-//! Stored records -> the JSON the API answers with. The API's shapes are its own, so the store's
-//! records can change without breaking clients: every field is always present (`null` when there
-//! is no value), times are Unix milliseconds (`_ms`), sizes bytes (`_bytes`). Each struct here
-//! has a schema of the same name in `openapi.json`; the API tests validate every answer against
-//! it.
+//! Stored records -> the JSON shapes the outside reads: the HTTP API's answers, the CLI's
+//! `--json` output and the webhook payloads all serialize these structs, so one object has one
+//! set of field names wherever it shows (`tests/it/vocabulary.rs` compares them). The shapes are
+//! their own, so the store's records can change without breaking clients.
+//!
+//! The vocabulary: every field is always present (`null` when there is no value, `[]` for an
+//! empty list; never a missing key); a time is RFC 3339 in UTC (`received_at`) with its Unix
+//! milliseconds twin (`received_at_ms`), both everywhere the time shows; sizes are bytes
+//! (`_bytes`); a message is named by its queue id (`id`, or `message` from another object).
+//! Each struct has a schema of the same name in `api/openapi.json`; the API tests validate every
+//! answer against it.
 
 use serde::Serialize;
 
+use crate::config::inboxes::{FromNameMode, InboxSource};
+use crate::config::raw::{RawInbox, RawRule};
 use crate::config::routes::User;
 use crate::config::InboxConfig;
 use crate::store::model::{
     AttributionRecord, Contact, Conversation, InboxState, RoutingRecord, Ticket, VerificationRecord,
 };
 use crate::store::model::{AuthRecord, ConversationStatus, InboxLifecycle, ThreadDecision};
+use crate::store::model::{DefinitionStatus, InboxDefinition};
 use crate::store::{MessageRecord, BODY_EXPIRED};
+use crate::util::rfc3339;
+
+/// A time as RFC 3339, `null` when there is none (a zero time is none).
+fn time(ms: Option<u64>) -> Option<String> {
+    ms.filter(|&t| t > 0).map(rfc3339)
+}
 
 /// A list, with the cursor of the next page (`null` on the last page).
 #[derive(Serialize)]
@@ -35,34 +50,133 @@ pub struct Inbox {
     pub aliases: Vec<String>,
     /// The team's own mailbox (or `@domain`) whose forwarded mail connects the inbox.
     pub connected_address: Option<String>,
-    pub state: InboxLifecycle,
+    /// "pending", "connected" (the setup state, `InboxLifecycle`) or "retired" (an API inbox
+    /// that receives nothing any more).
+    pub state: &'static str,
     /// The address the team's provider forwards to (locked once connected).
     pub forwarding_address: String,
     pub message_count: u64,
+    pub connected_at: Option<String>,
     pub connected_at_ms: Option<u64>,
     pub evidence: Option<String>,
     pub latest_verification: Option<Verification>,
+    /// "config" (read-only through the API) or "api".
+    pub source: InboxSource,
+    /// Whether the address can no longer change (connected, or finished).
+    pub locked: bool,
+    pub finished_at: Option<String>,
+    pub finished_at_ms: Option<u64>,
+    pub retired_at: Option<String>,
+    pub retired_at_ms: Option<u64>,
+    pub tenant: Option<String>,
+    pub local: Option<String>,
+    pub from_name: Option<String>,
+    pub from_name_mode: FromNameMode,
+    pub from_address: Option<String>,
+    /// Whether `from_address` was proven with a one-time code.
+    pub from_address_verified: bool,
+    pub signature: Option<String>,
+    pub admins: Vec<String>,
+    pub tickets: TicketSettings,
+    pub auto_assign: Option<AutoAssign>,
+    /// The routing rules as given (the config file's rule language).
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Serialize)]
+pub struct TicketSettings {
+    pub enabled: bool,
+    pub pipeline: String,
+    pub stage: String,
+    pub priority: String,
+}
+
+#[derive(Serialize)]
+pub struct AutoAssign {
+    pub enabled: bool,
+    pub strategy: String,
+    pub users: Vec<String>,
+    pub teams: Vec<String>,
 }
 
 impl Inbox {
-    pub fn new(cfg: &InboxConfig, state: Option<InboxState>) -> Inbox {
+    /// An inbox from its spec (the file's table or the API's definition), its compiled form
+    /// when it receives mail, its API definition if it has one, and its setup state.
+    pub fn new(
+        spec: &RawInbox,
+        cfg: Option<&InboxConfig>,
+        def: Option<&InboxDefinition>,
+        state: Option<InboxState>,
+    ) -> Inbox {
         let st = state.unwrap_or_default();
+        let address = cfg
+            .map(|c| c.address.clone())
+            .or_else(|| spec.address.clone())
+            .unwrap_or_default();
+        let retired = def.is_some_and(|d| d.status == DefinitionStatus::Retired);
+        let finished_at_ms = def.and_then(|d| d.finished_at);
+        let tickets = crate::config::routes::TicketDefaults::from_raw(spec.tickets.as_ref());
+        let from_address = cfg
+            .and_then(|c| c.from_address.clone())
+            .or_else(|| spec.from_address.clone());
         Inbox {
-            id: cfg.id.clone(),
-            name: cfg.name.clone(),
-            address: cfg.address.clone(),
-            aliases: cfg.aliases.clone(),
-            connected_address: cfg.connected_address.clone(),
-            state: st.state,
-            forwarding_address: if st.address.is_empty() {
-                cfg.address.clone()
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            aliases: cfg
+                .map(|c| c.aliases.clone())
+                .unwrap_or_else(|| spec.aliases.clone()),
+            connected_address: cfg
+                .and_then(|c| c.connected_address.clone())
+                .or_else(|| spec.connected_address.clone()),
+            state: if retired {
+                "retired"
             } else {
-                st.address
+                st.state.as_str()
             },
+            forwarding_address: if st.address.is_empty() {
+                address.clone()
+            } else {
+                st.address.clone()
+            },
+            address,
             message_count: st.messages,
+            connected_at: time(st.connected_at),
             connected_at_ms: st.connected_at,
             evidence: st.evidence,
             latest_verification: st.latest_verification.map(Verification::from),
+            source: if def.is_some() {
+                InboxSource::Api
+            } else {
+                InboxSource::Config
+            },
+            locked: st.state == InboxLifecycle::Connected || finished_at_ms.is_some() || retired,
+            finished_at: time(finished_at_ms),
+            finished_at_ms,
+            retired_at: time(def.and_then(|d| d.retired_at)),
+            retired_at_ms: def.and_then(|d| d.retired_at),
+            tenant: spec.tenant.clone(),
+            local: spec.local.clone(),
+            from_name: spec.from_name.clone(),
+            from_name_mode: cfg.map(|c| c.from_name_mode).unwrap_or_default(),
+            from_address_verified: from_address
+                .as_ref()
+                .is_some_and(|a| st.verified_from.contains(a)),
+            from_address,
+            signature: spec.signature.clone(),
+            admins: spec.admins.clone(),
+            tickets: TicketSettings {
+                enabled: tickets.enabled,
+                pipeline: tickets.pipeline,
+                stage: tickets.stage,
+                priority: tickets.priority,
+            },
+            auto_assign: spec.auto_assign.as_ref().map(|a| AutoAssign {
+                enabled: a.enabled.unwrap_or(true),
+                strategy: a.strategy.clone().unwrap_or_else(|| "round_robin".into()),
+                users: a.users.clone(),
+                teams: a.teams.clone(),
+            }),
+            rule: spec.rule.clone(),
         }
     }
 }
@@ -76,6 +190,7 @@ pub struct Verification {
     pub address: Option<String>,
     /// The message that carried it.
     pub message: Option<String>,
+    pub received_at: Option<String>,
     pub received_at_ms: Option<u64>,
 }
 
@@ -87,6 +202,7 @@ impl From<VerificationRecord> for Verification {
             link: v.link,
             address: v.address,
             message: Some(v.queue_id).filter(|q| !q.is_empty()),
+            received_at: time(Some(v.received_at)),
             received_at_ms: Some(v.received_at).filter(|&t| t > 0),
         }
     }
@@ -104,7 +220,9 @@ pub struct ConversationSummary {
     pub team: Option<String>,
     pub ticket: Option<String>,
     pub message_count: usize,
+    pub created_at: String,
     pub created_at_ms: u64,
+    pub updated_at: String,
     pub updated_at_ms: u64,
 }
 
@@ -120,7 +238,9 @@ impl From<Conversation> for ConversationSummary {
             assignee: c.assignee,
             team: c.team,
             ticket: c.ticket,
+            created_at: rfc3339(c.created_at),
             created_at_ms: c.created_at,
+            updated_at: rfc3339(c.updated_at),
             updated_at_ms: c.updated_at,
         }
     }
@@ -147,6 +267,7 @@ pub struct TicketView {
     pub priority: String,
     /// The assignee when the ticket was opened.
     pub owner: Option<String>,
+    pub created_at: String,
     pub created_at_ms: u64,
 }
 
@@ -160,6 +281,7 @@ impl From<Ticket> for TicketView {
             stage: t.stage,
             priority: t.priority,
             owner: t.owner,
+            created_at: rfc3339(t.created_at),
             created_at_ms: t.created_at,
         }
     }
@@ -171,7 +293,9 @@ pub struct ContactSummary {
     pub name: Option<String>,
     pub owner: Option<String>,
     pub conversation_count: u64,
+    pub first_seen: String,
     pub first_seen_ms: u64,
+    pub last_seen: String,
     pub last_seen_ms: u64,
 }
 
@@ -182,7 +306,9 @@ impl From<Contact> for ContactSummary {
             name: c.name,
             owner: c.owner,
             conversation_count: c.conversation_count,
+            first_seen: rfc3339(c.first_seen),
             first_seen_ms: c.first_seen,
+            last_seen: rfc3339(c.last_seen),
             last_seen_ms: c.last_seen,
         }
     }
@@ -221,6 +347,7 @@ impl From<AttributionRecord> for Attribution {
 #[derive(Serialize)]
 pub struct MessageSummary {
     pub id: String,
+    pub received_at: String,
     pub received_at_ms: u64,
     pub mail_from: String,
     pub from: String,
@@ -261,6 +388,7 @@ impl From<MessageRecord> for MessageSummary {
             inboxes: inboxes_of(&r),
             attachment_count: r.attachments.len(),
             id: r.queue_id,
+            received_at: rfc3339(r.received_at),
             received_at_ms: r.received_at,
             mail_from: r.mail_from,
             from: r.from,
@@ -273,10 +401,55 @@ impl From<MessageRecord> for MessageSummary {
     }
 }
 
-/// Everything the API tells about one message.
+/// What reading a stored body gives (`pipeline::body::read`): the parts of a message an
+/// integrator would otherwise parse MIME for. Built on read, never stored.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub stripped_text: Option<String>,
+    pub headers: Vec<Header>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub reply_to: Vec<Mailbox>,
+    pub date: Option<String>,
+    /// In the order of the record's attachment list.
+    pub attachments: Vec<AttachmentPart>,
+}
+
+/// One header field: the name as written, the value unfolded with RFC 2047 encoded words
+/// decoded (see `pipeline::body`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// An address of To, Cc or Reply-To (group members are listed as addresses).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Mailbox {
+    pub name: Option<String>,
+    pub email: String,
+}
+
+/// What the MIME part of an attachment says about how it is shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachmentPart {
+    /// SHA-256 of the decoded content: proves the part is the record's attachment.
+    pub sha256: String,
+    /// Content-ID without its angle brackets.
+    pub content_id: Option<String>,
+    /// Content-Disposition's type in lower case ("inline", "attachment").
+    pub disposition: Option<String>,
+    pub inline: bool,
+}
+
+/// Everything the API tells about one message: the record, and the content read from its
+/// stored body (`null`s once retention has removed the body).
 #[derive(Serialize)]
 pub struct MessageDetail {
     pub id: String,
+    pub received_at: String,
     pub received_at_ms: u64,
     pub client_ip: String,
     pub client_port: u16,
@@ -304,13 +477,32 @@ pub struct MessageDetail {
     pub attachments: Vec<Attachment>,
     pub routing: Vec<Routing>,
     pub verification: Option<Verification>,
+    /// The Date field, RFC 3339 in UTC; `null` without one (or without the body).
+    pub date: Option<String>,
+    pub to: Option<Vec<Mailbox>>,
+    pub cc: Option<Vec<Mailbox>>,
+    pub reply_to: Option<Vec<Mailbox>>,
+    pub headers: Option<Vec<Header>>,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub stripped_text: Option<String>,
 }
 
 impl From<MessageRecord> for MessageDetail {
     fn from(r: MessageRecord) -> MessageDetail {
+        MessageDetail::new(r, None)
+    }
+}
+
+impl MessageDetail {
+    /// The record with the content read from its body; `content` is `None` when the body is
+    /// gone (or was not read): the content fields are then `null`.
+    pub fn new(r: MessageRecord, content: Option<Content>) -> MessageDetail {
+        let parts = content.as_ref().map(|c| c.attachments.as_slice());
         MessageDetail {
             body: body_state(&r),
             id: r.queue_id,
+            received_at: rfc3339(r.received_at),
             received_at_ms: r.received_at,
             client_ip: r.client_ip,
             client_port: r.client_port,
@@ -343,16 +535,33 @@ impl From<MessageRecord> for MessageDetail {
                 .attachments
                 .into_iter()
                 .enumerate()
-                .map(|(index, a)| Attachment {
-                    index,
-                    name: a.name,
-                    content_type: a.content_type,
-                    size_bytes: a.size,
-                    sha256: a.sha256,
+                .map(|(index, a)| {
+                    // The part at the same index, when its content is the one recorded.
+                    let part = parts
+                        .and_then(|p| p.get(index))
+                        .filter(|p| p.sha256 == a.sha256);
+                    Attachment {
+                        index,
+                        name: a.name,
+                        content_type: a.content_type,
+                        size_bytes: a.size,
+                        sha256: a.sha256,
+                        content_id: part.and_then(|p| p.content_id.clone()),
+                        disposition: part.and_then(|p| p.disposition.clone()),
+                        inline: part.map(|p| p.inline),
+                    }
                 })
                 .collect(),
             routing: r.routing.into_iter().map(Routing::from).collect(),
             verification: r.verification.map(Verification::from),
+            date: content.as_ref().and_then(|c| c.date.clone()),
+            to: content.as_ref().map(|c| c.to.clone()),
+            cc: content.as_ref().map(|c| c.cc.clone()),
+            reply_to: content.as_ref().map(|c| c.reply_to.clone()),
+            headers: content.as_ref().map(|c| c.headers.clone()),
+            text: content.as_ref().and_then(|c| c.text.clone()),
+            html: content.as_ref().and_then(|c| c.html.clone()),
+            stripped_text: content.and_then(|c| c.stripped_text),
         }
     }
 }
@@ -374,6 +583,14 @@ pub struct Attachment {
     pub size_bytes: u64,
     /// SHA-256 of the decoded content, hex.
     pub sha256: String,
+    /// Content-ID without angle brackets (what `cid:` URLs in the HTML name); `null` without.
+    pub content_id: Option<String>,
+    /// Content-Disposition's type, lower case; `null` when the part has none (or the body is
+    /// gone).
+    pub disposition: Option<String>,
+    /// Shown within the message rather than offered as a file: disposition `inline`, or no
+    /// disposition and a Content-ID. `null` when the body is gone.
+    pub inline: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -498,4 +715,22 @@ impl UserView {
             open_conversations: open,
         }
     }
+}
+
+/// An item waiting in the outbox, as `inbound outbox --json` lists it (the outbox has no API
+/// endpoint; its shape follows the same vocabulary).
+#[derive(Serialize)]
+pub struct OutboxEntry {
+    /// Also the `Inbound-Delivery` header of a webhook call.
+    pub id: String,
+    /// "relay", or "webhook:<endpoint id>".
+    pub destination: String,
+    /// "webhook message.received to app", "mail assignment_notice to …".
+    pub what: String,
+    pub attempts: u32,
+    pub created_at: String,
+    pub created_at_ms: u64,
+    pub next_attempt_at: String,
+    pub next_attempt_at_ms: u64,
+    pub last_error: Option<String>,
 }
