@@ -141,6 +141,17 @@ async fn copy_moves_a_stopped_sled_store_into_postgres() {
     ])
     .assert_fails_with("second copy", "not empty");
 
+    // The CLI reads the database with no node running.
+    let cli_dir = TempDir::new("clipg");
+    let cli_config = serve_config(&cli_dir, &url);
+    let listed = inbound(&["messages", "list", "--config", &cli_config, "--json"]);
+    listed.assert_ok("messages list on postgres");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let text = listed.to_string();
+    for q in [&first, &reply, &dup] {
+        assert!(text.contains(q.as_str()), "{q} missing from {text}");
+    }
+
     // A node on the database serves what the sled server stored, byte for byte.
     let node = TestServer::start_in(TempDir::new("copied"), &pg_extra(&url)).await;
     let store = node.ctx.store.clone();
