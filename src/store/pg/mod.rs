@@ -342,7 +342,15 @@ pub(super) fn migrate(cfg: &PostgresConfig) -> Result<(i32, i32), StoreError> {
 
 /// A database error as a store error: the store is unavailable (a 4xx for mail).
 pub(super) fn pg_error(e: postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    // The client's Display says only "db error": the server's message and code are the news.
+    match e.as_db_error() {
+        Some(db) => StoreError::Unavailable(format!(
+            "PostgreSQL: {} ({})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::Unavailable(format!("PostgreSQL: {e}")),
+    }
 }
 
 /// Run `f` in one REPEATABLE READ transaction on `conn`, committed; a lost race runs it again.
