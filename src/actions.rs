@@ -379,7 +379,7 @@ pub fn delete_quarantined(store: &Store, queue_id: &str) -> Result<MessageRecord
 fn change_conversation(
     store: &Store,
     id: &str,
-    change: impl Fn(&Tx<'_>, &mut Conversation) -> TxResult<()>,
+    change: impl Fn(&Tx<'_>, &mut Conversation) -> TxResult<()> + Sync,
 ) -> Result<Conversation, ActionError> {
     let now = keys::now_ms();
     let changed = store.update(|tx| {

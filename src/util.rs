@@ -175,6 +175,23 @@ pub fn release_free_memory() {
     }
 }
 
+/// `url` with the password of its userinfo replaced by `***` (`postgres://u:***@host/db`), for
+/// messages and logs. A URL without a password is returned as it is.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -249,5 +266,18 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://inbound:s3cr@t:x@db.example:5432/mail?sslmode=disable"),
+            "postgres://inbound:***@db.example:5432/mail?sslmode=disable"
+        );
+        assert_eq!(
+            mask_url_password("postgres://inbound@127.0.0.1/mail"),
+            "postgres://inbound@127.0.0.1/mail"
+        );
+        assert_eq!(mask_url_password("not a url"), "not a url");
     }
 }

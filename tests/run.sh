@@ -10,6 +10,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v kill >/dev/null 2>&1 || need+=(procps)
 # openssl: the auth conformance tests sign rsa-sha1 fixtures with it (ring no longer signs SHA-1).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# postgresql: the PostgreSQL store tests start their own throwaway cluster with its initdb.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq

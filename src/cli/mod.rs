@@ -12,6 +12,7 @@ mod outbox;
 mod quarantine;
 mod route;
 mod serve;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +103,11 @@ enum Command {
         store: StoreArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// The PostgreSQL store: apply its schema, copy an embedded store into it.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
     },
     /// The effective config: `inbound config show`.
     Config {
@@ -244,6 +250,7 @@ fn run(command: Command) -> Result<ExitCode> {
         } => outbox::run(&store, json),
         Command::Quarantine { command } => quarantine::run(command),
         Command::Config { command } => config::run(command),
+        Command::Store { command } => store::run(command),
         Command::Route {
             explain,
             config,
@@ -285,7 +292,8 @@ fn admin_request(store: &StoreArgs, req: Request) -> Result<(Response, Vec<u8>)>
     {
         return Ok(answer);
     }
-    if !Store::data_path(&cfg.data_dir).exists() {
+    let embedded = matches!(cfg.store.backend, crate::config::StoreBackend::Sled);
+    if embedded && !Store::data_path(&cfg.data_dir).exists() {
         bail!(
             "no store in {} (has the server run with this data directory?)",
             cfg.data_dir.display()

@@ -29,8 +29,8 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use inboxes::{InboxConfig, Inboxes, Recipient};
 pub use limits::{LimitsConfig, DEFAULT_MAX_MESSAGE_BYTES};
 pub use server::{
-    token_digest, ApiConfig, DnsConfig, ListenerConfig, RetentionConfig, StoreConfig, TlsConfig,
-    DEFAULT_API_LISTEN,
+    token_digest, ApiConfig, DnsConfig, ListenerConfig, PostgresConfig, RetentionConfig,
+    StoreBackend, StoreConfig, TlsConfig, DEFAULT_API_LISTEN,
 };
 pub use values::{canonical_ip, parse_duration, split_address, IpNet};
 

@@ -227,7 +227,7 @@ pub struct OutboundConfig {
 
 /// A secret given inline or as a file. `Err(())`: an error was already recorded (so callers
 /// do not add a second one saying it is missing).
-fn read_secret(
+pub(super) fn read_secret(
     errors: &mut Errors,
     path: &str,
     inline: &Option<String>,

@@ -29,7 +29,7 @@ pub struct ApiPeople {
 
 /// A user or a team as the API keeps it: what the generic create, change and delete of
 /// `actions::people` and the store's definitions need to know of each.
-pub trait Person: Serialize + DeserializeOwned + Clone + Send + 'static {
+pub trait Person: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// "user" or "team": the event prefix, the store's key prefix, the word in messages.
     const KIND: &'static str;
     fn id(&self) -> &str;

@@ -192,6 +192,18 @@ pub struct RawStore {
     /// Below this much free space on the data directory's filesystem, new mail is refused with
     /// `452 4.3.1` before the disk is actually full. 0 turns the check off.
     pub min_free_bytes: Option<u64>,
+    /// "sled" (embedded, the default) or "postgres" (shared by several nodes).
+    pub backend: Option<String>,
+    /// PostgreSQL connection URL (`postgres://user:password@host:port/db`).
+    pub url: Option<String>,
+    /// A file holding the URL (for credentials kept out of the config).
+    pub url_file: Option<String>,
+    /// Connections for reads and operator actions.
+    pub pool_size: Option<u64>,
+    /// Connections committing messages in parallel (each takes a batch at a time).
+    pub committers: Option<u64>,
+    /// How long to wait for a connection to the database.
+    pub connect_timeout: Option<String>,
 }
 
 /// How long stored data is kept: each value is "keep" or a duration ("7d", "12h").

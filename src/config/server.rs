@@ -164,6 +164,77 @@ pub(super) fn compile_store(
         min_free_bytes: store
             .min_free_bytes
             .unwrap_or(max_message_bytes.saturating_mul(2)),
+        backend: compile_backend(store, errors),
+    }
+}
+
+/// `[store] backend` and, for PostgreSQL, where it is and how many connections to use.
+fn compile_backend(store: &RawStore, errors: &mut Errors) -> StoreBackend {
+    let pg_only = [
+        ("store.url", store.url.is_some() || store.url_file.is_some()),
+        ("store.pool_size", store.pool_size.is_some()),
+        ("store.committers", store.committers.is_some()),
+        ("store.connect_timeout", store.connect_timeout.is_some()),
+    ];
+    match store.backend.as_deref() {
+        None | Some("sled") => {
+            for (path, given) in pg_only {
+                if given {
+                    errors.push(path, "only used with backend = \"postgres\"");
+                }
+            }
+            StoreBackend::Sled
+        }
+        Some("postgres") => {
+            let url = match super::outbound::read_secret(
+                errors,
+                "store.url",
+                &store.url,
+                &store.url_file,
+            ) {
+                Ok(Some(url)) => url,
+                Ok(None) => {
+                    errors.push("store.url", "backend = \"postgres\" needs url or url_file");
+                    String::new()
+                }
+                Err(()) => String::new(),
+            };
+            let is_pg_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !url.is_empty() && !is_pg_url {
+                errors.push(
+                    "store.url",
+                    format!(
+                        "{} is not a postgres:// URL",
+                        crate::util::mask_url_password(&url)
+                    ),
+                );
+            }
+            let count = |errors: &mut Errors, path: &str, v: Option<u64>, default: u64| match v {
+                None => default,
+                Some(n) if (1..=64).contains(&n) => n,
+                Some(n) => {
+                    errors.push(path, format!("{n} is out of range (1 to 64)"));
+                    default
+                }
+            };
+            StoreBackend::Postgres(PostgresConfig {
+                url,
+                pool_size: count(errors, "store.pool_size", store.pool_size, 4) as usize,
+                committers: count(errors, "store.committers", store.committers, 4) as usize,
+                connect_timeout: errors.duration(
+                    "store.connect_timeout",
+                    &store.connect_timeout,
+                    Duration::from_secs(5),
+                ),
+            })
+        }
+        Some(other) => {
+            errors.push(
+                "store.backend",
+                format!("{other:?} is not a store backend (use \"sled\" or \"postgres\")"),
+            );
+            StoreBackend::Sled
+        }
     }
 }
 
@@ -430,6 +501,37 @@ pub struct StoreConfig {
     /// Free space on the data directory's filesystem below which MAIL is answered
     /// `452 4.3.1` (0: never). Live: a reload changes it.
     pub min_free_bytes: u64,
+    /// Where the records live. Changing it takes a restart.
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// The embedded database under `data_dir` (one node).
+    #[default]
+    Sled,
+    /// A PostgreSQL database that several nodes share.
+    Postgres(PostgresConfig),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://...`; may hold a password (see `Debug`, which masks it).
+    pub url: String,
+    pub pool_size: usize,
+    pub committers: usize,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &crate::util::mask_url_password(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("committers", &self.committers)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 pub(super) fn compile_retention(raw: &RawRetention, errors: &mut Errors) -> RetentionConfig {

@@ -93,7 +93,8 @@ fn settle(
     now: u64,
 ) -> Result<Settled, StoreError> {
     store.update(|tx| {
-        let Some(old) = tx.outbox_item(&item.id)? else {
+        // Another node's now (our lease ran out) or settled meanwhile: nothing of ours to record.
+        let Some(old) = tx.outbox_claimed(&item.id)? else {
             return Ok(Settled::Gone);
         };
         let mut cur = old.clone();
@@ -310,14 +311,19 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
                 Ok(items) => {
                     flow.read_retry_at = None;
                     flow.read_failures = 0;
+                    let mut not_started = Vec::new();
                     for item in items {
-                        if tasks.len() >= cfg.concurrency {
-                            break;
-                        }
-                        if flow.may_start(&item, &cfg, now) {
+                        if tasks.len() < cfg.concurrency && flow.may_start(&item, &cfg, now) {
                             flow.started(&item);
                             tasks.spawn(deliver(config.clone(), item));
+                        } else {
+                            not_started.push(item);
                         }
+                    }
+                    // On a shared store reading claimed them for this node: hand back at once
+                    // what it will not deliver now, for any node to take.
+                    if let Err(e) = ctx.store.outbox_release(&not_started) {
+                        warn!(error = %e, "outbox: cannot hand back undelivered claims (they are due again when the lease runs out)");
                     }
                 }
                 Err(e) => {

@@ -8,14 +8,14 @@ use sled::transaction::TransactionError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::model::MessageRecord;
-use super::tx::{Plan, TreeId};
+use super::tx::Plan;
 use super::{Body, Engine, Inner, Store, StoreError};
 
 pub(super) struct CommitRequest {
-    record: MessageRecord,
-    body: Body,
-    plan: Option<Plan>,
-    done: oneshot::Sender<Result<MessageRecord, String>>,
+    pub(super) record: MessageRecord,
+    pub(super) body: Body,
+    pub(super) plan: Option<Plan>,
+    pub(super) done: oneshot::Sender<Result<MessageRecord, String>>,
 }
 
 /// The committer thread's handle. When the last `Store` clone goes, the queue closes, the thread
@@ -23,13 +23,14 @@ pub(super) struct CommitRequest {
 /// is closed and its lock released (a restart in the same process can open it at once).
 pub(super) struct Committer {
     pub(super) commits: Option<mpsc::Sender<CommitRequest>>,
-    pub(super) thread: Option<thread::JoinHandle<()>>,
+    /// One thread for sled; one per committer connection for PostgreSQL.
+    pub(super) threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
         self.commits.take();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -216,11 +217,10 @@ fn transact_items(
             if let Some(plan) = plan {
                 plan(tx, &mut record)?;
             }
-            let key = record.queue_id.as_bytes();
             if let Body::Inline(bytes) = body {
-                tx.insert(TreeId::Bodies, key, bytes)?;
+                tx.put_body(&record.queue_id, &bytes[..])?;
             }
-            tx.put_json(TreeId::Messages, key, &record)?;
+            tx.put_message(&record)?;
             out.push(record);
         }
         Ok(out)

@@ -1,10 +1,12 @@
-//! Inboxes created through the API, in the `InboxDefinitions` tree: one definition per id, and
-//! an index of every address any of them ever had (retired ones included), so that an address
-//! is never given to a second inbox by accident. Reads and writes by domain name; the checks
-//! that keep ids and addresses unique run inside the caller's transaction.
+//! Inboxes created through the API: one definition per id, and an index of every address any
+//! of them ever had (retired ones included), so that an address is never given to a second
+//! inbox by accident. The transaction operations are domain operations (`ops`); the checks
+//! that keep ids and addresses unique run inside the caller's transaction. Here: the embedded
+//! store's keys (the `InboxDefinitions` tree) and the reads.
 
 use super::model::InboxDefinition;
-use super::{Store, StoreError, TreeId, Tx, TxResult};
+use super::tx::SledTx;
+use super::{Store, StoreError, TreeId, TxResult};
 
 fn definition_key(id: &str) -> Vec<u8> {
     [b"i\0".as_slice(), id.as_bytes()].concat()
@@ -14,13 +16,12 @@ fn address_key(address: &str) -> Vec<u8> {
     [b"a\0".as_slice(), address.to_lowercase().as_bytes()].concat()
 }
 
-impl Tx<'_> {
-    pub fn inbox_definition(&self, id: &str) -> TxResult<Option<InboxDefinition>> {
+impl SledTx<'_> {
+    pub(super) fn inbox_definition(&self, id: &str) -> TxResult<Option<InboxDefinition>> {
         self.get_json(TreeId::InboxDefinitions, &definition_key(id))
     }
 
-    /// Store a definition and claim its address for its inbox (for good).
-    pub fn put_inbox_definition(&self, def: &InboxDefinition) -> TxResult<()> {
+    pub(super) fn put_inbox_definition(&self, def: &InboxDefinition) -> TxResult<()> {
         self.put_json(TreeId::InboxDefinitions, &definition_key(&def.spec.id), def)?;
         self.insert(
             TreeId::InboxDefinitions,
@@ -29,16 +30,13 @@ impl Tx<'_> {
         )
     }
 
-    /// The API inbox that has or had `address`, if any.
-    pub fn inbox_address_owner(&self, address: &str) -> TxResult<Option<String>> {
+    pub(super) fn inbox_address_owner(&self, address: &str) -> TxResult<Option<String>> {
         Ok(self
             .get(TreeId::InboxDefinitions, &address_key(address))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// An address given up while the inbox was still pending was never forwarded to: it may
-    /// be used again.
-    pub fn release_inbox_address(&self, address: &str) -> TxResult<()> {
+    pub(super) fn release_inbox_address(&self, address: &str) -> TxResult<()> {
         self.remove(TreeId::InboxDefinitions, &address_key(address))
     }
 }
@@ -46,6 +44,9 @@ impl Tx<'_> {
 impl Store {
     /// Every inbox created through the API, retired ones too, in id order.
     pub fn inbox_definitions(&self) -> Result<Vec<InboxDefinition>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_definitions();
+        }
         self.inner
             .engine()?
             .tree(TreeId::InboxDefinitions)
@@ -55,6 +56,9 @@ impl Store {
     }
 
     pub fn inbox_definition(&self, id: &str) -> Result<Option<InboxDefinition>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_definition(id);
+        }
         Ok(self
             .inner
             .engine()?

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod model;
 mod ops;
 mod people;
+mod pg;
 mod queries;
 mod recovery;
 mod removal;
@@ -39,11 +40,12 @@ use committer::{Committer, COMMIT_QUEUE};
 pub use model::{MessageRecord, RcptRecord, BODY_EXPIRED};
 pub use ops::ThreadEntry;
 pub use people::PersonDefinition;
+pub use pg::{CopyReport, CopySide};
 pub use queries::Page;
 pub use spool::{Body, BodyBuffer, Spool};
-use tx::TreeId;
 use tx::TREE_NAMES;
 pub use tx::{Plan, Tx, TxError, TxResult};
+use tx::{SledTx, TreeId, TxInner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +71,8 @@ pub enum StoreError {
 pub struct Store {
     inner: Arc<Inner>,
     committer: Arc<Committer>,
+    /// The PostgreSQL backend, when `[store] backend = "postgres"`; `None`: sled (`inner`).
+    pg: Option<Arc<pg::PgStore>>,
 }
 
 /// The open sled database and its trees. Replaced whole when the store heals after a failed
@@ -117,9 +121,9 @@ impl Engine {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, sled::transaction::TransactionError<String>> {
-        self.trees
-            .as_slice()
-            .transaction(|views| f(&Tx { views }).map_err(|e| e.0))
+        self.trees.as_slice().transaction(|views| {
+            f(&Tx(TxInner::Sled(SledTx { views }))).map_err(TxError::into_sled)
+        })
     }
 }
 
@@ -286,6 +290,9 @@ impl Inner {
 impl Store {
     /// Open (creating if needed) the store under `data_dir` and run recovery.
     pub fn open(data_dir: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
+        if let crate::config::StoreBackend::Postgres(pg) = &cfg.backend {
+            return Self::open_postgres(data_dir, cfg, pg);
+        }
         crate::util::private_dir(data_dir)?;
         let path = Self::data_path(data_dir);
         crate::util::private_dir(&path)?;
@@ -335,9 +342,81 @@ impl Store {
             .spawn(move || worker.run(rx, max_batch))?;
         let committer = Arc::new(Committer {
             commits: Some(tx),
-            thread: Some(thread),
+            threads: vec![thread],
         });
-        Ok(Store { inner, committer })
+        Ok(Store {
+            inner,
+            committer,
+            pg: None,
+        })
+    }
+
+    /// Connect to PostgreSQL (the schema must be at this build's version) and start its
+    /// committers. The spool directory under `data_dir` only holds bodies being received.
+    fn open_postgres(
+        data_dir: &Path,
+        cfg: &StoreConfig,
+        pg_cfg: &crate::config::PostgresConfig,
+    ) -> Result<Store, StoreError> {
+        crate::util::private_dir(data_dir)?;
+        let pg = Arc::new(pg::PgStore::open(pg_cfg)?);
+        let spool = Spool::open(&data_dir.join("spool"))?;
+        spool.clear_tmp()?;
+        let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
+        let threads = pg.start_committers(rx, spool.clone(), cfg.max_commit_batch)?;
+        let inner = Arc::new(Inner {
+            engine: RwLock::new(None),
+            db_path: None,
+            cache_bytes: cfg.cache_bytes,
+            broken: AtomicBool::new(false),
+            low_space: AtomicBool::new(false),
+            last_heal: Mutex::new(None),
+            spool,
+            inline_max: cfg.inline_body_max_bytes as usize,
+        });
+        let committer = Arc::new(Committer {
+            commits: Some(tx),
+            threads,
+        });
+        Ok(Store {
+            inner,
+            committer,
+            pg: Some(pg),
+        })
+    }
+
+    /// Apply the PostgreSQL schema this build needs (`inbound store migrate`). Returns the
+    /// versions before and after.
+    pub fn migrate_postgres(cfg: &crate::config::PostgresConfig) -> Result<(i32, i32), StoreError> {
+        pg::migrate(cfg)
+    }
+
+    /// Copy the stopped embedded store under `data_dir` into an empty PostgreSQL database
+    /// (`inbound store copy`): counts and checksums of both sides, which must agree.
+    pub fn copy_to_postgres(
+        data_dir: &Path,
+        cfg: &StoreConfig,
+        to: &crate::config::PostgresConfig,
+    ) -> Result<CopyReport, StoreError> {
+        pg::copy(data_dir, cfg.cache_bytes, to)
+    }
+
+    /// This store's name among the nodes sharing a database (whose outbox leases it holds);
+    /// "local" for the embedded store, which has no other node.
+    pub fn node_id(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.node.to_string(),
+            None => "local".into(),
+        }
+    }
+
+    /// Which backend keeps the records: "sled" or "postgres".
+    pub fn backend_name(&self) -> &'static str {
+        if self.pg.is_some() {
+            "postgres"
+        } else {
+            "sled"
+        }
     }
 
     pub fn spool(&self) -> &Spool {
@@ -351,7 +430,13 @@ impl Store {
     /// An operator action (confirm an inbox, assign a conversation): one transaction over every
     /// tree, made durable before it returns. It may run concurrently with the committer: sled
     /// transactions are serializable, and a conflicting one is retried, so `f` may run twice.
-    pub fn update<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+    pub fn update<T: Send>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<T> + Sync,
+    ) -> Result<T, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.update(f);
+        }
         let engine = self.inner.engine()?;
         let out = self.inner.transaction(&engine, f)?;
         self.inner.flush(&engine)?;
@@ -360,7 +445,13 @@ impl Store {
 
     /// Reads over several trees that must agree with each other (a user's availability and open
     /// count): one transaction, not flushed. `f` must only read; it may run more than once.
-    pub fn view<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+    pub fn view<T: Send>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<T> + Sync,
+    ) -> Result<T, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.update(f);
+        }
         let engine = self.inner.engine()?;
         self.inner.transaction(&engine, f)
     }
@@ -376,6 +467,9 @@ impl Store {
             .is_none_or(|c| c.is_closed())
         {
             return Err(StoreError::Closed);
+        }
+        if let Some(pg) = &self.pg {
+            return pg.probe_write();
         }
         let engine = self.inner.engine()?;
         if let Err(e) = engine
@@ -435,6 +529,9 @@ impl Store {
     /// A small value in the counters tree (retention cursors), without a flush: losing the last
     /// write in a crash only repeats work.
     pub fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.state(key);
+        }
         Ok(self
             .inner
             .engine()?
@@ -444,6 +541,9 @@ impl Store {
     }
 
     pub fn set_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.set_state(key, value);
+        }
         self.inner
             .engine()?
             .tree(TreeId::Counters)
@@ -458,6 +558,9 @@ impl Store {
 
     /// Flush everything (used at shutdown; commits already flush).
     pub fn flush(&self) -> Result<(), StoreError> {
+        if self.pg.is_some() {
+            return Ok(()); // every commit is durable when COMMIT returns
+        }
         let engine = self.inner.engine()?;
         self.inner.flush(&engine)
     }

@@ -1,10 +1,11 @@
 //! Users and teams created through the API, in the `People` tree: one definition per id,
 //! `user\0<id>` or `team\0<id>`. Removed for good when deleted (nothing else is keyed by them:
 //! conversations keep the id they were assigned to). The checks run in the caller's
-//! transaction.
+//! transaction. On PostgreSQL: the `people` table, keyed by kind and id.
 
 use serde::{Deserialize, Serialize};
 
+use super::tx::TxInner;
 use super::{Store, StoreError, TreeId, Tx, TxResult};
 use crate::config::people::{ApiPeople, Person};
 
@@ -25,21 +26,33 @@ fn key<T: Person>(id: &str) -> Vec<u8> {
 
 impl Tx<'_> {
     pub fn person<T: Person>(&self, id: &str) -> TxResult<Option<PersonDefinition<T>>> {
-        self.get_json(TreeId::People, &key::<T>(id))
+        match &self.0 {
+            TxInner::Sled(s) => s.get_json(TreeId::People, &key::<T>(id)),
+            TxInner::Pg(p) => p.person(T::KIND, id),
+        }
     }
 
     pub fn put_person<T: Person>(&self, def: &PersonDefinition<T>) -> TxResult<()> {
-        self.put_json(TreeId::People, &key::<T>(def.spec.id()), def)
+        match &self.0 {
+            TxInner::Sled(s) => s.put_json(TreeId::People, &key::<T>(def.spec.id()), def),
+            TxInner::Pg(p) => p.put_person(T::KIND, def.spec.id(), def),
+        }
     }
 
     pub fn remove_person<T: Person>(&self, id: &str) -> TxResult<()> {
-        self.remove(TreeId::People, &key::<T>(id))
+        match &self.0 {
+            TxInner::Sled(s) => s.remove(TreeId::People, &key::<T>(id)),
+            TxInner::Pg(p) => p.remove_person(T::KIND, id),
+        }
     }
 }
 
 impl Store {
     /// Every user (or team) created through the API, in id order.
     pub fn people<T: Person>(&self) -> Result<Vec<PersonDefinition<T>>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.people(T::KIND);
+        }
         self.inner
             .engine()?
             .tree(TreeId::People)
@@ -49,6 +62,9 @@ impl Store {
     }
 
     pub fn person<T: Person>(&self, id: &str) -> Result<Option<PersonDefinition<T>>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.person(T::KIND, id);
+        }
         Ok(self
             .inner
             .engine()?

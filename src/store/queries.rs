@@ -6,6 +6,19 @@ use super::ops::OUTBOX_DEPTH;
 use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
+/// How long a node holds the outbox items it claimed (PostgreSQL): longer than any delivery
+/// attempt takes; a node that dies leaves its items to the others after this.
+const OUTBOX_LEASE_MS: u64 = 120_000;
+
+/// The PostgreSQL listing of a tree that is paged.
+fn listed(tree: TreeId) -> super::pg::Listed {
+    match tree {
+        TreeId::Conversations => super::pg::Listed::Conversations,
+        TreeId::Contacts => super::pg::Listed::Contacts,
+        _ => super::pg::Listed::Messages,
+    }
+}
+
 /// One page of `Store::page`.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -22,7 +35,7 @@ impl Store {
         newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&MessageRecord) -> Option<bool>,
+        keep: impl Fn(&MessageRecord) -> Option<bool> + Sync,
     ) -> Result<Page<MessageRecord>, StoreError> {
         self.page_in(TreeId::Messages, after, newest_first, limit, max_scan, keep)
     }
@@ -34,7 +47,7 @@ impl Store {
         newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Conversation) -> Option<bool>,
+        keep: impl Fn(&model::Conversation) -> Option<bool> + Sync,
     ) -> Result<Page<model::Conversation>, StoreError> {
         self.page_in(
             TreeId::Conversations,
@@ -52,7 +65,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Contact) -> bool,
+        keep: impl Fn(&model::Contact) -> bool + Sync,
     ) -> Result<Page<model::Contact>, StoreError> {
         self.page_in(TreeId::Contacts, after, false, limit, max_scan, |c| {
             Some(keep(c))
@@ -64,15 +77,18 @@ impl Store {
     /// `Some(true)` to take a record, `Some(false)` to skip it, and `None` when no record further
     /// in this direction can match (a time bound passed): the page then ends without a cursor.
     /// Bounded like `page`: at most `max_scan` records read, a page may end short with a cursor.
-    fn page_in<T: serde::de::DeserializeOwned>(
+    fn page_in<T: serde::de::DeserializeOwned + Send>(
         &self,
         tree: TreeId,
         after: Option<&[u8]>,
         newest_first: bool,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&T) -> Option<bool>,
+        keep: impl Fn(&T) -> Option<bool> + Sync,
     ) -> Result<Page<T>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.page(listed(tree), after, newest_first, limit, max_scan, &keep);
+        }
         use std::ops::Bound::{Excluded, Unbounded};
         type Entry = sled::Result<(sled::IVec, sled::IVec)>;
         let engine = self.inner.engine()?;
@@ -116,6 +132,9 @@ impl Store {
 
     /// Outbox items due by `until_ms`, earliest first, at most `limit`.
     pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_claim(until_ms, OUTBOX_LEASE_MS, limit);
+        }
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));
         let mut out = Vec::new();
@@ -132,8 +151,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Give back items `outbox_due` handed out that this node will not deliver now: due again
+    /// at once for every node (a shared store), nothing to do on the embedded store.
+    pub fn outbox_release(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
+        match &self.pg {
+            Some(pg) if !items.is_empty() => pg.outbox_release(items),
+            _ => Ok(()),
+        }
+    }
+
     /// How many outbox items are waiting.
     pub fn outbox_depth(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_depth();
+        }
         Ok(decode_counter(
             self.inner
                 .engine()?
@@ -144,6 +175,9 @@ impl Store {
 
     /// The oldest outbox item waiting (ids are ULIDs: key order is creation order).
     pub fn outbox_oldest(&self) -> Result<Option<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_oldest();
+        }
         match self.inner.engine()?.tree(TreeId::Outbox).first()? {
             Some((_, v)) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -152,6 +186,9 @@ impl Store {
 
     /// Every outbox item waiting, oldest first.
     pub fn outbox_items(&self) -> Result<Vec<OutboxItem>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.outbox_items();
+        }
         self.inner
             .engine()?
             .tree(TreeId::Outbox)
@@ -162,6 +199,9 @@ impl Store {
 
     /// Every inbox state recorded, by id.
     pub fn inbox_states(&self) -> Result<Vec<model::InboxState>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_states();
+        }
         self.inner
             .engine()?
             .tree(TreeId::Inboxes)
@@ -171,6 +211,9 @@ impl Store {
     }
 
     pub fn inbox_state(&self, id: &str) -> Result<Option<model::InboxState>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.inbox_state(id);
+        }
         self.get_json(TreeId::Inboxes, id)
     }
 
@@ -180,6 +223,18 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StoreError> {
+        if self.pg.is_some() {
+            return Ok(self
+                .page_in(
+                    TreeId::Messages,
+                    after.map(str::as_bytes),
+                    false,
+                    limit,
+                    usize::MAX,
+                    |_: &MessageRecord| Some(true),
+                )?
+                .items);
+        }
         let engine = self.inner.engine()?;
         let messages = engine.tree(TreeId::Messages);
         let iter = match after {
@@ -204,7 +259,7 @@ impl Store {
         limit: usize,
         since_ms: u64,
         max_scan: usize,
-        keep: impl Fn(&MessageRecord) -> bool,
+        keep: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<Vec<MessageRecord>, StoreError> {
         let page = self.messages_page(
             before.map(str::as_bytes),
@@ -224,7 +279,7 @@ impl Store {
         before: Option<&str>,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Conversation) -> Option<bool>,
+        keep: impl Fn(&model::Conversation) -> Option<bool> + Sync,
     ) -> Result<Vec<model::Conversation>, StoreError> {
         let page =
             self.conversations_page(before.map(str::as_bytes), true, limit, max_scan, keep)?;
@@ -232,6 +287,9 @@ impl Store {
     }
 
     pub fn get(&self, queue_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.message(queue_id);
+        }
         match self
             .inner
             .engine()?
@@ -250,6 +308,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<model::Conversation>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversations(inbox, after, limit);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(TreeId::Conversations);
         let iter = match after {
@@ -284,15 +345,24 @@ impl Store {
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<model::Conversation>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversation(id);
+        }
         self.get_json(TreeId::Conversations, id)
     }
 
     pub fn contact(&self, email: &str) -> Result<Option<model::Contact>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.contact(&email.to_lowercase());
+        }
         self.get_json(TreeId::Contacts, &email.to_lowercase())
     }
 
     /// Conversation ids of a contact, oldest first.
     pub fn contact_conversations(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.contact_conversations(&email.to_lowercase());
+        }
         let mut prefix = email.to_lowercase().into_bytes();
         prefix.push(0);
         let engine = self.inner.engine()?;
@@ -309,6 +379,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.conversation_messages(id, after, limit);
+        }
         let engine = self.inner.engine()?;
         let tree = engine.tree(TreeId::ConversationMessages);
         let prefix = conversation_message_key(id, "");
@@ -338,6 +411,9 @@ impl Store {
     }
 
     pub fn ticket(&self, id: &str) -> Result<Option<model::Ticket>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.ticket(id);
+        }
         self.get_json(TreeId::Tickets, id)
     }
 
@@ -349,6 +425,8 @@ impl Store {
                 std::io::ErrorKind::NotFound,
                 "the message body has expired (retention)",
             )))
+        } else if let Some(pg) = &self.pg {
+            pg.body(&record.queue_id)
         } else if record.body_location == "inline" {
             Ok(self
                 .inner
@@ -381,7 +459,7 @@ mod tests {
         store: &Store,
         limit: usize,
         max_scan: usize,
-        keep: impl Fn(&model::Contact) -> bool + Copy,
+        keep: impl Fn(&model::Contact) -> bool + Copy + Sync,
     ) -> Vec<Vec<String>> {
         let mut pages = Vec::new();
         let mut after: Option<Vec<u8>> = None;

@@ -114,15 +114,29 @@ mod tests {
         let cfg = crate::config::Config::embedded_default().store;
         {
             let store = Store::open(&dir, &cfg).unwrap();
-            store
-                .update(|tx| {
-                    let legacy = br#"{"id":"C1","inbox":"demo","subject":"s","contact":"a@x.example","created_at":1,"updated_at":2,"status":"open","messages":["Q1","Q2","Q3"]}"#;
-                    tx.insert(TreeId::Conversations, b"C1", legacy)?;
-                    tx.remove(TreeId::Counters, super::CONVERSATION_INDEX_DONE)
-                })
+            // Written as an old build left it, below the domain operations.
+            let engine = store.inner.engine().unwrap();
+            let legacy = br#"{"id":"C1","inbox":"demo","subject":"s","contact":"a@x.example","created_at":1,"updated_at":2,"status":"open","messages":["Q1","Q2","Q3"]}"#;
+            engine
+                .tree(TreeId::Conversations)
+                .insert(b"C1", &legacy[..])
                 .unwrap();
+            engine
+                .tree(TreeId::Counters)
+                .remove(super::CONVERSATION_INDEX_DONE)
+                .unwrap();
+            engine.db.flush().unwrap();
         }
-        let store = Store::open(&dir, &cfg).unwrap();
+        // sled's I/O threads let go of the file lock a moment after the last handle is dropped.
+        let mut store = Store::open(&dir, &cfg);
+        for _ in 0..200 {
+            if !matches!(store, Err(crate::store::StoreError::Locked)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            store = Store::open(&dir, &cfg);
+        }
+        let store = store.unwrap();
         assert_eq!(
             store.all_conversation_messages("C1").unwrap(),
             ["Q1", "Q2", "Q3"]

@@ -4,7 +4,6 @@
 //! a crash left behind.
 
 use super::model::{self, MessageRecord};
-use super::tx::TreeId;
 use super::{Store, StoreError, BODY_EXPIRED};
 
 impl Store {
@@ -23,13 +22,12 @@ impl Store {
     pub fn delete_messages_if(
         &self,
         queue_ids: &[String],
-        keep_going: impl Fn(&MessageRecord) -> bool,
+        keep_going: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<Vec<MessageRecord>, StoreError> {
         let removed = self.update(|tx| {
             let mut removed = Vec::new();
             for id in queue_ids {
-                let key = id.as_bytes();
-                match tx.get_json::<MessageRecord>(TreeId::Messages, key)? {
+                match tx.message(id)? {
                     Some(record) if keep_going(&record) => {
                         tx.remove_message(&record)?;
                         removed.push(record);
@@ -56,21 +54,20 @@ impl Store {
     pub fn expire_bodies_if(
         &self,
         queue_ids: &[String],
-        keep_going: impl Fn(&MessageRecord) -> bool,
+        keep_going: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<usize, StoreError> {
         let spooled = self.update(|tx| {
             let mut expired = Vec::new();
             for id in queue_ids {
-                let key = id.as_bytes();
-                let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                let Some(mut record) = tx.message(id)? else {
                     continue;
                 };
                 if record.body_location == BODY_EXPIRED || !keep_going(&record) {
                     continue;
                 }
                 let was = std::mem::replace(&mut record.body_location, BODY_EXPIRED.into());
-                tx.remove(TreeId::Bodies, key)?;
-                tx.put_json(TreeId::Messages, key, &record)?;
+                tx.drop_body(id)?;
+                tx.put_message(&record)?;
                 expired.push((id.as_str(), was == "spool"));
             }
             Ok(expired)
@@ -91,20 +88,19 @@ impl Store {
     pub fn clear_session_metadata_if(
         &self,
         queue_ids: &[String],
-        keep_going: impl Fn(&MessageRecord) -> bool,
+        keep_going: impl Fn(&MessageRecord) -> bool + Sync,
     ) -> Result<usize, StoreError> {
         self.update(|tx| {
             let mut n = 0;
             for id in queue_ids {
-                let key = id.as_bytes();
-                let Some(mut record) = tx.get_json::<MessageRecord>(TreeId::Messages, key)? else {
+                let Some(mut record) = tx.message(id)? else {
                     continue;
                 };
                 if record.session_metadata_cleared || !keep_going(&record) {
                     continue;
                 }
                 record.clear_session_metadata();
-                tx.put_json(TreeId::Messages, key, &record)?;
+                tx.put_message(&record)?;
                 n += 1;
             }
             Ok(n)
@@ -131,9 +127,7 @@ impl Store {
         let (conversations, removed) = self.update(|tx| {
             let (mut conversations, mut removed) = (0, Vec::new());
             for (id, messages) in ids.iter().zip(&lists) {
-                let Some(conv) =
-                    tx.get_json::<model::Conversation>(TreeId::Conversations, id.as_bytes())?
-                else {
+                let Some(conv) = tx.conversation(id)? else {
                     continue;
                 };
                 if conv.status != model::ConversationStatus::Closed

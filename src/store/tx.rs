@@ -6,8 +6,7 @@
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, UnabortableTransactionError};
 
-use super::keys;
-use super::model::{self, MessageRecord};
+use super::model::MessageRecord;
 
 /// Decisions that depend on what is already stored (threading, assignment, counters): run by
 /// the committer inside the message's transaction, so they see every earlier commit and their
@@ -74,18 +73,59 @@ pub type TxResult<T> = Result<T, TxError>;
 /// Why a transaction did not complete: a refusal with its reason (`TxError::abort`), or the
 /// database's own (a conflict to retry, a storage failure), which the store handles.
 #[derive(Debug)]
-pub struct TxError(pub(super) ConflictableTransactionError<String>);
+pub struct TxError(pub(super) TxErrorKind);
+
+#[derive(Debug)]
+pub(super) enum TxErrorKind {
+    /// A plan or an action refused: the transaction is undone, `reason` is the answer.
+    Abort(String),
+    /// sled's own: a conflict (the transaction runs again) or a storage failure.
+    Sled(ConflictableTransactionError<String>),
+    /// PostgreSQL's: a serialization failure or a lost connection (see `pg::retryable`).
+    Pg(postgres::Error),
+}
 
 impl TxError {
     /// Undo the whole transaction, with `reason` as its error.
     pub fn abort(reason: impl Into<String>) -> TxError {
-        TxError(ConflictableTransactionError::Abort(reason.into()))
+        TxError(TxErrorKind::Abort(reason.into()))
+    }
+
+    /// As sled's transaction error, for a sled transaction.
+    pub(super) fn into_sled(self) -> ConflictableTransactionError<String> {
+        match self.0 {
+            TxErrorKind::Abort(reason) => ConflictableTransactionError::Abort(reason),
+            TxErrorKind::Sled(e) => e,
+            TxErrorKind::Pg(e) => ConflictableTransactionError::Abort(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            TxErrorKind::Abort(reason) => f.write_str(reason),
+            TxErrorKind::Sled(e) => write!(f, "{e:?}"),
+            TxErrorKind::Pg(e) => write!(f, "{e}"),
+        }
     }
 }
 
 impl From<UnabortableTransactionError> for TxError {
     fn from(e: UnabortableTransactionError) -> TxError {
-        TxError(e.into())
+        TxError(TxErrorKind::Sled(e.into()))
+    }
+}
+
+impl From<postgres::Error> for TxError {
+    fn from(e: postgres::Error) -> TxError {
+        TxError(TxErrorKind::Pg(e))
+    }
+}
+
+impl From<serde_json::Error> for TxError {
+    fn from(e: serde_json::Error) -> TxError {
+        TxError::abort(format!("record encoding: {e}"))
     }
 }
 
@@ -102,12 +142,21 @@ pub(super) fn conversation_message_key(conversation: &str, queue_id: &str) -> Ve
     [conversation.as_bytes(), &[0], queue_id.as_bytes()].concat()
 }
 
-/// A view of every tree inside one transaction: reads see this transaction's own writes.
-pub struct Tx<'a> {
+/// One transaction of the store, whichever backend keeps it: the domain operations (`ops`) are
+/// all a caller sees. Reads see this transaction's own writes.
+pub struct Tx<'a>(pub(super) TxInner<'a>);
+
+pub(super) enum TxInner<'a> {
+    Sled(SledTx<'a>),
+    Pg(&'a super::pg::PgTx<'a>),
+}
+
+/// A view of every sled tree inside one transaction.
+pub(super) struct SledTx<'a> {
     pub(super) views: &'a [sled::transaction::TransactionalTree],
 }
 
-impl Tx<'_> {
+impl SledTx<'_> {
     pub(super) fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
         Ok(self.views[tree as usize].get(key)?)
     }
@@ -152,118 +201,6 @@ impl Tx<'_> {
         let next = now.saturating_add(delta);
         self.insert(TreeId::Counters, key, &next.to_be_bytes())?;
         Ok(next)
-    }
-
-    /// Remove a message's record and inline body, the Message-ID entries it owns and its place in
-    /// its conversations. Its spool file (if any) is the caller's to remove after the commit.
-    pub(super) fn remove_message(&self, record: &MessageRecord) -> TxResult<()> {
-        let key = record.queue_id.as_bytes();
-        self.remove(TreeId::Messages, key)?;
-        self.remove(TreeId::Bodies, key)?;
-        for r in &record.routing {
-            self.release_message_id(record, &r.inbox, None)?;
-            let conv_key = r.conversation.as_bytes();
-            if let Some(mut c) =
-                self.get_json::<model::Conversation>(TreeId::Conversations, conv_key)?
-            {
-                let link = conversation_message_key(&r.conversation, &record.queue_id);
-                if self.get(TreeId::ConversationMessages, &link)?.is_some() {
-                    self.remove(TreeId::ConversationMessages, &link)?;
-                    c.message_count = c.message_count.saturating_sub(1);
-                    self.put_json(TreeId::Conversations, conv_key, &c)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove the `inbox \0 message-id` entry of `record` when it is this message's to remove:
-    /// it belongs to `conversation` (when given), or was written for this message (only the first
-    /// copy of a Message-ID owns its entry; duplicates point at it).
-    fn release_message_id(
-        &self,
-        record: &MessageRecord,
-        inbox: &str,
-        conversation: Option<&str>,
-    ) -> TxResult<()> {
-        let message_id = keys::thread_message_id(
-            &record.message_id,
-            &record.from,
-            &record.subject,
-            &record.sha256,
-        );
-        let idx = super::ops::thread_key(inbox, &message_id);
-        if let Some(v) = self.get(TreeId::MessageIds, &idx)? {
-            let entry = super::ops::ThreadEntry::decode(&v);
-            let owned = match conversation {
-                Some(c) => entry.conversation == c,
-                None => entry.first == record.queue_id,
-            };
-            if owned {
-                self.remove(TreeId::MessageIds, &idx)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove a conversation with its ticket and contact link; each of its messages leaves it,
-    /// and a message left in no conversation is removed (pushed onto `removed`).
-    pub(super) fn remove_conversation(
-        &self,
-        conv: &model::Conversation,
-        messages: &[String],
-        removed: &mut Vec<MessageRecord>,
-    ) -> TxResult<()> {
-        self.remove(TreeId::Conversations, conv.id.as_bytes())?;
-        if let Some(t) = &conv.ticket {
-            self.remove(TreeId::Tickets, t.as_bytes())?;
-        }
-        if !conv.contact.is_empty() {
-            let link = [conv.contact.as_bytes(), &[0], conv.id.as_bytes()].concat();
-            if self.get(TreeId::ContactConversations, &link)?.is_some() {
-                self.remove(TreeId::ContactConversations, &link)?;
-                let key = conv.contact.as_bytes();
-                if let Some(mut c) = self.get_json::<model::Contact>(TreeId::Contacts, key)? {
-                    c.conversation_count = c.conversation_count.saturating_sub(1);
-                    self.put_json(TreeId::Contacts, key, &c)?;
-                }
-            }
-        }
-        for queue_id in messages {
-            self.remove(
-                TreeId::ConversationMessages,
-                &conversation_message_key(&conv.id, queue_id),
-            )?;
-            let key = queue_id.as_bytes();
-            let Some(mut record) = self.get_json::<MessageRecord>(TreeId::Messages, key)? else {
-                continue;
-            };
-            self.release_message_id(&record, &conv.inbox, Some(&conv.id))?;
-            record.routing.retain(|r| r.conversation != conv.id);
-            if record.routing.is_empty() {
-                self.remove_message(&record)?;
-                removed.push(record);
-            } else {
-                self.put_json(TreeId::Messages, key, &record)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Add a message to a conversation: its index entry and the count on the record (which the
-    /// caller writes).
-    pub fn add_to_conversation(
-        &self,
-        conv: &mut model::Conversation,
-        queue_id: &str,
-    ) -> TxResult<()> {
-        self.insert(
-            TreeId::ConversationMessages,
-            &conversation_message_key(&conv.id, queue_id),
-            b"",
-        )?;
-        conv.message_count += 1;
-        Ok(())
     }
 
     pub(super) fn counter(&self, key: &[u8]) -> TxResult<i64> {

@@ -83,6 +83,14 @@ mod recovery;
 mod resources;
 /// Retention lifetimes and the sweeper.
 mod retention;
+/// The same store cases against the embedded store and a real PostgreSQL (#13).
+mod store_conformance;
+
+// Several nodes on one PostgreSQL (#13).
+/// Two `inbound serve` processes sharing one database: one truth for threads, dedup, round robin.
+mod multi_node;
+/// `inbound store migrate` and `inbound store copy`, and `serve` on a database it cannot use.
+mod store_cli;
 
 // Around the message: outbox, API, operations.
 /// The HTTP API over real HTTP, validated against /openapi.json.

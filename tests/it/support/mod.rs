@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod http;
+pub mod pg;
 pub mod schema;
 pub mod sink;
 

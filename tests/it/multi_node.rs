@@ -1,0 +1,311 @@
+//! Two `inbound serve` processes, one on 127.0.0.1 and one on 127.0.0.2 (own ports, own data
+//! directories), sharing one PostgreSQL database started by the test: threading, dedup, round
+//! robin and the API are one truth across nodes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::process::{free_port, inbound, ServerProcess};
+use crate::support::http::Api;
+use crate::support::pg::PgCluster;
+use crate::support::{Client, TempDir};
+
+const TOKEN: &str = "multi-node-token-0123456789";
+
+/// A node's config: the shared database, loopback only, no sender authentication for loopback
+/// clients, an inbox whose new conversations go round robin to three people.
+fn node_config(dir: &Path, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.multi.test"
+data_dir = "{data}"
+shutdown_timeout = "5s"
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[store]
+backend = "postgres"
+url = "{url}"
+
+[limits]
+messages_per_ip_per_minute = 1000000
+connections_per_ip_per_minute = 100000
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout = "200ms"
+attempts = 1
+
+[auth]
+trusted_networks = ["127.0.0.0/8"]
+
+[api]
+listen = "127.0.0.1:0"
+tokens = ["{token}"]
+
+[[user]]
+id = "ann"
+[[user]]
+id = "bob"
+[[user]]
+id = "cyd"
+
+[[inbox]]
+id = "sales"
+address = "sales@acme.inbound.test"
+
+[[inbox.rule]]
+name = "everyone"
+assign = {{ users = ["ann", "bob", "cyd"], strategy = "round_robin" }}
+
+{extra}
+"#,
+        data = dir.display(),
+        token = TOKEN,
+    )
+}
+
+struct Node {
+    srv: ServerProcess,
+    api: SocketAddr,
+    _dir: TempDir,
+}
+
+fn start_node(ip: &str, url: &str, extra: &str) -> Node {
+    let dir = TempDir::new("node");
+    let config = dir.path().join("inbound.toml");
+    std::fs::write(&config, node_config(&dir.path().join("data"), url, extra)).unwrap();
+    let listen: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut srv = ServerProcess::spawn(
+        &[
+            "--config",
+            &config.to_string_lossy(),
+            "--listen",
+            &listen.to_string(),
+            "--api-listen",
+            &api.to_string(),
+        ],
+        listen,
+        &dir.path().join("server.log"),
+    );
+    srv.wait_ready();
+    Node {
+        srv,
+        api,
+        _dir: dir,
+    }
+}
+
+/// A database with the schema, and two nodes on it.
+fn cluster() -> (PgCluster, String, Node, Node) {
+    cluster_with("")
+}
+
+fn cluster_with(extra: &str) -> (PgCluster, String, Node, Node) {
+    let pg = PgCluster::start();
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let a = start_node("127.0.0.1", &url, extra);
+    let b = start_node("127.0.0.2", &url, extra);
+    (pg, url, a, b)
+}
+
+fn mail(from: &str, subject: &str, id: &str, reply_to: Option<&str>) -> Vec<u8> {
+    let irt = reply_to
+        .map(|r| format!("In-Reply-To: <{r}>\r\nReferences: <{r}>\r\n"))
+        .unwrap_or_default();
+    format!("From: <{from}>\r\nTo: sales@acme.inbound.test\r\nSubject: {subject}\r\nMessage-ID: <{id}>\r\n{irt}\r\nHello.\r\n")
+        .into_bytes()
+}
+
+/// Send one message to `node`; the queue id its 250 names.
+async fn send(node: &Node, from: &str, body: &[u8]) -> String {
+    let mut c = Client::connect(node.srv.addr).await;
+    c.hello().await;
+    let r = c
+        .send_message(from, &["sales@acme.inbound.test"], body)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    r.last_word()
+}
+
+async fn message(node: &Node, queue_id: &str) -> Value {
+    let api = Api::new(node.api, Some(TOKEN)).await;
+    let r = api.get(&format!("/v1/messages/{queue_id}")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn routing(m: &Value) -> &Value {
+    &m["routing"][0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thread_alternating_between_nodes_is_one_conversation() {
+    let (_pg, _url, a, b) = cluster();
+    let mut ids = Vec::new();
+    let mut previous: Option<String> = None;
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let id = format!("alt-{i}@client.example");
+        let q = send(
+            node,
+            "pat@client.example",
+            &mail("pat@client.example", "Order", &id, previous.as_deref()),
+        )
+        .await;
+        ids.push(q);
+        previous = Some(id);
+    }
+    let first = message(&a, &ids[0]).await;
+    let conv = routing(&first)["conversation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (i, q) in ids.iter().enumerate() {
+        // Read each message from the node that did not receive it.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let m = message(other, q).await;
+        assert_eq!(routing(&m)["conversation"], conv.as_str(), "message {i}");
+    }
+    for node in [&a, &b] {
+        let api = Api::new(node.api, Some(TOKEN)).await;
+        let c = api.get(&format!("/v1/conversations/{conv}")).await;
+        assert_eq!(c.status, 200);
+        assert_eq!(
+            c.json()["conversation"]["message_count"],
+            6,
+            "{}",
+            String::from_utf8_lossy(&c.body)
+        );
+        // The raw message is served by either node (bodies live in the database).
+        let raw = api.get(&format!("/v1/messages/{}/raw", ids[1])).await;
+        assert_eq!(raw.status, 200);
+        assert!(String::from_utf8_lossy(&raw.body).contains("Message-ID: <alt-1@client.example>"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_message_id_on_both_nodes_at_once_is_one_entry_and_one_duplicate() {
+    let (_pg, _url, a, b) = cluster();
+    for round in 0..4 {
+        let body = mail(
+            "dup@client.example",
+            "Same",
+            &format!("same-{round}@client.example"),
+            None,
+        );
+        let (qa, qb) = tokio::join!(
+            send(&a, "dup@client.example", &body),
+            send(&b, "dup@client.example", &body)
+        );
+        let (ma, mb) = (message(&a, &qa).await, message(&b, &qb).await);
+        assert_eq!(
+            routing(&ma)["conversation"],
+            routing(&mb)["conversation"],
+            "round {round}"
+        );
+        let dups: Vec<&Value> = [&ma, &mb]
+            .into_iter()
+            .filter(|m| !routing(m)["duplicate_of"].is_null())
+            .collect();
+        assert_eq!(dups.len(), 1, "round {round}: {ma} {mb}");
+        let original = if routing(&ma)["duplicate_of"].is_null() {
+            &qa
+        } else {
+            &qb
+        };
+        assert_eq!(routing(dups[0])["duplicate_of"], original.as_str());
+    }
+    // Four conversations, no more.
+    let api = Api::new(a.api, Some(TOKEN)).await;
+    let list = api.get("/v1/conversations?limit=100").await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 4, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_is_fair_across_nodes() {
+    let (_pg, _url, a, b) = cluster();
+    let mut convs = Vec::new();
+    for i in 0..9 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let from = format!("rr{i}@client.example");
+        let q = send(
+            node,
+            &from,
+            &mail(&from, "New", &format!("rr-{i}@client.example"), None),
+        )
+        .await;
+        convs.push(q);
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for q in &convs {
+        let m = message(&a, q).await;
+        *counts
+            .entry(routing(&m)["assignee"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let want: std::collections::BTreeMap<String, i32> =
+        [("ann".into(), 3), ("bob".into(), 3), ("cyd".into(), 3)].into();
+    assert_eq!(counts, want);
+}
+
+/// Both nodes drain the one outbox: every webhook event is delivered exactly once in a run
+/// without crashes (each item claimed under a lease by one node), whichever node took the mail.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_are_delivered_once_by_two_nodes() {
+    let port = free_port();
+    let sink = crate::support::sink::HttpSink::start_on(port, &[]).await;
+    let hook = format!(
+        "[[webhook]]\nid = \"app\"\nurl = \"http://127.0.0.1:{port}/hooks\"\nsecret = \"whsec-multi-0123456789abcdef\"\nevents = [\"message.received\"]\n"
+    );
+    let (_pg, url, a, b) = cluster_with(&hook);
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let from = format!("wh{i}@client.example");
+        send(
+            node,
+            &from,
+            &mail(&from, "Hook", &format!("wh-{i}@client.example"), None),
+        )
+        .await;
+    }
+    sink.wait_accepted(20, std::time::Duration::from_secs(60))
+        .await;
+    // Until every item is settled, a late second delivery could still come.
+    let depth = move || {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one("SELECT count(*) FROM outbox", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+        .join()
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while depth() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let requests = sink.requests();
+    let keys: std::collections::BTreeSet<String> = requests
+        .iter()
+        .map(|r| {
+            r.header("idempotency-key")
+                .expect("Idempotency-Key")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), 20, "one event per message");
+    assert_eq!(requests.len(), 20, "each delivered once");
+}
