@@ -8,6 +8,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod tls;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Semaphore;
@@ -42,6 +43,9 @@ pub struct Ctx {
     /// One reload at a time (SIGHUP and the HTTP API may ask at once): each compares against the
     /// config the other installed.
     reload_lock: Mutex<()>,
+    /// The store's definitions generation the config in force was compiled at
+    /// (`follow_definitions`); `u64::MAX` before the first look.
+    definitions_seen: AtomicU64,
 }
 
 impl Ctx {
@@ -71,6 +75,7 @@ impl Ctx {
             health: health::HealthState::default(),
             source: ConfigSource::default(),
             reload_lock: Mutex::new(()),
+            definitions_seen: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -92,8 +97,66 @@ impl Ctx {
 
     /// Held while the inboxes, users and teams created through the API change (and by reload):
     /// each change validates against the config the previous one installed, so none is lost.
+    /// On a store other nodes write too, the config first takes in what they changed, so a
+    /// change here validates against theirs (a rule naming a user made on another node).
     pub fn config_change(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.reload_lock.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.follow_definitions_locked();
+        guard
+    }
+
+    /// On a store shared with other nodes: when the inbox, user or team definitions were
+    /// written since the config in force was compiled (by any node), compile them again with
+    /// this node's file and put the result in force. Cheap when nothing changed (one read of a
+    /// count). Called every second by the server, before refusing a recipient as unknown, and
+    /// before every change through the API. Blocking: call it from a blocking context.
+    pub fn follow_definitions(&self) {
+        if self.definitions_moved().is_some() {
+            drop(self.config_change());
+        }
+    }
+
+    /// The store's generation when it differs from the one in force; `None` when they are the
+    /// same, on the embedded store, or when the store cannot be read (the next look retries).
+    fn definitions_moved(&self) -> Option<u64> {
+        match self.store.definitions_generation() {
+            Ok(Some(g)) if g != self.definitions_seen.load(Ordering::Acquire) => Some(g),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the definitions generation");
+                None
+            }
+        }
+    }
+
+    fn follow_definitions_locked(&self) {
+        let Some(generation) = self.definitions_moved() else {
+            return;
+        };
+        // The count is read before the definitions: a write between the two is compiled now
+        // and once more at the next look, never missed.
+        let merged = match reload::with_store_definitions(&self.config(), &self.store) {
+            Ok(merged) => merged,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the definitions other nodes changed; will retry");
+                return;
+            }
+        };
+        match merged {
+            Ok(config) => {
+                self.install_config(config);
+                tracing::debug!(
+                    generation,
+                    "definitions changed by another node are in force"
+                );
+            }
+            Err(errors) => tracing::warn!(
+                generation,
+                errors = %errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                "the inboxes, users or teams written to the shared store do not compile with this node's config file; the config in force is unchanged"
+            ),
+        }
+        self.definitions_seen.store(generation, Ordering::Release);
     }
 
     /// Put `config` in force (after an API change to the inboxes, users or teams committed; hold

@@ -265,6 +265,20 @@ impl Bound {
                 }
             })
         };
+        // Inboxes, users and teams changed through another node's API: in force here within
+        // a second (and at once for a recipient that would otherwise be refused).
+        let follower = ctx.store.is_shared().then(|| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let ctx = ctx.clone();
+                    let _ = tokio::task::spawn_blocking(move || ctx.follow_definitions()).await;
+                }
+            })
+        });
         let outbox = tokio::spawn(crate::notify::worker::run(
             ctx.clone(),
             ctx.outbox_wake.clone(),
@@ -318,6 +332,9 @@ impl Bound {
         }
         admin_task.abort();
         housekeeping.abort();
+        if let Some(t) = follower {
+            t.abort();
+        }
         // A scrape is short and carries no state: it need not be waited for.
         if let Some(t) = metrics_task {
             t.abort();

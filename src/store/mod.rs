@@ -551,6 +551,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether other processes write this store too (PostgreSQL shared by several nodes):
+    /// what this node compiled from it may then be out of date (`definitions_generation`).
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// A count that moves whenever an inbox, user or team definition is written, by any node;
+    /// `None` on the embedded store, which only this process writes (its own changes are put
+    /// in force as they are made).
+    pub fn definitions_generation(&self) -> Result<Option<u64>, StoreError> {
+        self.pg
+            .as_ref()
+            .map(|pg| pg.definitions_generation())
+            .transpose()
+    }
+
     /// Path of the database, for messages.
     pub fn data_path(data_dir: &Path) -> PathBuf {
         data_dir.join("db")

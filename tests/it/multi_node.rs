@@ -309,3 +309,93 @@ async fn webhook_events_are_delivered_once_by_two_nodes() {
     assert_eq!(keys.len(), 20, "one event per message");
     assert_eq!(requests.len(), 20, "each delivered once");
 }
+
+/// The code of the reply that settles one message sent to `rcpt` through `node`: the RCPT
+/// refusal, or the reply to its data.
+async fn deliver_to(node: &Node, rcpt: &str, id: &str) -> u16 {
+    let mut c = Client::connect(node.srv.addr).await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<pat@client.example>", "250").await;
+    c.send(&format!("RCPT TO:<{rcpt}>")).await;
+    let r = c.read_reply().await.expect("reply to RCPT");
+    if r.code != 250 {
+        return r.code;
+    }
+    let body = format!(
+        "From: <pat@client.example>\r\nTo: {rcpt}\r\nSubject: Hi\r\nMessage-ID: <{id}>\r\n\r\nHello.\r\n"
+    );
+    c.cmd("DATA", "354").await;
+    c.send_raw(body.as_bytes()).await;
+    c.send_raw(b".\r\n").await;
+    c.read_reply().await.expect("reply to end of data").code
+}
+
+/// Inboxes, users and teams created through one node's API are the other node's too: mail to
+/// a new inbox is taken by either node at once (a `550` for it would bounce the provider's
+/// confirmation), and a change made on one node is in force on the other without a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn definitions_made_through_one_node_are_in_force_on_the_other() {
+    let (_pg, _url, a, b) = cluster();
+    let (api_a, api_b) = (
+        Api::new(a.api, Some(TOKEN)).await,
+        Api::new(b.api, Some(TOKEN)).await,
+    );
+    let r = api_a
+        .call(
+            "POST",
+            "/v1/inboxes",
+            Some(&serde_json::json!({ "id": "support", "address": "support@acme.inbound.test" })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // At once, with no poll to wait for: the recipient is looked up again before a 550.
+    assert_eq!(
+        deliver_to(&b, "support@acme.inbound.test", "new-1@client.example").await,
+        250
+    );
+    let v = api_b.ok("/v1/inboxes/support").await;
+    assert_eq!(v["source"], "api", "{v}");
+
+    // A user made on B, then an inbox on A whose rule assigns to that user: A has B's user.
+    let r = api_b
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&serde_json::json!({ "id": "dee" })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = api_a
+        .call(
+            "PATCH",
+            "/v1/inboxes/support",
+            Some(&serde_json::json!({ "auto_assign": { "users": ["dee"] } })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Retired on A: B refuses its mail once it has followed (a poll of a second or two).
+    let r = api_a.call("DELETE", "/v1/inboxes/support", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let code = deliver_to(
+            &b,
+            "support@acme.inbound.test",
+            &format!("late-{n}@client.example"),
+        )
+        .await;
+        if code == 550 {
+            break;
+        }
+        assert_eq!(code, 250);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still takes mail for a retired inbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(api_b.ok("/v1/inboxes/support").await["state"], "retired");
+}

@@ -108,6 +108,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Reply::SENDER_OK
     }
 
+    /// On a store shared with other nodes, an address unknown here may be an inbox another
+    /// node created a moment ago: take in the definitions changed since (one read of a count
+    /// when nothing did) before `rcpt` refuses it, since a `550` bounces the mail for good.
+    pub(super) async fn follow_definitions_before_refusing(&self, address: &str) {
+        let ctx = &self.st.ctx;
+        if !ctx.store.is_shared()
+            || !matches!(
+                ctx.config().inboxes.resolve(address),
+                Recipient::UnknownMailbox
+            )
+        {
+            return;
+        }
+        let ctx = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || ctx.follow_definitions()).await;
+    }
+
     pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Reply {
         let max = self.st.ctx.limits.cfg.max_recipients;
         let ctx = self.st.ctx.clone();

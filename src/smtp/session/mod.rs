@@ -473,6 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(r)
             }
             Request::Rcpt { to } => {
+                self.follow_definitions_before_refusing(&to.address).await;
                 let r = self.rcpt(to);
                 self.reply(r)
             }

@@ -47,6 +47,9 @@ use crate::util::mask_url_password;
 /// key) runs again before its messages get `451`.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// The `store_state` key counting the writes of inbox, user and team definitions.
+const DEFINITIONS_GENERATION: &str = "definitions:generation";
+
 /// One connection with the statements it has prepared (prepared once per connection, by SQL
 /// text).
 pub(super) struct Conn {
@@ -305,6 +308,14 @@ impl PgStore {
             );
         }
         Ok(threads)
+    }
+
+    /// How many times the inbox, user and team definitions were written, by any node.
+    pub(super) fn definitions_generation(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .state(DEFINITIONS_GENERATION)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Whether the database takes a write now (`/readyz`).

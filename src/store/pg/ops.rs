@@ -319,6 +319,7 @@ impl PgTx<'_> {
              ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
             &[&def.spec.id, &json(def)?],
         )?;
+        self.definitions_changed()?;
         self.execute(
             "INSERT INTO inbox_addresses (address, inbox) VALUES ($1, $2)
              ON CONFLICT (address) DO UPDATE SET inbox = EXCLUDED.inbox",
@@ -364,14 +365,26 @@ impl PgTx<'_> {
             "INSERT INTO people (kind, id, record) VALUES ($1, $2, $3)
              ON CONFLICT (kind, id) DO UPDATE SET record = EXCLUDED.record",
             &[&kind, &id, &json(def)?],
-        )
-        .map(drop)
+        )?;
+        self.definitions_changed()
     }
 
     pub(in crate::store) fn remove_person(&self, kind: &str, id: &str) -> TxResult<()> {
         self.execute(
             "DELETE FROM people WHERE kind = $1 AND id = $2",
             &[&kind, &id],
+        )?;
+        self.definitions_changed()
+    }
+
+    /// Every write of an inbox, user or team definition counts here, in its own transaction:
+    /// the other nodes compare the count with the one they last compiled
+    /// (`Store::definitions_generation`) and compile the definitions again when it moved.
+    fn definitions_changed(&self) -> TxResult<()> {
+        self.execute(
+            "INSERT INTO store_state (key, value) VALUES ($1, '1')
+             ON CONFLICT (key) DO UPDATE SET value = (store_state.value::bigint + 1)::text",
+            &[&super::DEFINITIONS_GENERATION],
         )
         .map(drop)
     }
