@@ -344,7 +344,11 @@ async fn definitions_made_through_one_node_are_in_force_on_the_other() {
         .call(
             "POST",
             "/v1/inboxes",
-            Some(&serde_json::json!({ "id": "support", "address": "support@acme.inbound.test" })),
+            Some(&serde_json::json!({
+                "id": "support",
+                "address": "support@acme.inbound.test",
+                "connected_address": "jane.doe@gmail.com",
+            })),
         )
         .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -354,7 +358,42 @@ async fn definitions_made_through_one_node_are_in_force_on_the_other() {
         250
     );
     let v = api_b.ok("/v1/inboxes/support").await;
-    assert_eq!(v["source"], "api", "{v}");
+    assert_eq!(
+        (v["source"].as_str(), v["state"].as_str()),
+        (Some("api"), Some("pending")),
+        "{v}"
+    );
+
+    // The team's first forwarded message, taken by B, connects it for A: A refuses to move
+    // the address the team's provider now forwards to.
+    let forwarded = "X-Forwarded-For: jane.doe@gmail.com support@acme.inbound.test\r\n\
+        X-Forwarded-To: support@acme.inbound.test\r\n\
+        From: Carol <carol@customer.example>\r\nTo: jane.doe@gmail.com\r\n\
+        Subject: where is my order\r\nMessage-ID: <f1@customer.example>\r\n\r\nHello\r\n";
+    let mut c = Client::connect(b.srv.addr).await;
+    c.hello().await;
+    let r = c
+        .send_message(
+            "jane.doe+caf_=support=acme.inbound.test@gmail.com",
+            &["support@acme.inbound.test"],
+            forwarded.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let v = api_a.ok("/v1/inboxes/support").await;
+    assert_eq!(
+        (v["state"].as_str(), v["locked"].as_bool()),
+        (Some("connected"), Some(true)),
+        "{v}"
+    );
+    let r = api_a
+        .call(
+            "PATCH",
+            "/v1/inboxes/support",
+            Some(&serde_json::json!({ "address": "helpdesk@acme.inbound.test" })),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
 
     // A user made on B, then an inbox on A whose rule assigns to that user: A has B's user.
     let r = api_b
