@@ -438,3 +438,38 @@ async fn definitions_made_through_one_node_are_in_force_on_the_other() {
     }
     assert_eq!(api_b.ok("/v1/inboxes/support").await["state"], "retired");
 }
+
+/// A message at the 30 MiB limit taken by one node lives whole in the database: the other
+/// node serves its raw bytes, identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_30_mib_message_taken_by_one_node_is_served_whole_by_the_other() {
+    let (_pg, _url, a, b) = cluster();
+    const LIMIT: usize = 30 * 1024 * 1024;
+    let mut body =
+        b"From: <big@client.example>\r\nSubject: big\r\nMessage-ID: <big@client.example>\r\n\r\n"
+            .to_vec();
+    let line: Vec<u8> = [vec![b'y'; 998], b"\r\n".to_vec()].concat();
+    while body.len() + line.len() <= LIMIT {
+        body.extend_from_slice(&line);
+    }
+    body.resize(LIMIT - 2, b'x');
+    body.extend_from_slice(b"\r\n");
+    let mut c = Client::connect(a.srv.addr).await;
+    c.timeout = std::time::Duration::from_secs(120);
+    c.hello().await;
+    let r = c
+        .send_message("big@client.example", &["sales@acme.inbound.test"], &body)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let queue_id = r.last_word();
+    let api = Api::new(b.api, Some(TOKEN)).await;
+    let raw = api.get(&format!("/v1/messages/{queue_id}/raw")).await;
+    assert_eq!(raw.status, 200);
+    // Our trace header fields, then the message byte for byte.
+    let (trace, received) = raw.body.split_at(raw.body.len() - LIMIT);
+    assert!(String::from_utf8_lossy(trace).starts_with("Received: "));
+    assert_eq!(
+        crate::support::sha256(received),
+        crate::support::sha256(&body)
+    );
+}
