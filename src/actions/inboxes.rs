@@ -223,7 +223,7 @@ fn read_only(config: &Config, id: &str) -> ActionError {
 /// The specs of every other active API inbox (the config in force holds them all: every
 /// change installs the config it validated, under `Ctx::config_change`).
 fn others(config: &Config, id: &str) -> Vec<RawInbox> {
-    let mut specs = config.api_inboxes.clone();
+    let mut specs = config.api_inbox_specs();
     specs.retain(|s| s.id != id);
     specs
 }

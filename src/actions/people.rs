@@ -98,7 +98,7 @@ pub fn delete<T: Person>(ctx: &Ctx, id: &str) -> Result<PersonDefinition<T>, Act
     let mut people = config.api_people.clone();
     T::list(&mut people).retain(|x| x.id() != id);
     let next = config
-        .with_api_definitions(&people, &config.api_inboxes, Blame::Last)
+        .with_api_definitions(&people, &config.api_inbox_specs(), Blame::Last)
         .map_err(|e| still_named::<T>(id, e.0))?;
     let now = keys::now_ms();
     ctx.store.update(|tx| {
@@ -145,7 +145,7 @@ fn validate<T: Person>(
     id: &str,
 ) -> Result<Config, ActionError> {
     config
-        .with_api_definitions(people, &config.api_inboxes, Blame::Last)
+        .with_api_definitions(people, &config.api_inbox_specs(), Blame::Last)
         .map_err(|e| super::config_refusal(&T::api_path(id), e.0))
 }
 

@@ -3,6 +3,7 @@
 //! path.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::auth::{inbox_auth, AuthPolicy};
 use super::errors::Errors;
@@ -70,12 +71,14 @@ pub fn api_path(id: &str) -> String {
 /// The compiled recipient table: hosted address -> inbox, and the set of hosted domains.
 #[derive(Debug, Clone, Default)]
 pub struct Inboxes {
-    pub list: Vec<InboxConfig>,
+    /// Shared with the configs before and after a change: adding one inbox through the API
+    /// copies pointers, not every compiled inbox.
+    pub list: Vec<Arc<InboxConfig>>,
     by_address: HashMap<String, usize>,
     domains: HashSet<String>,
-    /// The key path that claimed each id, address and from name (lower case): what a
-    /// duplicate's error names ("also inbox[0].address").
-    ids: HashMap<String, String>,
+    /// The key path that claimed each id (and the inbox's place in `list`), address and from
+    /// name (lower case): what a duplicate's error names ("also inbox[0].address").
+    ids: HashMap<String, (String, usize)>,
     owners: HashMap<String, String>,
     from_names: HashMap<String, String>,
 }
@@ -142,7 +145,7 @@ impl Inboxes {
     }
 
     pub fn get(&self, id: &str) -> Option<&InboxConfig> {
-        self.list.iter().find(|i| i.id == id)
+        self.ids.get(id).map(|(_, i)| &*self.list[*i])
     }
 }
 
@@ -209,11 +212,14 @@ impl Inboxes {
                 format!("{path}.id"),
                 format!("invalid inbox id {:?} (letters, digits, - and _)", inbox.id),
             );
-        } else if let Some(first) = out.ids.insert(inbox.id.clone(), path.to_string()) {
+        } else if let Some((first, _)) = out.ids.get(&inbox.id) {
             errors.push(
                 format!("{path}.id"),
                 format!("duplicate inbox id {:?} (also {first})", inbox.id),
             );
+        } else {
+            out.ids
+                .insert(inbox.id.clone(), (path.to_string(), out.list.len()));
         }
         let index = out.list.len();
         let mut addresses = Vec::new();
@@ -251,7 +257,7 @@ impl Inboxes {
             }
         }
         let mut addresses = addresses.into_iter();
-        out.list.push(InboxConfig {
+        let mut compiled = InboxConfig {
             id: inbox.id.clone(),
             name: inbox.name.clone(),
             address: addresses.next().unwrap_or_default(),
@@ -282,10 +288,11 @@ impl Inboxes {
             } else {
                 InboxSource::Api
             },
-        });
+        };
         if let Some(rule) = compile_auto_assign(inbox, directory, path, errors) {
-            out.list[index].rules.push(rule);
+            compiled.rules.push(rule);
         }
+        out.list.push(Arc::new(compiled));
         if let Some(name) = &inbox.from_name {
             let key = name.trim().to_lowercase();
             if let Some(first) = out.from_names.get(&key) {
@@ -446,7 +453,7 @@ impl super::Config {
         }
         let mut out = self.clone();
         out.inboxes = inboxes;
-        out.api_inboxes = api.into_iter().map(|(_, i)| i).collect();
+        out.api_inboxes = api.into_iter().map(|(_, i)| Arc::new(i)).collect();
         Ok(out)
     }
 
@@ -466,7 +473,7 @@ impl super::Config {
         if !errors.0.is_empty() {
             return Err(super::ConfigErrors(errors.0));
         }
-        out.api_inboxes.push(spec.clone());
+        out.api_inboxes.push(Arc::new(spec.clone()));
         Ok(out)
     }
 

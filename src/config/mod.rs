@@ -61,8 +61,9 @@ pub struct Config {
     /// `with_api_inboxes` compiles again together with the inboxes created through the API.
     pub file_inboxes: Vec<(String, raw::RawInbox)>,
     /// The active inboxes created through the API that `with_api_inboxes` compiled in (empty
-    /// for a config as read from the file).
-    pub api_inboxes: Vec<raw::RawInbox>,
+    /// for a config as read from the file). Shared, like the compiled inboxes, with the
+    /// configs before and after a change.
+    pub api_inboxes: Vec<std::sync::Arc<raw::RawInbox>>,
     /// The file's `[[user]]`, `[[team]]` and `[[contact]]` tables with their key paths: what
     /// `with_api_definitions` compiles again together with the users and teams of the API.
     pub file_people: people::FilePeople,
@@ -152,6 +153,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 impl Config {
+    /// The specs of the API inboxes compiled in, as `with_api_inboxes` takes them.
+    pub fn api_inbox_specs(&self) -> Vec<raw::RawInbox> {
+        self.api_inboxes.iter().map(|i| (**i).clone()).collect()
+    }
+
     /// The embedded default config (always valid: a unit test proves it).
     pub fn embedded_default() -> Config {
         parse(DEFAULT_TOML).expect("the embedded default config is valid (tested)")

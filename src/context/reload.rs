@@ -370,7 +370,7 @@ fn summarize(file: String, old: &Config, new: &Config, tls_changed: bool) -> Rel
         .inboxes
         .list
         .iter()
-        .filter(|n| old.inboxes.get(&n.id).is_some_and(|o| o != *n))
+        .filter(|n| old.inboxes.get(&n.id).is_some_and(|o| o != n.as_ref()))
         .map(|n| n.id.clone())
         .collect();
     let mut changed = Vec::new();
