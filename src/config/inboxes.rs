@@ -74,13 +74,17 @@ pub struct Inboxes {
     /// Shared with the configs before and after a change: adding one inbox through the API
     /// copies pointers, not every compiled inbox.
     pub list: Vec<Arc<InboxConfig>>,
-    by_address: HashMap<String, usize>,
-    domains: HashSet<String>,
-    /// The key path that claimed each id (and the inbox's place in `list`), address and from
-    /// name (lower case): what a duplicate's error names ("also inbox[0].address").
-    ids: HashMap<String, (String, usize)>,
-    owners: HashMap<String, String>,
-    from_names: HashMap<String, String>,
+    // The indexes below hold shared strings for the same reason: cloning one copies its
+    // table and counts references, it allocates nothing per entry (with thousands of inboxes,
+    // copying every key and freeing the old config's was most of an API create).
+    /// Hosted address (lower case) -> the inbox's place in `list` and the key path that
+    /// claimed it (what a duplicate's error names: "also inbox[0].address").
+    by_address: HashMap<Arc<str>, (usize, Arc<str>)>,
+    domains: HashSet<Arc<str>>,
+    /// Inbox id -> the key path that claimed it and the inbox's place in `list`.
+    ids: HashMap<Arc<str>, (Arc<str>, usize)>,
+    /// From name (lower case) -> the key path that claimed it.
+    from_names: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// What a RCPT address resolves to.
@@ -113,18 +117,18 @@ impl Inboxes {
             return Recipient::UnknownMailbox;
         };
         let domain = super::values::normalize_domain(domain);
-        if !self.domains.contains(&domain) {
+        if !self.domains.contains(domain.as_str()) {
             return Recipient::ForeignDomain;
         }
         let local = local.to_lowercase();
-        if let Some(&i) = self.by_address.get(&format!("{local}@{domain}")) {
+        if let Some(&(i, _)) = self.by_address.get(format!("{local}@{domain}").as_str()) {
             return Recipient::Hosted {
                 inbox: &self.list[i],
                 tag: None,
             };
         }
         if let Some((base, tag)) = local.split_once('+') {
-            if let Some(&i) = self.by_address.get(&format!("{base}@{domain}")) {
+            if let Some(&(i, _)) = self.by_address.get(format!("{base}@{domain}").as_str()) {
                 return Recipient::Hosted {
                     inbox: &self.list[i],
                     tag: Some(tag.to_string()),
@@ -212,14 +216,14 @@ impl Inboxes {
                 format!("{path}.id"),
                 format!("invalid inbox id {:?} (letters, digits, - and _)", inbox.id),
             );
-        } else if let Some((first, _)) = out.ids.get(&inbox.id) {
+        } else if let Some((first, _)) = out.ids.get(inbox.id.as_str()) {
             errors.push(
                 format!("{path}.id"),
                 format!("duplicate inbox id {:?} (also {first})", inbox.id),
             );
         } else {
             out.ids
-                .insert(inbox.id.clone(), (path.to_string(), out.list.len()));
+                .insert(inbox.id.as_str().into(), (path.into(), out.list.len()));
         }
         let index = out.list.len();
         let mut addresses = Vec::new();
@@ -238,19 +242,16 @@ impl Inboxes {
                     errors.push(&key, format!("{a:?}: '+' is reserved for sub-addressing"))
                 }
                 Some(a) => {
-                    if let Some(first) = out.owners.get(&a) {
+                    if let Some((_, first)) = out.by_address.get(a.as_str()) {
                         errors.push(
                             &key,
                             format!("duplicate hosted address {a:?} (also {first})"),
                         );
                     } else {
-                        out.owners.insert(a.clone(), key.clone());
-                        out.by_address.insert(a.clone(), index);
-                        out.domains.insert(
-                            a.split_once('@')
-                                .map(|(_, d)| d.to_string())
-                                .unwrap_or_default(),
-                        );
+                        out.by_address
+                            .insert(a.as_str().into(), (index, key.as_str().into()));
+                        out.domains
+                            .insert(a.split_once('@').map(|(_, d)| d).unwrap_or_default().into());
                         addresses.push(a);
                     }
                 }
@@ -295,13 +296,13 @@ impl Inboxes {
         out.list.push(Arc::new(compiled));
         if let Some(name) = &inbox.from_name {
             let key = name.trim().to_lowercase();
-            if let Some(first) = out.from_names.get(&key) {
+            if let Some(first) = out.from_names.get(key.as_str()) {
                 errors.push(
                     format!("{path}.from_name"),
                     format!("duplicate from_name {name:?} (also {first}.from_name): recipients could not tell the inboxes apart"),
                 );
             } else {
-                out.from_names.insert(key, path.to_string());
+                out.from_names.insert(key.into(), path.into());
             }
         }
     }
