@@ -1,6 +1,7 @@
 //! Two `inbound serve` processes, one on 127.0.0.1 and one on 127.0.0.2 (own ports, own data
 //! directories), sharing one PostgreSQL database started by the test: threading, dedup, round
-//! robin and the API are one truth across nodes.
+//! robin and the API are one truth across nodes; a node SIGKILLed under load loses nothing
+//! acknowledged.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,11 +13,15 @@ use crate::support::http::Api;
 use crate::support::pg::PgCluster;
 use crate::support::{Client, TempDir};
 
-const TOKEN: &str = "multi-node-token-0123456789";
+pub(crate) const TOKEN: &str = "multi-node-token-0123456789";
+
+/// A nameserver that never answers: nothing in these tests needs DNS, and `/readyz` says so.
+pub(crate) const NO_DNS: &str = "127.0.0.1:9";
 
 /// A node's config: the shared database, loopback only, no sender authentication for loopback
-/// clients, an inbox whose new conversations go round robin to three people.
-fn node_config(dir: &Path, url: &str, extra: &str) -> String {
+/// clients, an inbox whose new conversations go round robin to three people, DNS from
+/// `nameserver`; `store` adds lines to `[store]`, `extra` tables at the end.
+fn node_config(dir: &Path, url: &str, nameserver: &str, store: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -30,13 +35,14 @@ addr = "127.0.0.1:0"
 [store]
 backend = "postgres"
 url = "{url}"
+{store}
 
 [limits]
 messages_per_ip_per_minute = 1000000
 connections_per_ip_per_minute = 100000
 
 [dns]
-nameservers = ["127.0.0.1:9"]
+nameservers = ["{nameserver}"]
 timeout = "200ms"
 attempts = 1
 
@@ -69,19 +75,38 @@ assign = {{ users = ["ann", "bob", "cyd"], strategy = "round_robin" }}
     )
 }
 
-struct Node {
-    srv: ServerProcess,
-    api: SocketAddr,
+pub(crate) struct Node {
+    pub(crate) srv: ServerProcess,
+    pub(crate) api: SocketAddr,
     _dir: TempDir,
 }
 
 fn start_node(ip: &str, url: &str, extra: &str) -> Node {
+    start_node_with(ip, url, NO_DNS, "", extra)
+}
+
+/// `inbound serve` on `ip` with `node_config`, waiting for its greeting.
+pub(crate) fn start_node_with(
+    ip: &str,
+    url: &str,
+    nameserver: &str,
+    store: &str,
+    extra: &str,
+) -> Node {
+    let mut node = spawn_node(ip, url, nameserver, store, extra);
+    node.srv.wait_ready();
+    node
+}
+
+/// `inbound serve` on `ip` with `node_config`, not waiting for anything.
+pub(crate) fn spawn_node(ip: &str, url: &str, nameserver: &str, store: &str, extra: &str) -> Node {
     let dir = TempDir::new("node");
     let config = dir.path().join("inbound.toml");
-    std::fs::write(&config, node_config(&dir.path().join("data"), url, extra)).unwrap();
+    let text = node_config(&dir.path().join("data"), url, nameserver, store, extra);
+    std::fs::write(&config, text).unwrap();
     let listen: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut srv = ServerProcess::spawn(
+    let srv = ServerProcess::spawn(
         &[
             "--config",
             &config.to_string_lossy(),
@@ -93,7 +118,6 @@ fn start_node(ip: &str, url: &str, extra: &str) -> Node {
         listen,
         &dir.path().join("server.log"),
     );
-    srv.wait_ready();
     Node {
         srv,
         api,
@@ -308,4 +332,162 @@ async fn webhook_events_are_delivered_once_by_two_nodes() {
         .collect();
     assert_eq!(keys.len(), 20, "one event per message");
     assert_eq!(requests.len(), 20, "each delivered once");
+}
+
+/// What one message's sending came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// `250` at the end of the data: the queue id it named.
+    Acked(String),
+    /// Any other reply, at any step: the code.
+    Refused(u16),
+    /// The connection failed or closed before a reply to the end of the data.
+    Lost,
+}
+
+/// Send one message on a new connection, answering with whatever the server said instead of
+/// panicking: the load tests count refusals and lost connections.
+pub(crate) async fn try_send(addr: SocketAddr, body: &[u8]) -> Sent {
+    let Ok(mut c) = Client::try_connect(addr).await else {
+        return Sent::Lost;
+    };
+    // A hang guard, not a timing assertion: a reply never comes only if the server is gone.
+    c.timeout = std::time::Duration::from_secs(60);
+    match c.try_read_reply().await {
+        Ok(r) if r.code == 220 => {}
+        Ok(r) => return Sent::Refused(r.code),
+        Err(_) => return Sent::Lost,
+    }
+    for (line, want) in [
+        ("EHLO load.client.example", 250),
+        ("MAIL FROM:<load@client.example>", 250),
+        ("RCPT TO:<sales@acme.inbound.test>", 250),
+        ("DATA", 354),
+    ] {
+        if c.write(format!("{line}\r\n").as_bytes()).await.is_err() {
+            return Sent::Lost;
+        }
+        match c.try_read_reply().await {
+            Ok(r) if r.code == want => {}
+            Ok(r) => return Sent::Refused(r.code),
+            Err(_) => return Sent::Lost,
+        }
+    }
+    let mut wire = crate::support::dot_stuff(body);
+    wire.extend_from_slice(b".\r\n");
+    if c.write(&wire).await.is_err() {
+        return Sent::Lost;
+    }
+    match c.try_read_reply().await {
+        Ok(r) if r.code == 250 => Sent::Acked(r.last_word()),
+        Ok(r) => Sent::Refused(r.code),
+        Err(_) => Sent::Lost,
+    }
+}
+
+/// A body unique to `tag`: headers, dot-stuffed lines, and for `large` more than the store's
+/// inline threshold (64 KiB), so spooled bodies are in the load as well as inline ones.
+pub(crate) fn load_body(tag: &str, large: bool) -> Vec<u8> {
+    let mut b = format!(
+        "From: <load@client.example>\r\nTo: sales@acme.inbound.test\r\nSubject: {tag}\r\nMessage-ID: <{tag}@client.example>\r\n\r\n"
+    )
+    .into_bytes();
+    let target = if large { 80 * 1024 } else { 600 };
+    let mut n = 0;
+    while b.len() < target {
+        n += 1;
+        let line = match n % 3 {
+            0 => format!(".a leading dot {tag} {n}\r\n"),
+            1 => format!("{tag} line {n} {}\r\n", "x".repeat(n % 71)),
+            _ => "..two dots\r\n".to_string(),
+        };
+        b.extend_from_slice(line.as_bytes());
+    }
+    b
+}
+
+/// Whether `node` serves message `queue_id` with exactly `body` as sent: `/raw` is the trace
+/// headers this server added (`Received:`, `Authentication-Results:`), then the stored body.
+pub(crate) async fn stored_as_sent(node: &Node, queue_id: &str, body: &[u8]) -> bool {
+    let api = Api::new(node.api, Some(TOKEN)).await;
+    let r = api.get(&format!("/v1/messages/{queue_id}/raw")).await;
+    if r.status != 200 || !r.body.ends_with(body) {
+        return false;
+    }
+    let trace = &r.body[..r.body.len() - body.len()];
+    // Whole header lines, no blank line: nothing but headers was put before the body.
+    (trace.is_empty() || trace.ends_with(b"\r\n"))
+        && !trace.windows(4).any(|w| w == b"\r\n\r\n")
+        && !trace.starts_with(b"\r\n")
+}
+
+/// Issue #13: SIGKILL of one node while clients send to both. Every message either node
+/// answered `250` is served by the surviving node, byte for byte as sent; clients of the killed
+/// node lose their connections (they would retry), nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_message_survives_a_node_sigkilled_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let (_pg, _url, mut a, b) = cluster();
+    // queue id -> body, for every 250.
+    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for id in 0..6 {
+        let addr = if id % 2 == 0 { a.srv.addr } else { b.srv.addr };
+        let (acked, stop) = (acked.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let data = load_body(&format!("kill-c{id}-m{seq}"), (seq + id) % 4 == 0);
+                match try_send(addr, &data).await {
+                    Sent::Acked(q) => acked.lock().unwrap().push((q, data)),
+                    Sent::Refused(_) => {}
+                    // The killed node: its clients stop (a real sender would try the other MX).
+                    Sent::Lost => return,
+                }
+            }
+        }));
+    }
+    let acked_len = || acked.lock().unwrap().len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while acked_len() < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load did not get going: {} acked",
+            acked_len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    a.srv.kill();
+    // The survivor keeps taking mail after the kill.
+    let at_kill = acked_len();
+    while acked_len() < at_kill + 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b stopped taking mail after a's kill"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let mut missing = Vec::new();
+    for (q, body) in &acked {
+        if !stored_as_sent(&b, q, body).await {
+            missing.push(q.clone());
+        }
+    }
+    eprintln!(
+        "{} messages acknowledged, {at_kill} before the kill",
+        acked.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored as sent: {missing:?}"
+    );
 }

@@ -1,0 +1,168 @@
+//! A node and its PostgreSQL database when things go wrong (#13): the database stopped under
+//! load and started again (`451`, never a `250` for what was not committed, `/readyz` 503 while
+//! it is away, accepting again by itself). Real `inbound serve` processes, a throwaway cluster,
+//! SMTP and HTTP over loopback.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::multi_node::{load_body, start_node_with, stored_as_sent, try_send, Sent};
+use crate::process::inbound;
+use crate::support::dns::TestDns;
+use crate::support::http::Api;
+use crate::support::pg::PgCluster;
+
+/// One message's sending: the phase when it started and when its reply came, what came back,
+/// and the body sent.
+struct Attempt {
+    started: u8,
+    ended: u8,
+    sent: Sent,
+    body: Vec<u8>,
+}
+
+const BEFORE: u8 = 0;
+const AWAY: u8 = 1;
+const BACK: u8 = 2;
+
+/// `/readyz` until it answers `status` (a hang guard, not a timing assertion); its JSON.
+async fn readyz_until(api: &Api, status: u16, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = api.get("/readyz").await;
+        if r.status == status {
+            return r.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered {status} {what}: {}",
+            r.json()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until `enough` holds for the attempts (a hang guard).
+async fn until(attempts: &Mutex<Vec<Attempt>>, what: &str, enough: impl Fn(&[Attempt]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !enough(&attempts.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn acked_in(a: &[Attempt], phase: u8) -> usize {
+    a.iter()
+        .filter(|a| a.started == phase && matches!(a.sent, Sent::Acked(_)))
+        .count()
+}
+
+/// Issue #13: the database stopped mid-load. While it is away every message is answered 451
+/// (never 250: nothing can be committed), `/readyz` answers 503 with the store not writable;
+/// when it is back the same process answers 250 again and `/readyz` 200, without a restart.
+/// Every message answered 250, before, around or after, is stored byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_away_mid_load_means_451_then_accepting_resumes_by_itself() {
+    let dns = TestDns::start().await;
+    let mut pg = PgCluster::start();
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let node = start_node_with("127.0.0.1", &url, &dns.addr().to_string(), "", "");
+    let public = Api::new(node.api, None).await;
+    readyz_until(&public, 200, "at start").await;
+
+    let phase = Arc::new(AtomicU8::new(BEFORE));
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for id in 0..4 {
+        let (phase, attempts, stop) = (phase.clone(), attempts.clone(), stop.clone());
+        let addr = node.srv.addr;
+        clients.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                let body = load_body(&format!("away-c{id}-m{seq}"), (seq + id) % 5 == 0);
+                let started = phase.load(Ordering::SeqCst);
+                let sent = try_send(addr, &body).await;
+                let ended = phase.load(Ordering::SeqCst);
+                let refused = !matches!(sent, Sent::Acked(_));
+                attempts.lock().unwrap().push(Attempt {
+                    started,
+                    ended,
+                    sent,
+                    body,
+                });
+                if refused {
+                    // A sender waits before it retries.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    until(&attempts, "20 messages accepted before the stop", |a| {
+        acked_in(a, BEFORE) >= 20
+    })
+    .await;
+
+    pg.stop();
+    phase.store(AWAY, Ordering::SeqCst);
+    let away = readyz_until(&public, 503, "while the database is away").await;
+    assert_eq!(away["store_writable"], false, "{away}");
+    until(&attempts, "20 messages sent and answered while away", |a| {
+        a.iter()
+            .filter(|a| a.started == AWAY && a.ended == AWAY)
+            .count()
+            >= 20
+    })
+    .await;
+
+    // Set before the start: a reply read while the phase still says away came before it.
+    phase.store(BACK, Ordering::SeqCst);
+    pg.start_again();
+    let back = readyz_until(&public, 200, "after the database came back").await;
+    assert_eq!(back["store_writable"], true, "{back}");
+    until(
+        &attempts,
+        "20 messages accepted after the database came back",
+        |a| acked_in(a, BACK) >= 20,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let attempts = std::mem::take(&mut *attempts.lock().unwrap());
+    let while_away: Vec<&Sent> = attempts
+        .iter()
+        .filter(|a| a.started == AWAY && a.ended == AWAY)
+        .map(|a| &a.sent)
+        .collect();
+    assert!(
+        while_away.iter().all(|s| **s == Sent::Refused(451)),
+        "while the database was away, every answer is 451: {while_away:?}"
+    );
+    let acked: Vec<(&str, &[u8])> = attempts
+        .iter()
+        .filter_map(|a| match &a.sent {
+            Sent::Acked(q) => Some((q.as_str(), a.body.as_slice())),
+            _ => None,
+        })
+        .collect();
+    for (q, body) in &acked {
+        assert!(
+            stored_as_sent(&node, q, body).await,
+            "{q}: acknowledged but not stored as sent"
+        );
+    }
+    eprintln!(
+        "{} attempts: {} acknowledged ({} before the stop, {} after the return), {} answered 451 while away",
+        attempts.len(),
+        acked.len(),
+        acked_in(&attempts, BEFORE),
+        acked_in(&attempts, BACK),
+        while_away.len()
+    );
+}
