@@ -1,7 +1,7 @@
 //! Two `inbound serve` processes, one on 127.0.0.1 and one on 127.0.0.2 (own ports, own data
 //! directories), sharing one PostgreSQL database started by the test: threading, dedup, round
-//! robin and the API are one truth across nodes; a node SIGKILLed under load loses nothing
-//! acknowledged.
+//! robin and the API are one truth across nodes; a node SIGKILLed under load or in the middle of
+//! webhook deliveries loses nothing acknowledged and leaves its claimed items to the other.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -489,5 +489,198 @@ async fn every_acknowledged_message_survives_a_node_sigkilled_under_load() {
     assert!(
         missing.is_empty(),
         "acknowledged but not stored as sent: {missing:?}"
+    );
+}
+
+/// A webhook endpoint for `webhook_events_of_a_node_killed_mid_delivery_...`: it never answers
+/// a request to `/a` (it holds the connection until the caller goes away), and answers every
+/// other with 200. Node a's config posts to `/a`, node b's to `/b`: a's deliveries stall.
+struct StallingReceiver {
+    port: u16,
+    /// (path, Idempotency-Key) of every request read in full, in arrival order.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingReceiver {
+    async fn start() -> StallingReceiver {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut io = BufReader::new(stream);
+                    let mut line = String::new();
+                    if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    let (mut key, mut len) = (String::new(), 0usize);
+                    loop {
+                        let mut h = String::new();
+                        if io.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let Some((name, value)) = h.trim_end().split_once(':') else {
+                            break;
+                        };
+                        match name.trim().to_ascii_lowercase().as_str() {
+                            "idempotency-key" => key = value.trim().to_string(),
+                            "content-length" => len = value.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if io.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    log.lock().unwrap().push((path.clone(), key));
+                    if path == "/a" {
+                        // Until the caller goes away.
+                        let _ = io.read_to_end(&mut Vec::new()).await;
+                        return;
+                    }
+                    let _ = io
+                        .get_mut()
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        StallingReceiver { port, seen, task }
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The `[[webhook]]` table of a node posting to `path`, with a request timeout shorter than
+    /// the lease (a config rule).
+    fn hook(&self, path: &str) -> String {
+        format!(
+            "[[webhook]]\nid = \"app\"\nurl = \"http://127.0.0.1:{}{path}\"\nsecret = \"whsec-multi-0123456789abcdef\"\nevents = [\"message.received\"]\ntimeout = \"5s\"\n\n[outbox]\npoll_interval = \"200ms\"\nretry_initial = \"1s\"\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for StallingReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A count from the shared database (test-side connection, off the async runtime).
+fn count(url: &str, sql: &'static str) -> i64 {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one(sql, &[]).unwrap().get::<_, i64>(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Issue #13: "a node killed mid-delivery leaves its items to another node after the lease".
+/// Node a claims webhook items and is SIGKILLed while its requests hang; with a short
+/// `[store] outbox_lease`, node b delivers them once the lease runs out: the receiver sees every
+/// event's Idempotency-Key answered 200, the ones a had in flight among them (at least once).
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_of_a_node_killed_mid_delivery_are_delivered_by_the_other_after_the_lease() {
+    const EVENTS: usize = 6;
+    let receiver = StallingReceiver::start().await;
+    let pg = PgCluster::start();
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let lease = "outbox_lease = \"6s\"";
+    let mut a = start_node_with("127.0.0.1", &url, NO_DNS, lease, &receiver.hook("/a"));
+    for i in 0..EVENTS {
+        let from = format!("lease{i}@client.example");
+        send(
+            &a,
+            &from,
+            &mail(&from, "Lease", &format!("lease-{i}@client.example"), None),
+        )
+        .await;
+    }
+    // a delivers at most `per_endpoint_concurrency` (2) at once: wait for its stalled requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.seen().iter().filter(|(p, _)| p == "/a").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node a sent no webhook: {:?}",
+            receiver.seen()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = a.srv.pid();
+    a.srv.kill();
+    let in_flight: std::collections::BTreeSet<String> = receiver
+        .seen()
+        .into_iter()
+        .filter(|(p, _)| p == "/a")
+        .map(|(_, k)| k)
+        .collect();
+    // a died holding leases: the items it was delivering are still claimed by it.
+    let held = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one(
+                "SELECT count(*) FROM outbox WHERE lease_owner LIKE '%:' || $1 || ':%'",
+                &[&pid.to_string()],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+        .join()
+        .unwrap()
+    };
+    assert!(
+        held >= in_flight.len() as i64,
+        "a held {held} leases, had {in_flight:?} in flight"
+    );
+    assert_eq!(count(&url, "SELECT count(*) FROM outbox"), EVENTS as i64);
+
+    let _b = start_node_with("127.0.0.2", &url, NO_DNS, lease, &receiver.hook("/b"));
+    let delivered = || -> std::collections::BTreeSet<String> {
+        receiver
+            .seen()
+            .into_iter()
+            .filter(|(p, _)| p == "/b")
+            .map(|(_, k)| k)
+            .collect()
+    };
+    // A hang guard: ten leases.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count(&url, "SELECT count(*) FROM outbox") > 0 || delivered().len() < EVENTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b did not deliver every event: {:?}",
+            receiver.seen()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let delivered = delivered();
+    assert_eq!(delivered.len(), EVENTS, "{:?}", receiver.seen());
+    assert!(
+        in_flight.is_subset(&delivered),
+        "a's stalled deliveries {in_flight:?} were not delivered by b: {delivered:?}"
+    );
+    eprintln!(
+        "{} requests for {EVENTS} events: {} stalled at a, {} answered at b",
+        receiver.seen().len(),
+        in_flight.len(),
+        receiver.seen().iter().filter(|(p, _)| p == "/b").count()
     );
 }
