@@ -1,13 +1,16 @@
 //! A node and its PostgreSQL database when things go wrong (#13): the database stopped under
 //! load and started again (`451`, never a `250` for what was not committed, `/readyz` 503 while
-//! it is away, accepting again by itself). Real `inbound serve` processes, a throwaway cluster,
-//! SMTP and HTTP over loopback.
+//! it is away, accepting again by itself), and a node that would not fit in the server's
+//! `max_connections`. Real `inbound serve` processes, a throwaway cluster, SMTP and HTTP over
+//! loopback.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::multi_node::{load_body, start_node_with, stored_as_sent, try_send, Sent};
+use crate::multi_node::{
+    load_body, spawn_node, start_node_with, stored_as_sent, try_send, Sent, NO_DNS,
+};
 use crate::process::inbound;
 use crate::support::dns::TestDns;
 use crate::support::http::Api;
@@ -165,4 +168,79 @@ async fn the_database_away_mid_load_means_451_then_accepting_resumes_by_itself()
         acked_in(&attempts, BACK),
         while_away.len()
     );
+}
+
+/// Issue #13: the pool plus the committers of one node are checked against the server's
+/// `max_connections` at start. A node that could not fit even alone refuses to start, and says
+/// with which figures: it would otherwise start and defer mail (451) whenever its pool grows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_cannot_fit_in_max_connections_refuses_to_start_naming_the_figures() {
+    let pg = PgCluster::start_with(&["max_connections=8"]);
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let mut node = spawn_node(
+        "127.0.0.1",
+        &url,
+        NO_DNS,
+        "pool_size = 6\ncommitters = 4",
+        "",
+    );
+    let (status, _) = node.srv.wait_exit(Duration::from_secs(30), Instant::now());
+    let log = node.srv.log_text();
+    assert!(!status.success(), "started anyway: {log}");
+    eprintln!(
+        "{}",
+        log.lines()
+            .find(|l| l.contains("max_connections"))
+            .unwrap_or("")
+    );
+    for figure in [
+        "needs 10 connections",
+        "pool_size 6",
+        "committers 4",
+        "max_connections 8",
+    ] {
+        assert!(
+            log.contains(figure),
+            "the refusal should name {figure:?}:\n{log}"
+        );
+    }
+}
+
+/// A node that fits alone but not beside the connections already open (another node's) starts,
+/// with a WARN naming the figures; the first node, alone at its start, warns of nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_crowding_max_connections_starts_with_a_warning_naming_the_figures() {
+    // Each node opens up to 8 (pool_size 4 + committers 4); the server allows 12.
+    let pg = PgCluster::start_with(&["max_connections=12"]);
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let a = start_node_with("127.0.0.1", &url, NO_DNS, "", "");
+    let b = start_node_with("127.0.0.2", &url, NO_DNS, "", "");
+    let (log_a, log_b) = (a.srv.log_text(), b.srv.log_text());
+    assert!(
+        !log_a.contains("max_connections"),
+        "the first node fits:\n{log_a}"
+    );
+    let warning = log_b
+        .lines()
+        .find(|l| l.contains("max_connections"))
+        .unwrap_or_else(|| panic!("the second node should warn:\n{log_b}"));
+    eprintln!("{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    for figure in ["node_connections=8", "max_connections=12"] {
+        assert!(
+            warning.contains(figure),
+            "the warning should name {figure}: {warning}"
+        );
+    }
+    // A warning, not a refusal: both nodes take mail.
+    for node in [&a, &b] {
+        let sent = try_send(
+            node.srv.addr,
+            &load_body(&format!("fit-{}", node.api), false),
+        )
+        .await;
+        assert!(matches!(sent, Sent::Acked(_)), "{sent:?}");
+    }
 }

@@ -20,6 +20,7 @@
 //! transaction. Calls never block a runtime worker: from inside an async context they run on a
 //! scoped thread of their own (`off_runtime`).
 
+mod capacity;
 mod copy;
 mod ops;
 mod reads;
@@ -213,7 +214,8 @@ pub(super) struct PgStore {
 }
 
 impl PgStore {
-    /// Connect and check the schema: it must be exactly the version this build knows.
+    /// Connect and check the schema (it must be exactly the version this build knows) and that
+    /// this node's connections fit in the server's (`capacity`).
     pub(super) fn open(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
         let store = PgStore {
             pool: Pool {
@@ -223,7 +225,11 @@ impl PgStore {
             },
             node: node_name().into(),
         };
-        store.with_conn(|c| schema::check(c, &mask_url_password(&cfg.url)))?;
+        let url = mask_url_password(&cfg.url);
+        store.with_conn(|c| {
+            schema::check(c, &url)?;
+            capacity::check(c, cfg, &url)
+        })?;
         Ok(store)
     }
 
