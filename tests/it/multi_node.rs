@@ -430,8 +430,9 @@ async fn every_acknowledged_message_survives_a_node_sigkilled_under_load() {
     use std::sync::{Arc, Mutex};
 
     let (_pg, _url, mut a, b) = cluster();
-    // queue id -> body, for every 250.
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    /// Queue id and body of every message answered 250.
+    type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let acked = Acked::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for id in 0..6 {
