@@ -339,10 +339,20 @@ async fn webhook_events_are_delivered_once_by_two_nodes() {
 pub(crate) enum Sent {
     /// `250` at the end of the data: the queue id it named.
     Acked(String),
-    /// Any other reply, at any step: the code.
-    Refused(u16),
+    /// Any other reply, at any step: the code and the enhanced status code (`4.3.0`; empty
+    /// when the reply has none).
+    Refused(u16, String),
     /// The connection failed or closed before a reply to the end of the data.
     Lost,
+}
+
+/// The enhanced status code a reply starts with (RFC 3463), or "".
+fn enhanced(r: &crate::support::Reply) -> String {
+    let first = r.lines.first().and_then(|l| l.split_whitespace().next());
+    first
+        .filter(|w| w.split('.').count() == 3 && w.split('.').all(|p| p.parse::<u16>().is_ok()))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Send one message on a new connection, answering with whatever the server said instead of
@@ -355,7 +365,7 @@ pub(crate) async fn try_send(addr: SocketAddr, body: &[u8]) -> Sent {
     c.timeout = std::time::Duration::from_secs(60);
     match c.try_read_reply().await {
         Ok(r) if r.code == 220 => {}
-        Ok(r) => return Sent::Refused(r.code),
+        Ok(r) => return Sent::Refused(r.code, enhanced(&r)),
         Err(_) => return Sent::Lost,
     }
     for (line, want) in [
@@ -369,7 +379,7 @@ pub(crate) async fn try_send(addr: SocketAddr, body: &[u8]) -> Sent {
         }
         match c.try_read_reply().await {
             Ok(r) if r.code == want => {}
-            Ok(r) => return Sent::Refused(r.code),
+            Ok(r) => return Sent::Refused(r.code, enhanced(&r)),
             Err(_) => return Sent::Lost,
         }
     }
@@ -380,7 +390,7 @@ pub(crate) async fn try_send(addr: SocketAddr, body: &[u8]) -> Sent {
     }
     match c.try_read_reply().await {
         Ok(r) if r.code == 250 => Sent::Acked(r.last_word()),
-        Ok(r) => Sent::Refused(r.code),
+        Ok(r) => Sent::Refused(r.code, enhanced(&r)),
         Err(_) => Sent::Lost,
     }
 }
@@ -445,7 +455,7 @@ async fn every_acknowledged_message_survives_a_node_sigkilled_under_load() {
                 let data = load_body(&format!("kill-c{id}-m{seq}"), (seq + id) % 4 == 0);
                 match try_send(addr, &data).await {
                     Sent::Acked(q) => acked.lock().unwrap().push((q, data)),
-                    Sent::Refused(_) => {}
+                    Sent::Refused(..) => {}
                     // The killed node: its clients stop (a real sender would try the other MX).
                     Sent::Lost => return,
                 }
