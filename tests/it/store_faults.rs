@@ -246,3 +246,34 @@ async fn a_node_crowding_max_connections_starts_with_a_warning_naming_the_figure
         assert!(matches!(sent, Sent::Acked(_)), "{sent:?}");
     }
 }
+
+/// A database that stops answering without refusing (its processes stopped, as a host that
+/// vanished behind a partition): `/readyz` must still answer, 503, rather than wait with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_answers_503_while_the_database_does_not_answer() {
+    let dns = TestDns::start().await;
+    let pg = PgCluster::start();
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let node = start_node_with("127.0.0.1", &url, &dns.addr().to_string(), "", "");
+    let public = Api::new(node.api, None).await;
+    readyz_until(&public, 200, "at start").await;
+    pg.signal_all(libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers = Vec::new();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(30), public.get("/readyz")).await;
+        let Ok(r) = r else {
+            pg.signal_all(libc::SIGCONT);
+            panic!("/readyz did not answer within 30 s while the database was frozen: {answers:?}");
+        };
+        answers.push(r.status);
+        if r.status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pg.signal_all(libc::SIGCONT);
+    readyz_until(&public, 200, "after the database answered again").await;
+}

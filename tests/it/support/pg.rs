@@ -187,6 +187,34 @@ impl PgCluster {
         self.wait_ready();
     }
 
+    /// Send `signal` to the server and every process it started (its backends, found by parent
+    /// pid): SIGSTOP makes a database that neither answers nor refuses, SIGCONT ends that.
+    pub fn signal_all(&self, signal: libc::c_int) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let parent = child.id();
+        let mut pids = vec![parent];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: signalling our own child and its children by pid.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
     /// Start the server again after `stop`: the same data (what was committed before the stop
     /// is there, after crash recovery), the same port, so clients' URLs still work.
     pub fn start_again(&mut self) {
@@ -242,6 +270,8 @@ impl PgCluster {
 
     /// Stop the server now (by its PID), e.g. to see what a node does without its database.
     pub fn stop(&mut self) {
+        // A server a test left stopped (`signal_all(SIGSTOP)`) would not act on SIGQUIT.
+        self.signal_all(libc::SIGCONT);
         if let Some(mut child) = self.child.take() {
             // SIGQUIT: immediate shutdown; the cluster is thrown away.
             // SAFETY: signalling our own child by its pid.
