@@ -1,6 +1,7 @@
 //! A node and its PostgreSQL database when things go wrong (#13): the database stopped under
 //! load and started again (`451`, never a `250` for what was not committed, `/readyz` 503 while
-//! it is away, accepting again by itself), and a node that would not fit in the server's
+//! it is away, accepting again by itself), a database that stops answering without refusing
+//! (`/readyz` still answers, 503), and a node that would not fit in the server's
 //! `max_connections`. Real `inbound serve` processes, a throwaway cluster, SMTP and HTTP over
 //! loopback.
 
