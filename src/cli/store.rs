@@ -47,6 +47,7 @@ fn pg_config(url: String) -> Result<PostgresConfig> {
         pool_size: 1,
         committers: 1,
         connect_timeout: Duration::from_secs(10),
+        outbox_lease: PostgresConfig::DEFAULT_OUTBOX_LEASE,
     })
 }
 

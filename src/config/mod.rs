@@ -110,6 +110,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         &inbox_ids,
         &mut errors,
     );
+    server::check_outbox_lease(&store, &outbound, &mut errors);
     let retention = server::compile_retention(&raw.retention, &mut errors);
 
     if !errors.0.is_empty() {

@@ -204,6 +204,8 @@ pub struct RawStore {
     pub committers: Option<u64>,
     /// How long to wait for a connection to the database.
     pub connect_timeout: Option<String>,
+    /// How long a node's claim on outbox items keeps the other nodes off them, e.g. "2m".
+    pub outbox_lease: Option<String>,
 }
 
 /// How long stored data is kept: each value is "keep" or a duration ("7d", "12h").

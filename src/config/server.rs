@@ -175,6 +175,7 @@ fn compile_backend(store: &RawStore, errors: &mut Errors) -> StoreBackend {
         ("store.pool_size", store.pool_size.is_some()),
         ("store.committers", store.committers.is_some()),
         ("store.connect_timeout", store.connect_timeout.is_some()),
+        ("store.outbox_lease", store.outbox_lease.is_some()),
     ];
     match store.backend.as_deref() {
         None | Some("sled") => {
@@ -226,6 +227,7 @@ fn compile_backend(store: &RawStore, errors: &mut Errors) -> StoreBackend {
                     &store.connect_timeout,
                     Duration::from_secs(5),
                 ),
+                outbox_lease: outbox_lease(store, errors),
             })
         }
         Some(other) => {
@@ -234,6 +236,62 @@ fn compile_backend(store: &RawStore, errors: &mut Errors) -> StoreBackend {
                 format!("{other:?} is not a store backend (use \"sled\" or \"postgres\")"),
             );
             StoreBackend::Sled
+        }
+    }
+}
+
+/// The lease's bounds: under a second, a node's own delivery and the recording of it could
+/// outlast it; past a day, an item of a node that died would wait longer than a sender retries.
+const MIN_OUTBOX_LEASE: Duration = Duration::from_secs(1);
+const MAX_OUTBOX_LEASE: Duration = Duration::from_secs(86_400);
+
+/// `[store] outbox_lease`: two minutes unless set, within the bounds above.
+fn outbox_lease(store: &RawStore, errors: &mut Errors) -> Duration {
+    let default = PostgresConfig::DEFAULT_OUTBOX_LEASE;
+    let lease = errors.duration("store.outbox_lease", &store.outbox_lease, default);
+    if (MIN_OUTBOX_LEASE..=MAX_OUTBOX_LEASE).contains(&lease) {
+        lease
+    } else {
+        errors.push(
+            "store.outbox_lease",
+            format!("{lease:?} is out of range (1s to 1d)"),
+        );
+        default
+    }
+}
+
+/// A lease must outlast one delivery attempt: if it ran out while this node still waited for
+/// an endpoint or the relay, another node would claim the item and deliver it a second time
+/// (at least once would still hold, but every slow endpoint would see doubles). Checked against
+/// each webhook's `timeout` and the relay's, after both sections are compiled.
+pub(super) fn check_outbox_lease(
+    store: &StoreConfig,
+    outbound: &super::outbound::OutboundConfig,
+    errors: &mut Errors,
+) {
+    let StoreBackend::Postgres(pg) = &store.backend else {
+        return;
+    };
+    let timeouts = outbound
+        .webhooks
+        .iter()
+        .map(|w| (format!("webhook {:?}", w.id), w.timeout))
+        .chain(
+            outbound
+                .relay
+                .iter()
+                .map(|r| ("the relay".to_string(), r.timeout)),
+        );
+    for (what, timeout) in timeouts {
+        if pg.outbox_lease <= timeout {
+            errors.push(
+                "store.outbox_lease",
+                format!(
+                    "{:?} must be longer than {what}'s timeout ({timeout:?}): a lease that runs \
+                     out during a delivery lets another node deliver the same item again",
+                    pg.outbox_lease
+                ),
+            );
         }
     }
 }
@@ -521,6 +579,15 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     pub committers: usize,
     pub connect_timeout: Duration,
+    /// How long an outbox claim keeps the other nodes off the items claimed: when a node dies
+    /// mid-delivery, its items wait this long before another node takes them.
+    pub outbox_lease: Duration,
+}
+
+impl PostgresConfig {
+    /// `[store] outbox_lease` unless set: longer than the default webhook (10 s) and relay
+    /// (30 s) timeouts, short enough that a dead node's items wait minutes, not hours.
+    pub const DEFAULT_OUTBOX_LEASE: Duration = Duration::from_secs(120);
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -530,6 +597,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)
             .field("connect_timeout", &self.connect_timeout)
+            .field("outbox_lease", &self.outbox_lease)
             .finish()
     }
 }
@@ -645,6 +713,41 @@ mod tests {
             "{errs:#?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn outbox_lease_is_a_bounded_duration_longer_than_any_delivery_timeout() {
+        let base = "[[listener]]\naddr = \"127.0.0.1:1\"\n\
+                    [store]\nbackend = \"postgres\"\nurl = \"postgres://db/inbound\"\n";
+        let lease = |text: &str| match parse(text).unwrap().store.backend {
+            StoreBackend::Postgres(pg) => pg.outbox_lease,
+            StoreBackend::Sled => panic!("not postgres"),
+        };
+        assert_eq!(lease(base), Duration::from_secs(120));
+        assert_eq!(
+            lease(&format!("{base}outbox_lease = \"3s\"\n")),
+            Duration::from_secs(3)
+        );
+        for bad in ["0s", "500ms", "2d", "soon"] {
+            let errs = parse(&format!("{base}outbox_lease = \"{bad}\"\n"))
+                .unwrap_err()
+                .0;
+            assert_eq!(errs[0].path, "store.outbox_lease", "{bad}: {errs:#?}");
+        }
+        // Not longer than a webhook's timeout (10s by default): refused, naming the webhook.
+        let hook = "[[webhook]]\nid = \"app\"\nurl = \"http://127.0.0.1:9/h\"\n\
+                    secret = \"whsec-0123456789abcdef\"\nevents = [\"message.received\"]\n";
+        let errs = parse(&format!("{base}outbox_lease = \"10s\"\n{hook}"))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "store.outbox_lease", "{errs:#?}");
+        assert!(errs[0].message.contains("webhook \"app\""), "{errs:#?}");
+        assert!(parse(&format!("{base}outbox_lease = \"11s\"\n{hook}")).is_ok());
+        // A sled store has no lease to set.
+        let errs = parse("[[listener]]\naddr = \"127.0.0.1:1\"\n[store]\noutbox_lease = \"3s\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "store.outbox_lease", "{errs:#?}");
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub const DNS_CACHE: Duration = Duration::from_secs(10);
 /// How long a store probe result is reused. The probe is a flushed write: unauthenticated
 /// clients may ask for `/readyz` as often as they like, the disk sees one probe per interval.
 pub const STORE_CACHE: Duration = Duration::from_secs(2);
+/// How long a check waits for the store probe. A database that neither answers nor refuses (a
+/// host gone behind a partition, a frozen server) would otherwise hold `/readyz` with it; past
+/// this the store counts as not writable. The probe itself keeps running: the next check waits
+/// on that one again instead of starting another, so at most one probe is ever in flight.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
@@ -43,7 +48,15 @@ pub(crate) struct HealthState {
     /// probes arriving together wait for one query instead of each sending their own.
     dns: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// The last store probe, shared the same way.
-    store: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    store: tokio::sync::Mutex<StoreProbe>,
+}
+
+/// The store probe's last result, and a probe still running past `STORE_PROBE_TIMEOUT`.
+#[derive(Default)]
+struct StoreProbe {
+    last: Option<(Instant, Result<(), String>)>,
+    /// When it started, and the probe itself.
+    running: Option<(Instant, tokio::task::JoinHandle<Result<(), String>>)>,
 }
 
 /// Held by an accept loop while it runs.
@@ -66,23 +79,43 @@ impl Drop for ListenerRunning<'_> {
     }
 }
 
+/// Run a store probe, or wait again for the one still running, at most `STORE_PROBE_TIMEOUT`.
+async fn probe_store(ctx: &Ctx, probe: &mut StoreProbe) -> Result<(), String> {
+    let (started, mut running) = match probe.running.take() {
+        Some(still) => still,
+        None => {
+            // sled's flush is blocking file I/O, PostgreSQL's client a blocking call.
+            ctx.metrics.readiness_store_probes.inc();
+            let store = ctx.store.clone();
+            let task =
+                tokio::task::spawn_blocking(move || store.probe_write().map_err(|e| e.to_string()));
+            (Instant::now(), task)
+        }
+    };
+    match tokio::time::timeout(STORE_PROBE_TIMEOUT, &mut running).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("probe failed: {e}")),
+        Err(_) => {
+            probe.running = Some((started, running));
+            Err(format!(
+                "no answer to a write probe for {} s",
+                started.elapsed().as_secs()
+            ))
+        }
+    }
+}
+
 /// Check the store, the listeners and DNS now (DNS from a cache of at most `DNS_CACHE`).
 pub async fn readiness(ctx: &Ctx) -> Readiness {
     let mut problems = Vec::new();
 
     let store = {
-        let mut last = ctx.health.store.lock().await;
-        match &*last {
+        let mut probe = ctx.health.store.lock().await;
+        match &probe.last {
             Some((at, result)) if at.elapsed() < STORE_CACHE => result.clone(),
             _ => {
-                // sled's flush is blocking file I/O.
-                ctx.metrics.readiness_store_probes.inc();
-                let store = ctx.store.clone();
-                let result = match tokio::task::spawn_blocking(move || store.probe_write()).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("probe failed: {e}")),
-                };
-                *last = Some((Instant::now(), result.clone()));
+                let result = probe_store(ctx, &mut probe).await;
+                probe.last = Some((Instant::now(), result.clone()));
                 result
             }
         }

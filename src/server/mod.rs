@@ -26,8 +26,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the store in {dir}: {source}{}", free_space_note(dir))]
-    Store { dir: String, source: StoreError },
+    /// `error` is in the message, not the source chain: printed with `{:#}`, it would be said
+    /// twice.
+    #[error("cannot open the store in {dir}: {error}{}", free_space_note(dir))]
+    Store { dir: String, error: StoreError },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
@@ -93,26 +95,25 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
 /// `bind`, remembering where `config` came from (`ConfigSource::load` made it) for `reload`.
 pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bound, ServerError> {
     let store =
-        Store::open(&config.data_dir, &config.store).map_err(|source| ServerError::Store {
+        Store::open(&config.data_dir, &config.store).map_err(|error| ServerError::Store {
             dir: config.data_dir.display().to_string(),
-            source,
+            error,
         })?;
     // Opening read sled's snapshot and rebuilt its page table; the snapshot is garbage now.
     crate::util::release_free_memory();
-    let store_error = |source| ServerError::Store {
+    let store_error = |error| ServerError::Store {
         dir: config.data_dir.display().to_string(),
-        source,
+        error,
     };
     // The inboxes, users and teams created through the API join the file's; a clash between
     // them is named.
     let config = reload::with_store_definitions(&config, &store)
         .map_err(store_error)?
         .map_err(|e| ServerError::InboxClash(crate::config::ConfigErrors(e)))?;
-    let locked =
-        reload::locked_addresses(&config, &store).map_err(|source| ServerError::Store {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
+    let locked = reload::locked_addresses(&config, &store).map_err(|error| ServerError::Store {
+        dir: config.data_dir.display().to_string(),
+        error,
+    })?;
     if !locked.is_empty() {
         return Err(ServerError::LockedAddress(crate::config::ConfigErrors(
             locked,

@@ -59,9 +59,11 @@ pub enum StoreError {
     Locked,
     #[error("the store is shutting down")]
     Closed,
-    /// A write failed (a full disk, an I/O error) and the database is being reopened from what
-    /// is on disk; it heals by itself once the cause is gone.
-    #[error("the store is unavailable after a failed write (it is reopened when the disk takes writes again): {0}")]
+    /// The store cannot take the operation now and heals by itself once the cause is gone: a
+    /// write failed (a full disk, an I/O error) and sled is being reopened from what is on disk,
+    /// or the PostgreSQL database is unreachable, refused or lost the connection. The text says
+    /// which.
+    #[error("the store is unavailable: {0}")]
     Unavailable(String),
 }
 
@@ -194,7 +196,9 @@ impl Inner {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| StoreError::Unavailable("the database could not be reopened yet".into()))
+            .ok_or_else(|| StoreError::Unavailable(
+                    "a write failed and the database could not be reopened yet (it is reopened when the disk takes writes again)".into(),
+                ))
     }
 
     /// Note that a write failed: sled now refuses writes until the database is reopened, and
@@ -222,7 +226,7 @@ impl Inner {
             let mut last = self.last_heal.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < HEAL_INTERVAL) {
                 return Err(StoreError::Unavailable(
-                    "waiting to reopen the database".into(),
+                    "a write failed; waiting to reopen the database (it is reopened when the disk takes writes again)".into(),
                 ));
             }
             *last = Some(Instant::now());
@@ -239,7 +243,7 @@ impl Inner {
                 if Instant::now() >= deadline {
                     *slot = Some(old);
                     return Err(StoreError::Unavailable(
-                        "the database is still in use; reopening later".into(),
+                        "a write failed and the database is still in use; reopening later".into(),
                     ));
                 }
                 thread::sleep(Duration::from_millis(2));
@@ -255,7 +259,9 @@ impl Inner {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "store: reopen failed; trying again later");
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(StoreError::Unavailable(format!(
+                    "a write failed and reopening the database failed (tried again later): {e}"
+                )))
             }
         }
     }

@@ -6,10 +6,6 @@ use super::ops::OUTBOX_DEPTH;
 use super::tx::{conversation_message_key, decode_counter, TreeId};
 use super::{Store, StoreError, BODY_EXPIRED};
 
-/// How long a node holds the outbox items it claimed (PostgreSQL): longer than any delivery
-/// attempt takes; a node that dies leaves its items to the others after this.
-const OUTBOX_LEASE_MS: u64 = 120_000;
-
 /// The PostgreSQL listing of a tree that is paged.
 fn listed(tree: TreeId) -> super::pg::Listed {
     match tree {
@@ -133,7 +129,7 @@ impl Store {
     /// Outbox items due by `until_ms`, earliest first, at most `limit`.
     pub fn outbox_due(&self, until_ms: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         if let Some(pg) = &self.pg {
-            return pg.outbox_claim(until_ms, OUTBOX_LEASE_MS, limit);
+            return pg.outbox_claim(until_ms, limit);
         }
         let engine = self.inner.engine()?;
         let (due, items) = (engine.tree(TreeId::OutboxDue), engine.tree(TreeId::Outbox));

@@ -91,6 +91,8 @@ mod store_conformance;
 mod multi_node;
 /// `inbound store migrate` and `inbound store copy`, and `serve` on a database it cannot use.
 mod store_cli;
+/// The database stopped under load, or not answering, and back; a node too big for its server.
+mod store_faults;
 
 // Around the message: outbox, API, operations.
 /// The HTTP API over real HTTP, validated against /openapi.json.

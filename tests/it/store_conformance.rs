@@ -30,6 +30,7 @@ fn pg_store_config(url: &str) -> StoreConfig {
         pool_size: 4,
         committers: 2,
         connect_timeout: std::time::Duration::from_secs(10),
+        outbox_lease: PostgresConfig::DEFAULT_OUTBOX_LEASE,
     });
     cfg
 }

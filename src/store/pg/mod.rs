@@ -17,9 +17,10 @@
 //!   database's own WAL flush groups their commits.
 //!
 //! The client is the synchronous `postgres` crate: plans are synchronous code run inside the
-//! transaction. Calls never block a runtime worker: from inside an async context they run on a
-//! scoped thread of their own (`off_runtime`).
+//! transaction. From inside an async context calls run on a scoped thread of their own, waited
+//! for through `block_in_place` so that the worker's other tasks move on (`off_runtime`).
 
+mod capacity;
 mod copy;
 mod ops;
 mod reads;
@@ -145,20 +146,31 @@ fn retryable(e: &postgres::Error) -> bool {
 }
 
 /// Run `f` where a blocking database call is allowed: directly on a plain thread, on a scoped
-/// thread of its own when called from inside an async runtime (whose workers must not block,
-/// and inside which the `postgres` crate cannot run its own).
+/// thread of its own when called from inside an async runtime (inside which the `postgres`
+/// crate cannot run its own). Waiting for that thread still blocks the caller: on a worker of
+/// a multi-thread runtime the wait goes through `block_in_place`, which hands the worker's
+/// other tasks to another thread first. A database that stops answering (neither replies nor
+/// refuses) then holds only the tasks that called it, not every SMTP session and `/readyz`.
 pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return f();
+    };
+    let run = || {
+        thread::scope(|s| {
+            thread::Builder::new()
+                .name("inbound-pg".into())
+                .spawn_scoped(s, f)
+                .expect("spawn a database thread")
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    };
+    // block_in_place panics on a current-thread runtime (and there is no other worker to hand
+    // tasks to anyway).
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
     }
-    thread::scope(|s| {
-        thread::Builder::new()
-            .name("inbound-pg".into())
-            .spawn_scoped(s, f)
-            .expect("spawn a database thread")
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 /// Connections for reads and operator actions, made as needed up to `size`.
@@ -216,7 +228,8 @@ pub(super) struct PgStore {
 }
 
 impl PgStore {
-    /// Connect and check the schema: it must be exactly the version this build knows.
+    /// Connect and check the schema (it must be exactly the version this build knows) and that
+    /// this node's connections fit in the server's (`capacity`).
     pub(super) fn open(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
         let store = PgStore {
             pool: Pool {
@@ -226,7 +239,11 @@ impl PgStore {
             },
             node: node_name().into(),
         };
-        store.with_conn(|c| schema::check(c, &mask_url_password(&cfg.url)))?;
+        let url = mask_url_password(&cfg.url);
+        store.with_conn(|c| {
+            schema::check(c, &url)?;
+            capacity::check(c, cfg, &url)
+        })?;
         Ok(store)
     }
 

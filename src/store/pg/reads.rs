@@ -327,15 +327,16 @@ impl PgStore {
     }
 
     /// Claim up to `limit` items due by `until_ms` for this node: their due time moves
-    /// `lease_ms` ahead, so no other node takes them while this one delivers; if this node dies,
-    /// they are due again for every node when the lease runs out. Settling an item (delivered,
-    /// rescheduled, dropped) ends the lease. Locked rows are skipped, not waited for.
+    /// `[store] outbox_lease` ahead, so no other node takes them while this one delivers (the
+    /// config keeps the lease longer than a delivery's timeout); if this node dies, they are due
+    /// again for every node when the lease runs out. Settling an item (delivered, rescheduled,
+    /// dropped) ends the lease. Locked rows are skipped, not waited for.
     pub(in crate::store) fn outbox_claim(
         &self,
         until_ms: u64,
-        lease_ms: u64,
         limit: usize,
     ) -> Result<Vec<OutboxItem>, StoreError> {
+        let lease_ms = self.pool.cfg.outbox_lease.as_millis() as u64;
         let lease_until = crate::store::keys::now_ms().saturating_add(lease_ms) as i64;
         self.with_conn(|c| {
             let rows = c

@@ -1,7 +1,9 @@
 //! A throwaway PostgreSQL cluster for one test: `initdb` into a temporary directory, `postgres`
 //! listening on 127.0.0.1 and a free port only (its Unix socket in the same directory), trust
 //! authentication, a database per caller (`database`), and the server stopped by its PID when
-//! the cluster is dropped. No test depends on a database someone else started.
+//! the cluster is dropped. A test may give server settings of its own (`start_with`), and stop
+//! the server and start it again on the same data and port (`stop`, `start_again`) to see what
+//! a node does while its database is away. No test depends on a database someone else started.
 //!
 //! The server binaries come from `INBOUND_TEST_PG_BIN`, else the newest
 //! `/usr/lib/postgresql/<version>/bin` (the distribution's `postgresql` package, which `.ci/run`
@@ -96,12 +98,25 @@ pub struct PgCluster {
     child: Option<Child>,
     pub port: u16,
     log: PathBuf,
+    /// What `start_again` needs to run the same server on the same data and port.
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    data: PathBuf,
+    sock: PathBuf,
+    /// Server settings (`-c name=value`) given to `start_with`, after the defaults.
+    settings: Vec<String>,
     // Last: removed after the server has stopped.
     _dir: TempDir,
 }
 
 impl PgCluster {
     pub fn start() -> PgCluster {
+        Self::start_with(&[])
+    }
+
+    /// A cluster with server settings of the test's own (`"max_connections=12"`), each given as
+    /// `-c` after the defaults, so a setting named twice takes the test's value.
+    pub fn start_with(settings: &[&str]) -> PgCluster {
         let bin = bin_dir();
         let user = run_as();
         let dir = TempDir::new("pg");
@@ -130,30 +145,81 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = crate::process::free_port();
+        let mut cluster = PgCluster {
+            child: None,
+            port,
+            log,
+            bin,
+            user,
+            data,
+            sock,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        cluster.spawn();
+        cluster
+    }
+
+    /// Run the server on this cluster's data directory and port and wait until it takes
+    /// connections.
+    fn spawn(&mut self) {
         let log_file = std::fs::OpenOptions::new()
             .append(true)
-            .open(&log)
+            .open(&self.log)
             .expect("open the server log");
-        let child = command(bin.join("postgres"), user)
-            .args(["-D", &data.to_string_lossy()])
-            .args(["-p", &port.to_string()])
-            .args(["-k", &sock.to_string_lossy()])
+        let mut c = command(self.bin.join("postgres"), self.user);
+        c.args(["-D", &self.data.to_string_lossy()])
+            .args(["-p", &self.port.to_string()])
+            .args(["-k", &self.sock.to_string_lossy()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=off"])
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=200"]);
+        for setting in &self.settings {
+            c.args(["-c", setting]);
+        }
+        let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("spawn postgres");
-        let mut cluster = PgCluster {
-            child: Some(child),
-            port,
-            log,
-            _dir: dir,
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Send `signal` to the server and every process it started (its backends, found by parent
+    /// pid): SIGSTOP makes a database that neither answers nor refuses, SIGCONT ends that.
+    pub fn signal_all(&self, signal: libc::c_int) {
+        let Some(child) = &self.child else {
+            return;
         };
-        cluster.wait_ready();
-        cluster
+        let parent = child.id();
+        let mut pids = vec![parent];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: signalling our own child and its children by pid.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    /// Start the server again after `stop`: the same data (what was committed before the stop
+    /// is there, after crash recovery), the same port, so clients' URLs still work.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again on a running cluster");
+        self.spawn();
     }
 
     fn wait_ready(&mut self) {
@@ -204,6 +270,8 @@ impl PgCluster {
 
     /// Stop the server now (by its PID), e.g. to see what a node does without its database.
     pub fn stop(&mut self) {
+        // A server a test left stopped (`signal_all(SIGSTOP)`) would not act on SIGQUIT.
+        self.signal_all(libc::SIGCONT);
         if let Some(mut child) = self.child.take() {
             // SIGQUIT: immediate shutdown; the cluster is thrown away.
             // SAFETY: signalling our own child by its pid.
