@@ -66,6 +66,11 @@ const RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// pause is jittered (half to all of it) so that two losers do not meet again in step.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a committer waits for any lock (the advisory locks of `hot_keys`, a row another
+/// transaction holds): past it the statement fails and the batch gets `451` (the clients retry).
+/// A holder that commits takes milliseconds; this bounds the wait behind one that hangs with its
+/// session still open (a node cut off mid-batch).
+const COMMITTER_LOCK_TIMEOUT: &str = "30s";
 
 /// One connection with the statements it has prepared (prepared once per connection, by SQL
 /// text).
@@ -94,6 +99,15 @@ impl Conn {
             client,
             statements: HashMap::new(),
         })
+    }
+
+    /// A committer's connection: `connect`, with `COMMITTER_LOCK_TIMEOUT`.
+    fn connect_committer(cfg: &PostgresConfig) -> Result<Conn, StoreError> {
+        let mut conn = Conn::connect(cfg)?;
+        conn.client
+            .batch_execute(&format!("SET lock_timeout = '{COMMITTER_LOCK_TIMEOUT}'"))
+            .map_err(pg_error)?;
+        Ok(conn)
     }
 
     fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
@@ -284,7 +298,7 @@ impl PgStore {
         for i in 0..self.pool.cfg.committers {
             let (rx, spool, cfg) = (rx.clone(), spool.clone(), self.pool.cfg.clone());
             let (node, counts) = (self.node.clone(), self.counts.clone());
-            let mut conn = Some(off_runtime(|| Conn::connect(&cfg))?);
+            let mut conn = Some(off_runtime(|| Conn::connect_committer(&cfg))?);
             threads.push(
                 thread::Builder::new()
                     .name(format!("inbound-commit-{i}"))
@@ -305,7 +319,7 @@ impl PgStore {
                         };
                         let c = match conn.take().filter(|c| !c.client.is_closed()) {
                             Some(c) => Ok(c),
-                            None => Conn::connect(&cfg),
+                            None => Conn::connect_committer(&cfg),
                         };
                         let results = match c {
                             Ok(mut c) => {
