@@ -19,7 +19,12 @@
 //!   two committers never wait for each other in a cycle, *then* begins the transaction, whose
 //!   snapshot therefore already sees the previous holder's commit. Every node takes the same
 //!   locks, so the cluster serialises per inbox, not per row conflict; what still races (the
-//!   API, a hash collision) is retried as above.
+//!   API, a hash collision) is retried as above. Why wait rather than only retry with a longer
+//!   backoff: at REPEATABLE READ two transactions that update one row cannot overlap at all, so
+//!   every overlap is a whole transaction thrown away; a wait costs one lock hand-over. The
+//!   price: commits to one inbox run one batch at a time, so for one busy inbox fewer
+//!   committers (bigger batches) are faster (#13: 1 committer ~530 messages/s, 4 ~360, release
+//!   build, 4 KiB × 20 clients, one sender, on a shared 2-core host).
 //! - **No hot row.** Ticket numbers come from a sequence, open counts and round-robin positions
 //!   are one row per user and per rule, and the outbox depth is counted.
 //! - **Group commit.** Several committer connections each take whatever batch is waiting; the
