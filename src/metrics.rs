@@ -45,6 +45,11 @@ pub struct Metrics {
     pub end_of_data_duration: Histogram,
     /// Messages waiting for the committer; sampled from the store at render.
     pub(crate) commit_queue_depth: Gauge,
+    /// Store transactions committed by the committers (a batch of messages is one), and store
+    /// transactions run again after losing a race to another (PostgreSQL: a serialization
+    /// failure, deadlock or duplicate key; sled: always 0). Sampled from the store at render.
+    pub(crate) store_commits: Counter,
+    pub(crate) store_retries: Counter,
     /// Flushed writes made by `/readyz` to see whether the store takes a commit. Readiness
     /// reuses a result for `context::health::STORE_CACHE`, so however often it is asked, this
     /// grows by at most one per interval.
@@ -91,6 +96,8 @@ impl Metrics {
             commit_duration: Histogram::new(LATENCY_BUCKETS_SECONDS),
             end_of_data_duration: Histogram::new(LATENCY_BUCKETS_SECONDS),
             commit_queue_depth: Gauge::default(),
+            store_commits: Counter::default(),
+            store_retries: Counter::default(),
             readiness_store_probes: Counter::default(),
             outbox_depth: Gauge::default(),
             retention_removed: CounterVec::new(),
@@ -238,6 +245,18 @@ impl Metrics {
         );
         counter(
             o,
+            "inbound_store_commits_total",
+            "Store transactions committed by the committers (a batch of messages is one).",
+            &self.store_commits,
+        );
+        counter(
+            o,
+            "inbound_store_retries_total",
+            "Store transactions run again after losing a race (PostgreSQL serialization failure, deadlock or duplicate key).",
+            &self.store_retries,
+        );
+        counter(
+            o,
             "inbound_readiness_store_probes_total",
             "Flushed store writes made by readiness checks (at most one per 2 s, however often /readyz is asked).",
             &self.readiness_store_probes,
@@ -319,6 +338,11 @@ impl Counter {
 
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+
+    /// For a counter that mirrors one kept elsewhere, sampled at render.
+    pub(crate) fn set(&self, n: u64) {
+        self.0.store(n, Relaxed);
     }
 }
 

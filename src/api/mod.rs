@@ -353,6 +353,9 @@ pub fn metrics_text(ctx: &Ctx) -> String {
         .set(i64::try_from(ctx.limits.open_sessions()).unwrap_or(i64::MAX));
     m.commit_queue_depth
         .set(i64::try_from(ctx.store.commit_queue_depth()).unwrap_or(i64::MAX));
+    let (commits, retries) = ctx.store.transaction_counts();
+    m.store_commits.set(commits);
+    m.store_retries.set(retries);
     m.known_inboxes(ctx.config().inboxes.list.iter().map(|i| i.id.as_str()));
     m.render()
 }

@@ -25,6 +25,11 @@ pub(super) struct ClientOutcome {
     pub(super) latencies: Vec<Duration>,
     /// When this client's last final reply arrived.
     pub(super) finished: Option<Instant>,
+    /// Messages answered with a 4xx or 5xx (not a broken connection): `451 4.3.0` when the
+    /// store could not commit.
+    pub(super) refused: u64,
+    /// The queue id each 250 at end of data named, for the check after a PostgreSQL run.
+    pub(super) queued: Vec<String>,
     pub(super) first_error: Option<String>,
 }
 
@@ -35,8 +40,9 @@ impl ClientOutcome {
     }
 }
 
-/// One run: `case.clients` connections send `case.messages` messages between them.
-pub(super) async fn load(addr: SocketAddr, rcpt: &str, case: &Case) -> RunResult {
+/// One run: `case.clients` connections send `case.messages` messages between them; client i
+/// connects to `addrs[i % addrs.len()]`.
+pub(super) async fn load(addrs: &[SocketAddr], rcpt: &str, case: &Case) -> RunResult {
     let (clients, messages) = (case.clients, case.messages);
     let shared = Arc::new(Shared {
         source: case.source.clone(),
@@ -51,7 +57,7 @@ pub(super) async fn load(addr: SocketAddr, rcpt: &str, case: &Case) -> RunResult
         ready: Barrier::new(clients + 1),
     });
     let tasks: Vec<_> = (0..clients)
-        .map(|i| tokio::spawn(client(i as u32, addr, shared.clone())))
+        .map(|i| tokio::spawn(client(i as u32, addrs[i % addrs.len()], shared.clone())))
         .collect();
     shared.ready.wait().await;
     let started = Instant::now();
@@ -63,6 +69,8 @@ pub(super) async fn load(addr: SocketAddr, rcpt: &str, case: &Case) -> RunResult
         });
         total.ok += out.ok;
         total.failed += out.failed;
+        total.refused += out.refused;
+        total.queued.extend(out.queued);
         total.latencies.extend(out.latencies);
         total.finished = total.finished.max(out.finished);
         if total.first_error.is_none() {
@@ -92,6 +100,12 @@ pub(super) async fn load(addr: SocketAddr, rcpt: &str, case: &Case) -> RunResult
         p50_ms: percentile_ms(&total.latencies, 50.0),
         p99_ms: percentile_ms(&total.latencies, 99.0),
         peak_rss_mib: None,
+        refused: total.refused,
+        commits_per_s: None,
+        retries: None,
+        lost: None,
+        duplicated: None,
+        queued: total.queued,
         first_error: total.first_error,
     }
 }
@@ -186,6 +200,7 @@ pub(super) async fn transaction(
     let data = conn.reply_code().await?;
     if data != 354 {
         refused.get_or_insert_with(|| format!("DATA: {}", conn.last_line()));
+        out.refused += u64::from(data >= 400);
         // Whatever part of the transaction was accepted is dropped before the next one.
         conn.write(b"RSET\r\n").await?;
         conn.reply_code().await?;
@@ -203,9 +218,16 @@ pub(super) async fn transaction(
         (250, None) => {
             out.ok += 1;
             out.latencies.push(now - sent);
+            // "250 2.0.0 Ok: queued as <id>": the id is the last word.
+            let line = conn.last_line();
+            out.queued
+                .push(line.rsplit(' ').next().unwrap_or_default().to_string());
         }
         (_, Some(r)) => out.fail(r),
-        (_, None) => out.fail(format!("end of data: {}", conn.last_line())),
+        (code, None) => {
+            out.refused += u64::from(code >= 400);
+            out.fail(format!("end of data: {}", conn.last_line()))
+        }
     }
     Ok(())
 }

@@ -7,6 +7,13 @@
 //! inherits another's database, and VmHWM (peak RSS) belongs to that run alone. The server is
 //! stopped with SIGTERM, as an operator would, and its directory removed.
 //!
+//! `--store postgres` puts those servers on PostgreSQL: the database at `--store-url`, or
+//! without it a throwaway cluster per run started as the tests start theirs
+//! (`testkit::pg`, fsync on: a commit is on disk, as sled's are). `--nodes 2` starts two servers
+//! on 127.0.0.1 and 127.0.0.2 sharing the database and splits the clients between them; after a
+//! PostgreSQL run the bench checks that every message answered 250 is stored and that no
+//! Message-ID made two conversations. Commits and retries come from each server's `/metrics`.
+//!
 //! What a mode may change is confined to `Mode`: the message bytes (`Messages`) and the extra
 //! server configuration (`Mode::configure`). A DKIM/SPF/DMARC mode adds a variant there.
 //!
@@ -92,6 +99,30 @@ pub struct BenchArgs {
     /// What is sent and what the server checks.
     #[arg(long, value_enum, default_value_t = Mode::Plain)]
     mode: Mode,
+    /// The store of the started servers.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled, conflicts_with = "target")]
+    store: StoreKind,
+    /// With --store postgres: the database (empty, or at this build's schema; every run adds to
+    /// it). Without it, each run starts a throwaway PostgreSQL cluster of its own.
+    #[arg(long, conflicts_with = "target")]
+    store_url: Option<String>,
+    /// Servers per run sharing the database (2 needs --store postgres): on 127.0.0.1, then
+    /// 127.0.0.2; client i talks to server i mod nodes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), conflicts_with = "target")]
+    nodes: u8,
+    /// With --store postgres: committer connections per server [default: the server's own].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64), conflicts_with = "target")]
+    committers: Option<u8>,
+}
+
+/// The store the started servers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded store, one data directory per server.
+    Sled,
+    /// PostgreSQL, shared by the run's servers.
+    Postgres,
 }
 
 /// What a bench mode decides: the bytes of each message and the server configuration they meet.
@@ -206,6 +237,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "--rcpt {:?} is not an address",
         args.rcpt
     );
+    ensure!(
+        args.nodes == 1 || args.store == StoreKind::Postgres,
+        "--nodes 2 needs --store postgres (two servers can share only a database)"
+    );
+    ensure!(
+        (args.store_url.is_none() && args.committers.is_none())
+            || args.store == StoreKind::Postgres,
+        "--store-url and --committers need --store postgres"
+    );
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build; only a `cargo build --release` binary gives real figures");
     }
@@ -242,7 +282,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             for i in 0..args.runs {
                 let r = match target {
                     Some(addr) => run_against(&rt, addr, args.server_pid, &args.rcpt, &case),
-                    None => run_with_child(&rt, args.mode, &args.rcpt, &case)?,
+                    None => run_with_children(&rt, &args, &case)?,
                 };
                 eprintln!(
                     "{} × {clients} run {}/{}: {}",
@@ -262,7 +302,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         runs_per_case: args.runs,
         server: match &args.target {
             Some(t) => t.clone(),
-            None => "started per run".into(),
+            None => format!(
+                "{} started per run on {}",
+                match args.nodes {
+                    1 => "one server".to_string(),
+                    n => format!("{n} servers"),
+                },
+                match (args.store, &args.store_url) {
+                    (StoreKind::Sled, _) => "sled".to_string(),
+                    (StoreKind::Postgres, None) => "a throwaway PostgreSQL cluster".to_string(),
+                    (StoreKind::Postgres, Some(u)) => {
+                        format!("PostgreSQL at {}", crate::util::mask_url_password(u))
+                    }
+                }
+            ),
         },
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_at_start,

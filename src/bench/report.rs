@@ -22,10 +22,49 @@ pub(super) struct RunResult {
     pub(super) msgs_per_s: f64,
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
-    /// VmHWM of the server process; `None` when there is no process to read.
+    /// VmHWM of the server process (the largest, with two); `None` when there is no process
+    /// to read.
     pub(super) peak_rss_mib: Option<f64>,
+    /// Messages answered 4xx or 5xx (a subset of `failed`).
+    pub(super) refused: u64,
+    /// Store transactions committed per second of the run, all servers together; `None` with
+    /// `--target`.
+    pub(super) commits_per_s: Option<f64>,
+    /// Store transactions run again after losing a race, all servers together.
+    pub(super) retries: Option<u64>,
+    /// After a PostgreSQL run: messages answered 250 that the database does not hold, and
+    /// conversations beyond one per Message-ID. Both must be 0.
+    pub(super) lost: Option<u64>,
+    pub(super) duplicated: Option<u64>,
+    /// The queue ids answered 250 (for `lost`); not reported.
+    #[serde(skip)]
+    pub(super) queued: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) first_error: Option<String>,
+}
+
+impl RunResult {
+    /// Retries per committed transaction.
+    fn retry_rate(&self) -> Option<f64> {
+        let commits = self.commits_per_s? * self.elapsed_s;
+        Some(if commits > 0.0 {
+            self.retries? as f64 / commits
+        } else {
+            0.0
+        })
+    }
+
+    /// "0 lost, 0 dup", or "3 LOST, 0 dup" when the check found any.
+    fn checked(&self) -> String {
+        match (self.lost, self.duplicated) {
+            (Some(l), Some(d)) => format!(
+                "{l} {}, {d} {}",
+                if l == 0 { "lost" } else { "LOST" },
+                if d == 0 { "dup" } else { "DUP" }
+            ),
+            _ => "-".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +73,9 @@ pub(super) struct Medians {
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
     pub(super) peak_rss_mib: Option<f64>,
+    pub(super) commits_per_s: Option<f64>,
+    /// Retries per committed transaction.
+    pub(super) retry_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +85,7 @@ pub(super) struct CaseResult {
     pub(super) clients: usize,
     pub(super) messages: u64,
     pub(super) median: Medians,
-    /// Runs with at least one failed message.
+    /// Runs with at least one failed message, or a lost or duplicated one.
     pub(super) failed_runs: usize,
     pub(super) runs: Vec<RunResult>,
 }
@@ -113,9 +155,19 @@ pub(super) fn summarize(
             p50_ms: pick(&|r| Some(r.p50_ms)).unwrap_or(0.0),
             p99_ms: pick(&|r| Some(r.p99_ms)).unwrap_or(0.0),
             peak_rss_mib: pick(&|r| r.peak_rss_mib),
+            commits_per_s: pick(&|r| r.commits_per_s),
+            retry_rate: pick(&|r| r.retry_rate()),
         },
-        failed_runs: runs.iter().filter(|r| r.failed > 0).count(),
+        failed_runs: runs.iter().filter(|r| r.failed_badly()).count(),
         runs,
+    }
+}
+
+impl RunResult {
+    pub(super) fn failed_badly(&self) -> bool {
+        self.failed > 0
+            || self.lost.is_some_and(|n| n > 0)
+            || self.duplicated.is_some_and(|n| n > 0)
     }
 }
 
@@ -129,9 +181,19 @@ pub(super) fn progress(r: &RunResult) -> String {
         "{:.1} msgs/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {rss}",
         r.msgs_per_s, r.p50_ms, r.p99_ms
     );
+    if let (Some(c), Some(t)) = (r.commits_per_s, r.retries) {
+        let _ = write!(line, ", {c:.1} commits/s, {t} retries");
+    }
+    if r.lost.is_some() {
+        let _ = write!(line, ", {}", r.checked());
+    }
     if r.failed > 0 {
         let error = r.first_error.as_deref().unwrap_or("?");
-        let _ = write!(line, ", {} FAILED: {error}", r.failed);
+        let _ = write!(
+            line,
+            ", {} FAILED ({} refused): {error}",
+            r.failed, r.refused
+        );
     }
     line
 }
@@ -165,10 +227,14 @@ pub(super) fn table(report: &Report) -> String {
         "p50 ms",
         "p99 ms",
         "peak RSS MiB",
+        "commits/s",
+        "retry/commit",
+        "check",
         "result",
     ];
     row(&mut s, header.map(String::from));
     let rss = |v: Option<f64>| v.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+    let rate = |v: Option<f64>| v.map(|m| format!("{m:.3}")).unwrap_or_else(|| "-".into());
     for c in &report.cases {
         let verdict = if c.failed_runs == 0 {
             "ok".to_string()
@@ -186,13 +252,20 @@ pub(super) fn table(report: &Report) -> String {
                 format!("{:.2}", m.p50_ms),
                 format!("{:.2}", m.p99_ms),
                 rss(m.peak_rss_mib),
+                rss(m.commits_per_s),
+                rate(m.retry_rate),
+                String::new(),
                 verdict,
             ],
         );
         for (i, r) in c.runs.iter().enumerate() {
             let verdict = match (r.failed, &r.first_error) {
                 (0, _) => String::new(),
-                (n, e) => format!("{n} FAILED: {}", e.as_deref().unwrap_or("?")),
+                (n, e) => format!(
+                    "{n} FAILED ({} refused): {}",
+                    r.refused,
+                    e.as_deref().unwrap_or("?")
+                ),
             };
             row(
                 &mut s,
@@ -204,6 +277,9 @@ pub(super) fn table(report: &Report) -> String {
                     format!("{:.2}", r.p50_ms),
                     format!("{:.2}", r.p99_ms),
                     rss(r.peak_rss_mib),
+                    rss(r.commits_per_s),
+                    rate(r.retry_rate()),
+                    r.checked(),
                     verdict,
                 ],
             );
@@ -215,10 +291,11 @@ pub(super) fn table(report: &Report) -> String {
 /// One table line: the size left-aligned, figures right-aligned, the verdict last.
 pub(super) fn row(
     s: &mut String,
-    [size, clients, msgs, rate, p50, p99, rss, verdict]: [String; 8],
+    [size, clients, msgs, rate, p50, p99, rss, commits, retries, check, verdict]: [String; 11],
 ) {
     let line = format!(
-        "{size:<6} {clients:>7} {msgs:>6}  {rate:>10} {p50:>8} {p99:>8} {rss:>13}  {verdict}"
+        "{size:<6} {clients:>7} {msgs:>6}  {rate:>10} {p50:>8} {p99:>8} {rss:>13} {commits:>10} \
+         {retries:>12} {check:>14}  {verdict}"
     );
     // A row without a verdict would end in padding.
     let _ = writeln!(s, "{}", line.trim_end());

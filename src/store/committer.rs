@@ -96,6 +96,11 @@ impl Inner {
                 }
             }
             let results = self.commit_batch(&batch);
+            if results.iter().any(Result::is_ok) {
+                self.counts
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             for (req, result) in batch.drain(..).zip(results) {
                 if let Err(e) = &result {
                     tracing::error!(queue_id = %req.record.queue_id, error = %e, "commit failed");

@@ -27,7 +27,7 @@ pub mod spool;
 mod tx;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -167,6 +167,15 @@ const HEAL_INTERVAL: Duration = Duration::from_millis(500);
 /// the attempt is abandoned (the old database stays) and tried again later.
 const HEAL_WAIT: Duration = Duration::from_secs(5);
 
+/// What the committers did, for `/metrics` and `inbound bench`: transactions committed (a batch
+/// of messages is one) and transactions run again
+/// after losing a race (PostgreSQL only: sled's committer is alone with its database).
+#[derive(Debug, Default)]
+pub(crate) struct TxCounts {
+    pub(crate) commits: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
 struct Inner {
     /// The open database; `None` only while a reopen has failed (the disk is still full).
     engine: RwLock<Option<Arc<Engine>>>,
@@ -182,6 +191,8 @@ struct Inner {
     last_heal: Mutex<Option<Instant>>,
     spool: Spool,
     inline_max: usize,
+    /// sled's counts; the PostgreSQL backend keeps its own (`PgStore::counts`).
+    counts: TxCounts,
 }
 
 impl Inner {
@@ -337,6 +348,7 @@ impl Store {
             last_heal: Mutex::new(None),
             spool: Spool::open(spool_dir)?,
             inline_max: cfg.inline_body_max_bytes as usize,
+            counts: TxCounts::default(),
         };
         inner.recover()?;
         let inner = Arc::new(inner);
@@ -379,6 +391,7 @@ impl Store {
             last_heal: Mutex::new(None),
             spool,
             inline_max: cfg.inline_body_max_bytes as usize,
+            counts: TxCounts::default(),
         });
         let committer = Arc::new(Committer {
             commits: Some(tx),
@@ -524,6 +537,20 @@ impl Store {
     }
 
     /// Commit requests waiting for the committer now (at most `COMMIT_QUEUE`).
+    /// Transactions the committers committed and transactions run again after losing a race
+    /// (a serialization failure, deadlock or duplicate key on PostgreSQL; always 0 on sled),
+    /// since the store opened.
+    pub fn transaction_counts(&self) -> (u64, u64) {
+        let c = match &self.pg {
+            Some(pg) => &pg.counts,
+            None => &self.inner.counts,
+        };
+        (
+            c.commits.load(Ordering::Relaxed),
+            c.retries.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn commit_queue_depth(&self) -> usize {
         self.committer
             .commits

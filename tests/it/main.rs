@@ -89,6 +89,8 @@ mod store_conformance;
 // Several nodes on one PostgreSQL (#13).
 /// Two `inbound serve` processes sharing one database: one truth for threads, dedup, round robin.
 mod multi_node;
+/// One node under concurrent load from one sender: no `451` from hot rows.
+mod pg_load;
 /// `inbound store migrate` and `inbound store copy`, and `serve` on a database it cannot use.
 mod store_cli;
 /// The database stopped under load, or not answering, and back; a node too big for its server.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use inbound::config::{Config, PostgresConfig, StoreBackend, StoreConfig};
 use inbound::store::model::{
-    Contact, Conversation, ConversationStatus, Delivery, OutboxItem, RoutingRecord,
+    Contact, Conversation, ConversationStatus, Delivery, InboxState, OutboxItem, RoutingRecord,
 };
 use inbound::store::{keys, Body, MessageRecord, Store, TxError};
 
@@ -28,7 +28,7 @@ fn pg_store_config(url: &str) -> StoreConfig {
     cfg.backend = StoreBackend::Postgres(PostgresConfig {
         url: url.to_string(),
         pool_size: 4,
-        committers: 2,
+        committers: 4,
         connect_timeout: std::time::Duration::from_secs(10),
         outbox_lease: PostgresConfig::DEFAULT_OUTBOX_LEASE,
     });
@@ -880,4 +880,97 @@ fn two_nodes_sweeping_at_once_remove_each_message_once() {
     let removed: usize = reports.iter().map(|r| r.quarantined_deleted).sum();
     assert_eq!(removed, N, "{reports:?}");
     assert!(a.list(None, 100).unwrap().is_empty());
+}
+
+/// Issue #13: many concurrent commits from one sender to one inbox, each updating the same
+/// contact and inbox state rows (as every message's threading plan does) all succeed and none
+/// loses an update. On PostgreSQL with several committers, their REPEATABLE READ transactions
+/// used to fail each other on those rows until some ran out of attempts (`451 4.3.0`).
+#[test]
+fn concurrent_commits_to_one_contact_all_succeed() {
+    const CLIENTS: usize = 20;
+    const COMMITS: usize = 400;
+    on_both(|o| {
+        let rt = runtime();
+        let store = &o.store;
+        let plan = || -> inbound::store::Plan {
+            Box::new(|tx, rec: &mut MessageRecord| {
+                let conv = conversation("demo");
+                tx.put_conversation(&conv)?;
+                let mut contact = tx.contact("one@sender.example")?.unwrap_or(Contact {
+                    email: "one@sender.example".into(),
+                    ..Default::default()
+                });
+                if tx.link_contact("one@sender.example", &conv.id)? {
+                    contact.conversation_count += 1;
+                }
+                tx.put_contact(&contact)?;
+                tx.put_thread_entry("demo", &rec.queue_id, &conv.id, &rec.queue_id)?;
+                let mut st = tx
+                    .inbox_state("demo")?
+                    .unwrap_or_else(|| InboxState::pending("demo", "support@demo.inbound.test"));
+                st.messages += 1;
+                tx.put_inbox_state(&st)?;
+                Ok(())
+            })
+        };
+        // As SMTP sessions commit: each client waits for its answer before its next message,
+        // so batches stay small and the committers run side by side.
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        for m in 0..COMMITS / CLIENTS {
+                            let mut rec = record(&format!("m{c}.{m}"));
+                            rec.rcpt = vec![inbound::store::RcptRecord {
+                                address: "support@demo.inbound.test".into(),
+                                inbox: "demo".into(),
+                                tag: None,
+                            }];
+                            rec.attribution = Some(inbound::store::model::AttributionRecord {
+                                email: "one@sender.example".into(),
+                                name: None,
+                                method: "header_from".into(),
+                                forwarded_by: None,
+                            });
+                            let body = Body::Inline(b"x".to_vec());
+                            out.push(store.commit(rec, body, Some(plan())).await);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.extend(t.await.unwrap());
+            }
+            out
+        });
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{}: {} failed: {:?}",
+            o.name,
+            failed.len(),
+            failed.first()
+        );
+        let contact = store.contact("one@sender.example").unwrap().unwrap();
+        assert_eq!(contact.conversation_count, COMMITS as u64, "{}", o.name);
+        let st = store.inbox_state("demo").unwrap().unwrap();
+        assert_eq!(st.messages, COMMITS as u64, "{}", o.name);
+        assert_eq!(
+            store
+                .contact_conversations("one@sender.example")
+                .unwrap()
+                .len(),
+            COMMITS,
+            "{}",
+            o.name
+        );
+    });
 }

@@ -178,7 +178,7 @@ async fn the_database_away_mid_load_means_451_then_accepting_resumes_by_itself()
 /// with which figures: it would otherwise start and defer mail (451) whenever its pool grows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_cannot_fit_in_max_connections_refuses_to_start_naming_the_figures() {
-    let pg = PgCluster::start_with(&["max_connections=8"]);
+    let pg = PgCluster::start_with(&["fsync=off", "max_connections=8"]);
     let url = pg.database();
     inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
     let mut node = spawn_node(
@@ -215,7 +215,7 @@ async fn a_node_that_cannot_fit_in_max_connections_refuses_to_start_naming_the_f
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_crowding_max_connections_starts_with_a_warning_naming_the_figures() {
     // Each node opens up to 8 (pool_size 4 + committers 4); the server allows 12.
-    let pg = PgCluster::start_with(&["max_connections=12"]);
+    let pg = PgCluster::start_with(&["fsync=off", "max_connections=12"]);
     let url = pg.database();
     inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
     let a = start_node_with("127.0.0.1", &url, NO_DNS, "", "");
