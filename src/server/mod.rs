@@ -30,6 +30,10 @@ pub enum ServerError {
     /// twice.
     #[error("cannot open the store in {dir}: {error}{}", free_space_note(dir))]
     Store { dir: String, error: StoreError },
+    /// The same for a database the store lives in: the error names it (password masked); the
+    /// data directory's free space is beside the point.
+    #[error("cannot open the store: {0}")]
+    Database(StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
@@ -94,26 +98,22 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
 
 /// `bind`, remembering where `config` came from (`ConfigSource::load` made it) for `reload`.
 pub async fn bind_with_source(config: Config, source: ConfigSource) -> Result<Bound, ServerError> {
-    let store =
-        Store::open(&config.data_dir, &config.store).map_err(|error| ServerError::Store {
+    let store_error = |error| match config.store.backend {
+        crate::config::StoreBackend::Postgres(_) => ServerError::Database(error),
+        _ => ServerError::Store {
             dir: config.data_dir.display().to_string(),
             error,
-        })?;
+        },
+    };
+    let store = Store::open(&config.data_dir, &config.store).map_err(store_error)?;
     // Opening read sled's snapshot and rebuilt its page table; the snapshot is garbage now.
     crate::util::release_free_memory();
-    let store_error = |error| ServerError::Store {
-        dir: config.data_dir.display().to_string(),
-        error,
-    };
     // The inboxes, users and teams created through the API join the file's; a clash between
     // them is named.
     let config = reload::with_store_definitions(&config, &store)
         .map_err(store_error)?
         .map_err(|e| ServerError::InboxClash(crate::config::ConfigErrors(e)))?;
-    let locked = reload::locked_addresses(&config, &store).map_err(|error| ServerError::Store {
-        dir: config.data_dir.display().to_string(),
-        error,
-    })?;
+    let locked = reload::locked_addresses(&config, &store).map_err(store_error)?;
     if !locked.is_empty() {
         return Err(ServerError::LockedAddress(crate::config::ConfigErrors(
             locked,
