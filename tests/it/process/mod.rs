@@ -20,15 +20,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one CLI command may run before the test calls it hung.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A loopback port that was free a moment ago. Another process could take it before the server
-/// binds; the kernel hands out ephemeral ports in a way that makes that unlikely, and the server
-/// then fails loudly ("cannot listen on ...") rather than the test passing wrongly.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
-}
+pub use inbound::testkit::free_port;
 
 /// A running `inbound serve`. Dropping it SIGKILLs a server that is still running, so a failing
 /// test leaves no process behind.

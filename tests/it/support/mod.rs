@@ -4,8 +4,7 @@
 //! DNS server `dns`, the signer `sign`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,32 +22,7 @@ pub mod sink;
 // The kit shared with the bench (src/testkit/), under the names the tests have always used.
 pub use inbound::testkit::config::{ConfigBuilder, API_TOKEN};
 pub use inbound::testkit::smtp::{dot_stuff, Client, Reply};
-pub use inbound::testkit::{dns, sign};
-
-/// A directory under /tmp removed on drop. Kept short: the admin Unix socket lives inside it and
-/// socket paths are limited to 108 bytes.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("inb-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use inbound::testkit::{dns, sign, TempDir};
 
 pub struct TestServer {
     pub addr: SocketAddr,
