@@ -90,13 +90,9 @@ impl Database {
                 (cluster.database(), Some(cluster))
             }
         };
-        crate::store::Store::migrate_postgres(&crate::config::PostgresConfig {
-            url: url.clone(),
-            pool_size: 1,
-            committers: 1,
-            connect_timeout: Duration::from_secs(10),
-            outbox_lease: crate::config::PostgresConfig::DEFAULT_OUTBOX_LEASE,
-        })
+        crate::store::Store::migrate_postgres(&crate::config::PostgresConfig::for_tool(
+            url.clone(),
+        ))
         .with_context(|| format!("migrating {}", crate::util::mask_url_password(&url)))?;
         Ok(Database {
             url,

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -42,13 +41,7 @@ fn pg_config(url: String) -> Result<PostgresConfig> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("{} is not a postgres:// URL", mask_url_password(&url));
     }
-    Ok(PostgresConfig {
-        url,
-        pool_size: 1,
-        committers: 1,
-        connect_timeout: Duration::from_secs(10),
-        outbox_lease: PostgresConfig::DEFAULT_OUTBOX_LEASE,
-    })
+    Ok(PostgresConfig::for_tool(url))
 }
 
 pub fn run(command: StoreCommand) -> Result<ExitCode> {

@@ -588,6 +588,18 @@ impl PostgresConfig {
     /// `[store] outbox_lease` unless set: longer than the default webhook (10 s) and relay
     /// (30 s) timeouts, short enough that a dead node's items wait minutes, not hours.
     pub const DEFAULT_OUTBOX_LEASE: Duration = Duration::from_secs(120);
+
+    /// One connection to `url` for a tool that is not a node (`inbound store`, the bench's
+    /// migration): no committers beyond one, ten seconds to connect.
+    pub fn for_tool(url: String) -> PostgresConfig {
+        PostgresConfig {
+            url,
+            pool_size: 1,
+            committers: 1,
+            connect_timeout: Duration::from_secs(10),
+            outbox_lease: Self::DEFAULT_OUTBOX_LEASE,
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresConfig {

@@ -20,13 +20,7 @@ async fn one_sender_under_load_gets_no_451() {
     let url = pg.database();
     let migrate_url = url.clone();
     tokio::task::spawn_blocking(move || {
-        Store::migrate_postgres(&PostgresConfig {
-            url: migrate_url,
-            pool_size: 1,
-            committers: 1,
-            connect_timeout: std::time::Duration::from_secs(10),
-            outbox_lease: PostgresConfig::DEFAULT_OUTBOX_LEASE,
-        })
+        Store::migrate_postgres(&PostgresConfig::for_tool(migrate_url))
     })
     .await
     .unwrap()
