@@ -17,6 +17,7 @@ pub mod people;
 pub mod raw;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -29,9 +30,10 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use inboxes::{InboxConfig, Inboxes, Recipient};
 pub use limits::{LimitsConfig, DEFAULT_MAX_MESSAGE_BYTES};
 pub use server::{
-    token_digest, ApiConfig, DnsConfig, ListenerConfig, PostgresConfig, RetentionConfig,
-    StoreBackend, StoreConfig, TlsConfig, DEFAULT_API_LISTEN,
+    token_digest, ApiConfig, DnsConfig, ListenerConfig, RetentionConfig, TlsConfig,
+    DEFAULT_API_LISTEN,
 };
+pub use store::{PostgresConfig, StoreBackend, StoreConfig};
 pub use values::{canonical_ip, parse_duration, split_address, IpNet};
 
 /// The embedded default configuration (`inbound serve` with no flags).
@@ -88,7 +90,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let listeners = server::compile_listeners(&raw.listeners, raw.listener_errors, &mut errors);
     let tls = server::compile_tls(&raw.tls, &mut errors);
     let limits = limits::compile_limits(&raw.limits, &mut errors);
-    let store = server::compile_store(&raw.store, limits.max_message_bytes, &mut errors);
+    let store = store::compile_store(&raw.store, limits.max_message_bytes, &mut errors);
     let dns = server::compile_dns(&raw.dns, &mut errors);
     let auth = auth::compile_auth(&raw.auth, &mut errors);
     let api = server::compile_api(&raw.api, &mut errors);
@@ -110,7 +112,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         &inbox_ids,
         &mut errors,
     );
-    server::check_outbox_lease(&store, &outbound, &mut errors);
+    store::check_outbox_lease(&store, &outbound, &mut errors);
     let retention = server::compile_retention(&raw.retention, &mut errors);
 
     if !errors.0.is_empty() {
