@@ -189,7 +189,11 @@ fn apply(
     };
     let is_new = thread == ThreadDecision::New;
     tx.put_thread_entry(&inbox.inbox, &input.message_id, &conv.id, queue_id)?;
-    tx.add_to_conversation(&mut conv, queue_id)?;
+    if is_new {
+        tx.start_conversation(&mut conv, queue_id)?;
+    } else {
+        tx.add_to_conversation(&mut conv, queue_id)?;
+    }
     conv.updated_at = now;
 
     // The contact: the original sender, with the owner from config.
@@ -207,7 +211,10 @@ fn apply(
             contact.name = input.contact_name.clone();
         }
         contact.last_seen = now;
-        if tx.link_contact(&input.contact_email, &conv.id)? {
+        if is_new {
+            tx.link_new_contact(&input.contact_email, &conv.id)?;
+            contact.conversation_count += 1;
+        } else if tx.link_contact(&input.contact_email, &conv.id)? {
             contact.conversation_count += 1;
         }
         contact.owner = owner.clone().or(contact.owner);

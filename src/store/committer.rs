@@ -220,7 +220,7 @@ fn transact_items(
         for (record, body, plan) in items {
             let mut record = (*record).clone();
             if let Some(plan) = plan {
-                plan(tx, &mut record)?;
+                super::tx::run_plan(plan, tx, &mut record)?;
             }
             if let Body::Inline(bytes) = body {
                 tx.put_body(&record.queue_id, &bytes[..])?;

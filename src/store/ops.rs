@@ -103,12 +103,16 @@ domain_ops! {
         conversation: &str,
         queue_id: &str
     ) -> TxResult<()>;
-    pub(super) fn remove_thread_entry(&self, inbox: &str, message_id: &str) -> TxResult<()>;
+    /// Remove a Message-ID's entry (retention does, for the messages it removes).
+    pub fn remove_thread_entry(&self, inbox: &str, message_id: &str) -> TxResult<()>;
     pub fn conversation(&self, id: &str) -> TxResult<Option<Conversation>>;
     pub fn put_conversation(&self, c: &Conversation) -> TxResult<()>;
     pub(super) fn delete_conversation_row(&self, id: &str) -> TxResult<()>;
     /// Put a message in a conversation's index; true if it was not there yet.
     pub(super) fn link_conversation_message(&self, conversation: &str, queue_id: &str) -> TxResult<bool>;
+    /// Put a message in the index of a conversation this transaction creates (the link cannot
+    /// exist yet, so nothing is read to find out).
+    pub(super) fn link_new_conversation_message(&self, conversation: &str, queue_id: &str) -> TxResult<()>;
     /// Take a message out of a conversation's index; true if it was there.
     pub(super) fn unlink_conversation_message(&self, conversation: &str, queue_id: &str) -> TxResult<bool>;
     /// A contact by (lower-case) email.
@@ -117,6 +121,8 @@ domain_ops! {
     /// Link a contact to a conversation; true if the link is new (the caller counts it on the
     /// contact's record).
     pub fn link_contact(&self, email: &str, conversation: &str) -> TxResult<bool>;
+    /// Link a contact to a conversation this transaction creates (the link is new).
+    pub fn link_new_contact(&self, email: &str, conversation: &str) -> TxResult<()>;
     /// Remove a contact's link to a conversation; true if it was there.
     pub(super) fn unlink_contact(&self, email: &str, conversation: &str) -> TxResult<bool>;
     pub fn ticket(&self, id: &str) -> TxResult<Option<Ticket>>;
@@ -174,6 +180,14 @@ impl Tx<'_> {
         if self.link_conversation_message(&conv.id, queue_id)? {
             conv.message_count += 1;
         }
+        Ok(())
+    }
+
+    /// Add the first message to a conversation this transaction creates: `add_to_conversation`
+    /// without asking the store whether the message is there already (it cannot be).
+    pub fn start_conversation(&self, conv: &mut Conversation, queue_id: &str) -> TxResult<()> {
+        self.link_new_conversation_message(&conv.id, queue_id)?;
+        conv.message_count += 1;
         Ok(())
     }
 
@@ -302,6 +316,15 @@ impl SledTx<'_> {
         Ok(true)
     }
 
+    pub(super) fn link_new_conversation_message(
+        &self,
+        conversation: &str,
+        queue_id: &str,
+    ) -> TxResult<()> {
+        let key = conversation_message_key(conversation, queue_id);
+        self.insert(TreeId::ConversationMessages, &key, b"")
+    }
+
     pub(super) fn unlink_conversation_message(
         &self,
         conversation: &str,
@@ -382,6 +405,11 @@ impl SledTx<'_> {
         }
         self.insert(TreeId::ContactConversations, &link, b"")?;
         Ok(true)
+    }
+
+    pub(super) fn link_new_contact(&self, email: &str, conversation: &str) -> TxResult<()> {
+        let link = contact_link(email, conversation);
+        self.insert(TreeId::ContactConversations, &link, b"")
     }
 
     pub(super) fn ticket(&self, id: &str) -> TxResult<Option<Ticket>> {

@@ -14,6 +14,23 @@ use super::model::MessageRecord;
 /// than once (a transaction may be retried), so it must only act through `Tx`.
 pub type Plan = Box<dyn Fn(&Tx<'_>, &mut MessageRecord) -> TxResult<()> + Send + Sync>;
 
+/// Run `plan` for `record` inside `tx`. A plan that panics (our bug, never the sender's)
+/// refuses its message like a plan that returns an error: the committer rolls back, commits
+/// the batch's other messages one by one, and goes on. Unwinding through the committer would
+/// have ended it, and with it every later commit of the node.
+pub(super) fn run_plan(plan: &Plan, tx: &Tx<'_>, record: &mut MessageRecord) -> TxResult<()> {
+    let run = std::panic::AssertUnwindSafe(|| plan(tx, record));
+    std::panic::catch_unwind(run).unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %why, "a commit plan panicked");
+        Err(TxError::abort(format!("the commit plan failed: {why}")))
+    })
+}
+
 /// The trees of the database. Every commit may touch any of them atomically. Private to the
 /// store: the rest of the server speaks in domain operations (`ops`), never in trees and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

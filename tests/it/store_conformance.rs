@@ -974,3 +974,247 @@ fn concurrent_commits_to_one_contact_all_succeed() {
         );
     });
 }
+
+/// Issue #13: a transaction reads its own writes, removals included, whether the backend
+/// writes them at once (sled) or holds them back until the commit and writes each table in
+/// one statement (PostgreSQL): a conversation, contact, ticket, inbox state, thread entry and
+/// outbox item written and then read, updated, unlinked and removed in one transaction end
+/// as the last operation left them.
+#[test]
+fn a_transaction_reads_its_own_writes_and_removals() {
+    on_both(|o| {
+        let store = &o.store;
+        let conv = conversation("demo");
+        let (kept, dropped) = (outbox_item(0), outbox_item(0));
+        store
+            .update(|tx| {
+                let mut c = conv.clone();
+                tx.start_conversation(&mut c, "q1")?;
+                tx.add_to_conversation(&mut c, "q1")?;
+                assert_eq!(
+                    c.message_count, 1,
+                    "{}: the first message counts once",
+                    o.name
+                );
+                tx.put_conversation(&c)?;
+                assert_eq!(tx.conversation(&c.id)?.map(|c| c.message_count), Some(1));
+
+                tx.put_thread_entry("demo", "<own@x>", &c.id, "q1")?;
+                let entry = tx.thread_entry("demo", "<own@x>")?.expect("own entry");
+                assert_eq!(entry.first, "q1", "{}", o.name);
+                tx.put_thread_entry("demo", "<gone@x>", &c.id, "q1")?;
+
+                let contact = Contact {
+                    email: "own@sender.example".into(),
+                    conversation_count: 1,
+                    ..Default::default()
+                };
+                tx.put_contact(&contact)?;
+                tx.link_new_contact("own@sender.example", &c.id)?;
+                assert!(
+                    !tx.link_contact("own@sender.example", &c.id)?,
+                    "{}: a new link is there for the rest of the transaction",
+                    o.name
+                );
+                assert_eq!(
+                    tx.contact("own@sender.example")?
+                        .map(|c| c.conversation_count),
+                    Some(1)
+                );
+
+                let mut st = InboxState::pending("demo", "support@demo.inbound.test");
+                for _ in 0..3 {
+                    st = tx.inbox_state("demo")?.unwrap_or(st);
+                    st.messages += 1;
+                    tx.put_inbox_state(&st)?;
+                }
+
+                tx.outbox_add(&kept)?;
+                tx.outbox_add(&dropped)?;
+                assert!(tx.outbox_item(&kept.id)?.is_some(), "{}", o.name);
+                // One node settles every item; a shared store only those it holds a lease
+                // on, and nobody holds one on an item not yet committed.
+                assert_eq!(
+                    tx.outbox_claimed(&kept.id)?.is_some(),
+                    o.name == "sled",
+                    "{}",
+                    o.name
+                );
+                let mut later = kept.clone();
+                later.attempts = 1;
+                later.last_error = Some("first try failed".into());
+                tx.outbox_update(&kept, &later)?;
+                tx.outbox_remove(&dropped)?;
+                assert!(tx.outbox_item(&dropped.id)?.is_none(), "{}", o.name);
+                Ok(())
+            })
+            .unwrap();
+        // A later transaction removes some of it: the removal wins over the earlier writes.
+        store
+            .update(|tx| {
+                assert!(tx.thread_entry("demo", "<gone@x>")?.is_some());
+                tx.remove_thread_entry("demo", "<gone@x>")?;
+                assert!(tx.thread_entry("demo", "<gone@x>")?.is_none(), "{}", o.name);
+                Ok(())
+            })
+            .unwrap();
+
+        let c = store.conversation(&conv.id).unwrap().expect("conversation");
+        assert_eq!(c.message_count, 1, "{}", o.name);
+        let entry = store
+            .view(|tx| tx.thread_entry("demo", "<own@x>"))
+            .unwrap()
+            .expect("entry");
+        assert_eq!(entry.conversation, conv.id, "{}", o.name);
+        assert!(store
+            .view(|tx| tx.thread_entry("demo", "<gone@x>"))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store.contact_conversations("own@sender.example").unwrap(),
+            vec![conv.id.clone()],
+            "{}",
+            o.name
+        );
+        let st = store.view(|tx| tx.inbox_state("demo")).unwrap().unwrap();
+        assert_eq!(st.messages, 3, "{}: the last of three writes", o.name);
+        let items = store.outbox_items().unwrap();
+        assert_eq!(items.len(), 1, "{}: {items:?}", o.name);
+        assert_eq!(items[0].id, kept.id, "{}", o.name);
+        assert_eq!(items[0].attempts, 1, "{}: the update of a new item", o.name);
+    });
+}
+
+/// Issue #13: the committer's batches. The same Message-ID committed by many sessions at once,
+/// so that copies meet in one batch (PostgreSQL reads a batch's thread entries ahead, all
+/// absent, and holds the first copy's entry back until the commit): exactly one copy writes
+/// the entry, every other one is a duplicate of it. Then a message whose entry is in the
+/// store (read ahead as present) removes it and writes its own: the removal is seen.
+#[test]
+fn copies_in_one_batch_are_duplicates_and_removals_are_seen() {
+    on_both(|o| {
+        let rt = runtime();
+        let store = &o.store;
+        let template = record("same");
+        let key = keys::thread_message_id(
+            &template.message_id,
+            &template.from,
+            &template.subject,
+            &template.sha256,
+        );
+        let plan = |key: String| -> inbound::store::Plan {
+            Box::new(move |tx, rec: &mut MessageRecord| {
+                let conv = match tx.thread_entry("demo", &key)? {
+                    Some(e) => e.conversation,
+                    None => {
+                        let conv = conversation("demo");
+                        tx.put_conversation(&conv)?;
+                        tx.put_thread_entry("demo", &key, &conv.id, &rec.queue_id)?;
+                        conv.id
+                    }
+                };
+                rec.routing.push(RoutingRecord {
+                    inbox: "demo".into(),
+                    conversation: conv,
+                    ..Default::default()
+                });
+                Ok(())
+            })
+        };
+        let copy = || {
+            let mut rec = template.clone();
+            rec.queue_id = keys::new_queue_id();
+            rec.rcpt = vec![inbound::store::RcptRecord {
+                address: "support@demo.inbound.test".into(),
+                inbox: "demo".into(),
+                tag: None,
+            }];
+            rec
+        };
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let (store, rec, plan) = (store.clone(), copy(), plan(key.clone()));
+                    tokio::spawn(async move {
+                        store
+                            .commit(rec, Body::Inline(b"x".to_vec()), Some(plan))
+                            .await
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap().expect("commit"));
+            }
+            out
+        });
+        let conversations: BTreeSet<&str> = results
+            .iter()
+            .map(|r| r.routing[0].conversation.as_str())
+            .collect();
+        assert_eq!(conversations.len(), 1, "{}: {conversations:?}", o.name);
+        let entry = store
+            .view(|tx| tx.thread_entry("demo", &key))
+            .unwrap()
+            .expect("entry");
+        assert!(
+            results.iter().any(|r| r.queue_id == entry.first),
+            "{}: the entry is one copy's",
+            o.name
+        );
+
+        let last = copy();
+        let replaced: inbound::store::Plan = Box::new(|tx, rec: &mut MessageRecord| {
+            let key =
+                keys::thread_message_id(&rec.message_id, &rec.from, &rec.subject, &rec.sha256);
+            assert!(tx.thread_entry("demo", &key)?.is_some());
+            tx.remove_thread_entry("demo", &key)?;
+            assert!(
+                tx.thread_entry("demo", &key)?.is_none(),
+                "a removal is seen"
+            );
+            tx.put_thread_entry("demo", &key, "new-conversation", &rec.queue_id)?;
+            Ok(())
+        });
+        rt.block_on(store.commit(last.clone(), Body::Inline(b"x".to_vec()), Some(replaced)))
+            .expect("commit");
+        let entry = store
+            .view(|tx| tx.thread_entry("demo", &key))
+            .unwrap()
+            .expect("entry");
+        assert_eq!(
+            (entry.conversation.as_str(), entry.first.as_str()),
+            ("new-conversation", last.queue_id.as_str()),
+            "{}",
+            o.name
+        );
+    });
+}
+
+/// A commit plan that panics (a bug of ours, not the sender's) fails its own message with an
+/// error, and the committer goes on: the next message to the same inbox commits. On
+/// PostgreSQL every inbox has one committer (#13): had the panic ended it, that inbox's mail
+/// would have had nobody left to commit it.
+#[test]
+fn a_plan_that_panics_fails_its_message_and_the_committer_goes_on() {
+    on_both(|o| {
+        let rt = runtime();
+        let store = &o.store;
+        let to_demo = || {
+            let mut rec = record("panic");
+            rec.rcpt = vec![inbound::store::RcptRecord {
+                address: "support@demo.inbound.test".into(),
+                inbox: "demo".into(),
+                tag: None,
+            }];
+            rec
+        };
+        let panics: inbound::store::Plan = Box::new(|_, _| panic!("a plan's bug"));
+        let r = rt.block_on(store.commit(to_demo(), Body::Inline(b"x".to_vec()), Some(panics)));
+        assert!(r.is_err(), "{}: {r:?}", o.name);
+        let next = to_demo();
+        let committed = rt.block_on(store.commit(next.clone(), Body::Inline(b"x".to_vec()), None));
+        assert!(committed.is_ok(), "{}: {committed:?}", o.name);
+        assert!(store.get(&next.queue_id).unwrap().is_some(), "{}", o.name);
+    });
+}

@@ -4,6 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
+use super::pending::MAX_PENDING_BODY;
 use super::PgTx;
 use crate::store::model::{
     Contact, Conversation, InboxDefinition, InboxState, MessageRecord, OutboxItem, Ticket,
@@ -20,12 +21,18 @@ fn record<T: DeserializeOwned>(rows: Vec<postgres::Row>) -> TxResult<Option<T>> 
     }
 }
 
+/// How many ticket numbers a connection takes from the sequence at once.
+const TICKET_NUMBERS_AT_ONCE: i32 = 16;
+
 fn json<T: serde::Serialize>(value: &T) -> TxResult<String> {
     Ok(serde_json::to_string(value)?)
 }
 
 impl PgTx<'_> {
     pub(in crate::store) fn message(&self, queue_id: &str) -> TxResult<Option<MessageRecord>> {
+        if let Some(r) = self.pending.borrow().messages.get(queue_id) {
+            return Ok(Some(r.clone()));
+        }
         record(self.query(
             "SELECT record FROM messages WHERE queue_id = $1",
             &[&queue_id],
@@ -33,15 +40,20 @@ impl PgTx<'_> {
     }
 
     pub(in crate::store) fn put_message(&self, r: &MessageRecord) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO messages (queue_id, received_at, record) VALUES ($1, $2, $3)
-             ON CONFLICT (queue_id) DO UPDATE SET received_at = EXCLUDED.received_at, record = EXCLUDED.record",
-            &[&r.queue_id, &(r.received_at as i64), &json(r)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.messages.insert(r.queue_id.clone(), r.clone());
+        Ok(())
     }
 
+    /// Held back up to `MAX_PENDING_BODY`; a bigger body is written at once.
     pub(in crate::store) fn put_body(&self, queue_id: &str, body: &[u8]) -> TxResult<()> {
+        let mut p = self.pending.borrow_mut();
+        if body.len() <= MAX_PENDING_BODY {
+            p.bodies.insert(queue_id.to_string(), body.to_vec());
+            return Ok(());
+        }
+        p.bodies.remove(queue_id);
+        drop(p);
         self.execute(
             "INSERT INTO bodies (queue_id, body) VALUES ($1, $2)
              ON CONFLICT (queue_id) DO UPDATE SET body = EXCLUDED.body",
@@ -51,11 +63,13 @@ impl PgTx<'_> {
     }
 
     pub(in crate::store) fn drop_body(&self, queue_id: &str) -> TxResult<()> {
+        self.pending.borrow_mut().bodies.remove(queue_id);
         self.execute("DELETE FROM bodies WHERE queue_id = $1", &[&queue_id])
             .map(drop)
     }
 
     pub(in crate::store) fn delete_message_row(&self, queue_id: &str) -> TxResult<()> {
+        self.pending.borrow_mut().messages.remove(queue_id);
         self.execute("DELETE FROM messages WHERE queue_id = $1", &[&queue_id])?;
         self.drop_body(queue_id)
     }
@@ -65,6 +79,13 @@ impl PgTx<'_> {
         inbox: &str,
         message_id: &str,
     ) -> TxResult<Option<ThreadEntry>> {
+        let key = (inbox.to_string(), message_id.to_string());
+        if let Some(e) = self.pending.borrow().thread.get(&key) {
+            return Ok(Some(e.clone()));
+        }
+        if let Some(e) = self.ahead.borrow().thread.get(&key) {
+            return Ok(e.clone());
+        }
         let rows = self.query(
             "SELECT conversation, first_queue_id FROM thread_index WHERE inbox = $1 AND message_id = $2",
             &[&inbox, &message_id],
@@ -75,8 +96,7 @@ impl PgTx<'_> {
         }))
     }
 
-    /// A plain insert: the same Message-ID written by another node meanwhile fails this
-    /// transaction on the primary key, and the retry finds it (a duplicate).
+    /// Inserted at the flush (see there for a Message-ID another node wrote meanwhile).
     pub(in crate::store) fn put_thread_entry(
         &self,
         inbox: &str,
@@ -84,11 +104,14 @@ impl PgTx<'_> {
         conversation: &str,
         queue_id: &str,
     ) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO thread_index (inbox, message_id, conversation, first_queue_id) VALUES ($1, $2, $3, $4)",
-            &[&inbox, &message_id, &conversation, &queue_id],
-        )
-        .map(drop)
+        self.pending.borrow_mut().thread.insert(
+            (inbox.to_string(), message_id.to_string()),
+            ThreadEntry {
+                conversation: conversation.to_string(),
+                first: queue_id.to_string(),
+            },
+        );
+        Ok(())
     }
 
     pub(in crate::store) fn remove_thread_entry(
@@ -96,6 +119,9 @@ impl PgTx<'_> {
         inbox: &str,
         message_id: &str,
     ) -> TxResult<()> {
+        let key = (inbox.to_string(), message_id.to_string());
+        self.pending.borrow_mut().thread.remove(&key);
+        self.ahead.borrow_mut().thread.remove(&key);
         self.execute(
             "DELETE FROM thread_index WHERE inbox = $1 AND message_id = $2",
             &[&inbox, &message_id],
@@ -104,19 +130,20 @@ impl PgTx<'_> {
     }
 
     pub(in crate::store) fn conversation(&self, id: &str) -> TxResult<Option<Conversation>> {
+        if let Some(c) = self.pending.borrow().conversations.get(id) {
+            return Ok(Some(c.clone()));
+        }
         record(self.query("SELECT record FROM conversations WHERE id = $1", &[&id])?)
     }
 
     pub(in crate::store) fn put_conversation(&self, c: &Conversation) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO conversations (id, created_at, record) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            &[&c.id, &(c.created_at as i64), &json(c)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.conversations.insert(c.id.clone(), c.clone());
+        Ok(())
     }
 
     pub(in crate::store) fn delete_conversation_row(&self, id: &str) -> TxResult<()> {
+        self.pending.borrow_mut().conversations.remove(id);
         self.execute("DELETE FROM conversations WHERE id = $1", &[&id])
             .map(drop)
     }
@@ -126,10 +153,24 @@ impl PgTx<'_> {
         conversation: &str,
         queue_id: &str,
     ) -> TxResult<bool> {
+        let link = (conversation.to_string(), queue_id.to_string());
+        if self.pending.borrow().conversation_links.contains(&link) {
+            return Ok(false);
+        }
         Ok(self.execute(
             "INSERT INTO conversation_messages (conversation, queue_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&conversation, &queue_id],
         )? == 1)
+    }
+
+    pub(in crate::store) fn link_new_conversation_message(
+        &self,
+        conversation: &str,
+        queue_id: &str,
+    ) -> TxResult<()> {
+        let link = (conversation.to_string(), queue_id.to_string());
+        self.pending.borrow_mut().conversation_links.insert(link);
+        Ok(())
     }
 
     pub(in crate::store) fn unlink_conversation_message(
@@ -137,30 +178,50 @@ impl PgTx<'_> {
         conversation: &str,
         queue_id: &str,
     ) -> TxResult<bool> {
+        let link = (conversation.to_string(), queue_id.to_string());
+        let was_pending = self.pending.borrow_mut().conversation_links.remove(&link);
         Ok(self.execute(
             "DELETE FROM conversation_messages WHERE conversation = $1 AND queue_id = $2",
             &[&conversation, &queue_id],
-        )? == 1)
+        )? == 1
+            || was_pending)
     }
 
     pub(in crate::store) fn contact(&self, email: &str) -> TxResult<Option<Contact>> {
+        if let Some(c) = self.pending.borrow().contacts.get(email) {
+            return Ok(Some(c.clone()));
+        }
+        if let Some(c) = self.ahead.borrow().contacts.get(email) {
+            return Ok(c.clone());
+        }
         record(self.query("SELECT record FROM contacts WHERE email = $1", &[&email])?)
     }
 
     pub(in crate::store) fn put_contact(&self, c: &Contact) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO contacts (email, record) VALUES ($1, $2)
-             ON CONFLICT (email) DO UPDATE SET record = EXCLUDED.record",
-            &[&c.email, &json(c)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.contacts.insert(c.email.clone(), c.clone());
+        Ok(())
     }
 
     pub(in crate::store) fn link_contact(&self, email: &str, conversation: &str) -> TxResult<bool> {
+        let link = (email.to_string(), conversation.to_string());
+        if self.pending.borrow().contact_links.contains(&link) {
+            return Ok(false);
+        }
         Ok(self.execute(
             "INSERT INTO contact_conversations (email, conversation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&email, &conversation],
         )? == 1)
+    }
+
+    pub(in crate::store) fn link_new_contact(
+        &self,
+        email: &str,
+        conversation: &str,
+    ) -> TxResult<()> {
+        let link = (email.to_string(), conversation.to_string());
+        self.pending.borrow_mut().contact_links.insert(link);
+        Ok(())
     }
 
     pub(in crate::store) fn unlink_contact(
@@ -168,48 +229,67 @@ impl PgTx<'_> {
         email: &str,
         conversation: &str,
     ) -> TxResult<bool> {
+        let link = (email.to_string(), conversation.to_string());
+        let was_pending = self.pending.borrow_mut().contact_links.remove(&link);
         Ok(self.execute(
             "DELETE FROM contact_conversations WHERE email = $1 AND conversation = $2",
             &[&email, &conversation],
-        )? == 1)
+        )? == 1
+            || was_pending)
     }
 
     pub(in crate::store) fn ticket(&self, id: &str) -> TxResult<Option<Ticket>> {
+        if let Some(t) = self.pending.borrow().tickets.get(id) {
+            return Ok(Some(t.clone()));
+        }
         record(self.query("SELECT record FROM tickets WHERE id = $1", &[&id])?)
     }
 
     pub(in crate::store) fn put_ticket(&self, t: &Ticket) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO tickets (id, record) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            &[&t.id, &json(t)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.tickets.insert(t.id.clone(), t.clone());
+        Ok(())
     }
 
     pub(in crate::store) fn delete_ticket(&self, id: &str) -> TxResult<()> {
+        self.pending.borrow_mut().tickets.remove(id);
         self.execute("DELETE FROM tickets WHERE id = $1", &[&id])
             .map(drop)
     }
 
-    /// From the sequence: never the same number twice, never a row every commit locks (a
-    /// rolled-back transaction leaves a gap).
+    /// From the sequence: never the same number twice, never a row every commit locks. A
+    /// connection takes `TICKET_NUMBERS_AT_ONCE` numbers in one round trip and gives them out
+    /// in order, as PostgreSQL's own sequence `CACHE` does for a session: numbers from two
+    /// connections interleave, and a rolled-back transaction or a closed connection leaves a
+    /// gap (numbers are unique, not consecutive).
     pub(in crate::store) fn next_ticket_number(&self) -> TxResult<i64> {
-        let rows = self.query("SELECT nextval('ticket_numbers')", &[])?;
-        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+        let mut conn = self.conn.borrow_mut();
+        if conn.ticket_numbers.is_empty() {
+            let rows = conn.query(
+                "SELECT nextval('ticket_numbers') FROM generate_series(1, $1::int4)",
+                &[&TICKET_NUMBERS_AT_ONCE],
+            )?;
+            let mut numbers: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            numbers.sort_unstable_by(|a, b| b.cmp(a));
+            conn.ticket_numbers = numbers;
+        }
+        Ok(conn.ticket_numbers.pop().unwrap_or(0))
     }
 
     pub(in crate::store) fn inbox_state(&self, id: &str) -> TxResult<Option<InboxState>> {
+        if let Some(st) = self.pending.borrow().inbox_states.get(id) {
+            return Ok(Some(st.clone()));
+        }
+        if let Some(st) = self.ahead.borrow().inbox_states.get(id) {
+            return Ok(st.clone());
+        }
         record(self.query("SELECT record FROM inbox_states WHERE id = $1", &[&id])?)
     }
 
     pub(in crate::store) fn put_inbox_state(&self, st: &InboxState) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO inbox_states (id, record) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            &[&st.id, &json(st)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.inbox_states.insert(st.id.clone(), st.clone());
+        Ok(())
     }
 
     pub(in crate::store) fn user_state(&self, user: &str) -> TxResult<Option<UserState>> {
@@ -271,18 +351,23 @@ impl PgTx<'_> {
     }
 
     pub(in crate::store) fn outbox_add(&self, item: &OutboxItem) -> TxResult<()> {
-        self.execute(
-            "INSERT INTO outbox (id, due, record) VALUES ($1, $2, $3)",
-            &[&item.id, &(item.next_attempt_at as i64), &json(item)?],
-        )
-        .map(drop)
+        let mut p = self.pending.borrow_mut();
+        p.outbox.insert(item.id.clone(), item.clone());
+        Ok(())
     }
 
     pub(in crate::store) fn outbox_item(&self, id: &str) -> TxResult<Option<OutboxItem>> {
+        if let Some(item) = self.pending.borrow().outbox.get(id) {
+            return Ok(Some(item.clone()));
+        }
         record(self.query("SELECT record FROM outbox WHERE id = $1", &[&id])?)
     }
 
+    /// An item added by this transaction has no lease yet: it is nobody's claim.
     pub(in crate::store) fn outbox_claimed(&self, id: &str) -> TxResult<Option<OutboxItem>> {
+        if self.pending.borrow().outbox.contains_key(id) {
+            return Ok(None);
+        }
         record(self.query(
             "SELECT record FROM outbox WHERE id = $1 AND lease_owner = $2",
             &[&id, &self.node],
@@ -295,6 +380,10 @@ impl PgTx<'_> {
         _old: &OutboxItem,
         item: &OutboxItem,
     ) -> TxResult<()> {
+        if let Some(pending) = self.pending.borrow_mut().outbox.get_mut(&item.id) {
+            *pending = item.clone();
+            return Ok(());
+        }
         self.execute(
             "UPDATE outbox SET due = $2, lease_owner = NULL, record = $3 WHERE id = $1",
             &[&item.id, &(item.next_attempt_at as i64), &json(item)?],
@@ -303,6 +392,7 @@ impl PgTx<'_> {
     }
 
     pub(in crate::store) fn outbox_remove(&self, item: &OutboxItem) -> TxResult<()> {
+        self.pending.borrow_mut().outbox.remove(&item.id);
         self.execute("DELETE FROM outbox WHERE id = $1", &[&item.id])
             .map(drop)
     }
