@@ -283,21 +283,35 @@ impl Flow {
     }
 }
 
+/// How often the outbox gauges (depth, oldest age) are read again.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
 /// Run until shutdown. `wake` is notified whenever something was queued, so new items go out
 /// at once rather than at the next poll.
 pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
     let mut flow = Flow::default();
     let mut tasks: JoinSet<(OutboxItem, Outcome)> = JoinSet::new();
+    let mut gauges_at: Option<Instant> = None;
+    // Whether something may have changed the outbox since the gauges were read.
+    let mut gauges_stale = true;
     loop {
         let config = ctx.config();
         let cfg = config.outbound.outbox.clone();
-        if let Ok(depth) = ctx.store.outbox_depth() {
-            ctx.metrics.set_outbox_depth(depth.max(0) as u64);
-        }
-        // Items are keyed by ULID: the first is the oldest still waiting.
-        if let Ok(oldest) = ctx.store.outbox_oldest() {
-            let age_ms = oldest.map_or(0, |i| keys::now_ms().saturating_sub(i.created_at));
-            ctx.metrics.set_outbox_oldest_age(age_ms / 1000);
+        // The gauges at most once a second: every commit wakes this loop, and on a shared
+        // store each reading is a query (the depth a count), hundreds a second under load.
+        // Skipped ones are read at the next second (`idle` below), so a gauge lags by at most
+        // `GAUGES_EVERY`.
+        if gauges_at.is_none_or(|t| t.elapsed() >= GAUGES_EVERY) {
+            gauges_at = Some(Instant::now());
+            gauges_stale = false;
+            if let Ok(depth) = ctx.store.outbox_depth() {
+                ctx.metrics.set_outbox_depth(depth.max(0) as u64);
+            }
+            // Items are keyed by ULID: the first is the oldest still waiting.
+            if let Ok(oldest) = ctx.store.outbox_oldest() {
+                let age_ms = oldest.map_or(0, |i| keys::now_ms().saturating_sub(i.created_at));
+                ctx.metrics.set_outbox_oldest_age(age_ms / 1000);
+            }
         }
         record_waiting(&ctx.store, &ctx.metrics, &cfg, &mut flow).await;
         // While outcomes wait to be recorded the store refuses writes: delivering more would
@@ -334,15 +348,20 @@ pub async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut shutdown: Shutdown) {
                 }
             }
         }
-        let idle = flow.next_wake(cfg.poll_interval, Instant::now());
+        let mut idle = flow.next_wake(cfg.poll_interval, Instant::now());
+        if gauges_stale {
+            let read_at = gauges_at.map_or(Instant::now(), |t| t + GAUGES_EVERY);
+            idle = idle.min(read_at.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             _ = shutdown.wait() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((item, outcome)) = done {
                     finish(&ctx.store, &ctx.metrics, &cfg, &mut flow, item, outcome).await;
                 }
+                gauges_stale = true;
             }
-            _ = wake.notified() => {}
+            _ = wake.notified() => gauges_stale = true,
             _ = tokio::time::sleep(idle) => {}
         }
     }

@@ -234,10 +234,12 @@ impl PgTx<'_> {
             return Ok(());
         }
         let rows = self.query(
+            // LATERAL: one primary-key lookup per key. A plain join let the planner hash the
+            // whole thread index once per batch (found with perf: a cost growing with the store).
             "SELECT 0, t.inbox::text, t.message_id::text, t.conversation, t.first_queue_id
-               FROM thread_index t
-               JOIN unnest($1::text[], $2::text[]) AS k(inbox, message_id)
-                 ON t.inbox = k.inbox AND t.message_id = k.message_id
+               FROM unnest($1::text[], $2::text[]) AS k(inbox, message_id),
+                    LATERAL (SELECT * FROM thread_index i
+                              WHERE i.inbox = k.inbox AND i.message_id = k.message_id) t
              UNION ALL SELECT 1, email::text, '', record, '' FROM contacts WHERE email = ANY($3::text[])
              UNION ALL SELECT 2, id::text, '', record, '' FROM inbox_states WHERE id = ANY($4::text[])",
             &[&keys.thread.0, &keys.thread.1, &keys.contacts, &keys.inboxes],
