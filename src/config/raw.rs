@@ -206,6 +206,8 @@ pub struct RawStore {
     pub connect_timeout: Option<String>,
     /// How long a node's claim on outbox items keeps the other nodes off them, e.g. "2m".
     pub outbox_lease: Option<String>,
+    /// How long a session waits for its message's commit before answering `451`, e.g. "60s".
+    pub commit_timeout: Option<String>,
 }
 
 /// How long stored data is kept: each value is "keep" or a duration ("7d", "12h").

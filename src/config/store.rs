@@ -36,6 +36,29 @@ pub(super) fn compile_store(
             .min_free_bytes
             .unwrap_or(max_message_bytes.saturating_mul(2)),
         backend: compile_backend(store, errors),
+        commit_timeout: commit_timeout(store, errors),
+    }
+}
+
+/// `[store] commit_timeout`'s bounds: a second at least (a 30 MB body's commit takes a
+/// fraction of it), ten minutes at most, the time RFC 5321 §4.5.3.2.6 gives a client to wait
+/// for the answer to its data.
+const MIN_COMMIT_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `[store] commit_timeout`: a minute unless set. A commit that outlasts it may still land
+/// later; the sender, told `451`, sends again and the copy is recorded as a duplicate.
+fn commit_timeout(store: &RawStore, errors: &mut Errors) -> Duration {
+    let default = Duration::from_secs(60);
+    let t = errors.duration("store.commit_timeout", &store.commit_timeout, default);
+    if (MIN_COMMIT_TIMEOUT..=MAX_COMMIT_TIMEOUT).contains(&t) {
+        t
+    } else {
+        errors.push(
+            "store.commit_timeout",
+            format!("{t:?} is out of range (1s to 10m)"),
+        );
+        default
     }
 }
 
@@ -184,6 +207,9 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Where the records live. Changing it takes a restart.
     pub backend: StoreBackend,
+    /// How long an SMTP session waits for its message to be durable before it answers
+    /// `451 4.3.0` (a database that stopped answering, a disk that hangs). Live.
+    pub commit_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -275,5 +301,24 @@ mod tests {
             .unwrap_err()
             .0;
         assert_eq!(errs[0].path, "store.outbox_lease", "{errs:#?}");
+    }
+
+    #[test]
+    fn commit_timeout_is_a_bounded_duration_on_either_backend() {
+        let base = "[[listener]]\naddr = \"127.0.0.1:1\"\n[store]\n";
+        let timeout = |extra: &str| {
+            parse(&format!("{base}{extra}"))
+                .unwrap()
+                .store
+                .commit_timeout
+        };
+        assert_eq!(timeout(""), Duration::from_secs(60));
+        assert_eq!(timeout("commit_timeout = \"5s\"\n"), Duration::from_secs(5));
+        for bad in ["0s", "500ms", "11m", "soon"] {
+            let errs = parse(&format!("{base}commit_timeout = \"{bad}\"\n"))
+                .unwrap_err()
+                .0;
+            assert_eq!(errs[0].path, "store.commit_timeout", "{bad}: {errs:#?}");
+        }
     }
 }

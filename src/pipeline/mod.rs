@@ -210,10 +210,19 @@ pub async fn process(
     let input = thread_input(&config, env, &analysis, &body.sha256, &assessment, now);
     let record = prepare(&config.hostname, env, &body, now, &assessment, &analysis);
     let committing = std::time::Instant::now();
-    let committed = ctx
+    // Bounded: a store that stopped answering (a frozen database, a hung disk) must not hold
+    // the session until the client gives up. The commit may still land after the `451`; the
+    // sender's retry then finds its Message-ID and is recorded as a duplicate.
+    let limit = config.store.commit_timeout;
+    let commit = ctx
         .store
-        .commit(record, body.body, Some(threading::plan(input)))
-        .await;
+        .commit(record, body.body, Some(threading::plan(input)));
+    let committed = match tokio::time::timeout(limit, commit).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::store::StoreError::Unavailable(format!(
+            "the store did not confirm the commit within {limit:?} (store.commit_timeout)"
+        ))),
+    };
     ctx.metrics.commit_duration.observe(committing.elapsed());
     match committed {
         Ok(record) => {

@@ -1,8 +1,8 @@
 //! A node and its PostgreSQL database when things go wrong (#13): the database stopped under
 //! load and started again (`451`, never a `250` for what was not committed, `/readyz` 503 while
 //! it is away, accepting again by itself), a database that stops answering without refusing
-//! (`/readyz` still answers, 503), and a node that would not fit in the server's
-//! `max_connections`. Real `inbound serve` processes, a throwaway cluster, SMTP and HTTP over
+//! (`/readyz` still answers, 503; a session waiting for its commit answers `451` after
+//! `store.commit_timeout`), and a node that would not fit in the server's `max_connections`. Real `inbound serve` processes, a throwaway cluster, SMTP and HTTP over
 //! loopback.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -277,4 +277,39 @@ async fn readiness_answers_503_while_the_database_does_not_answer() {
     }
     pg.signal_all(libc::SIGCONT);
     readyz_until(&public, 200, "after the database answered again").await;
+}
+
+/// A database that stops answering while a session waits for its message's commit: the
+/// session answers `451 4.3.0` once `store.commit_timeout` has passed, instead of holding the
+/// sender (before: no answer at all until the database came back or the client gave up).
+/// When the database answers again, the sender's retry is accepted: stored, or recorded as a
+/// duplicate of the first copy if that one landed late.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_the_database_does_not_confirm_is_451_after_the_commit_timeout() {
+    let dns = TestDns::start().await;
+    let pg = PgCluster::start();
+    let url = pg.database();
+    inbound(&["store", "migrate", "--url", &url]).assert_ok("store migrate");
+    let node = start_node_with(
+        "127.0.0.1",
+        &url,
+        &dns.addr().to_string(),
+        "commit_timeout = \"2s\"",
+        "",
+    );
+    let addr = node.srv.addr;
+    let first = load_body("before-the-freeze", false);
+    assert!(matches!(try_send(addr, &first).await, Sent::Acked(_)));
+
+    let body = load_body("during-the-freeze", false);
+    pg.signal_all(libc::SIGSTOP);
+    // try_send's own hang guard (60 s) is what answers `Lost` when no reply ever comes.
+    let frozen = try_send(addr, &body).await;
+    pg.signal_all(libc::SIGCONT);
+    assert_eq!(frozen, Sent::Refused(451, "4.3.0".into()));
+
+    let public = Api::new(node.api, None).await;
+    readyz_until(&public, 200, "after the database answered again").await;
+    let retried = try_send(addr, &body).await;
+    assert!(matches!(retried, Sent::Acked(_)), "{retried:?}");
 }
