@@ -31,7 +31,8 @@
 //!   sixteen at a time, and links a new conversation without asking whether the link exists.
 //!   A batch of new conversations costs five round trips (locks, `BEGIN`, read-ahead, writes,
 //!   `COMMIT`) instead of about seventeen per message; #13 measured 356 messages/s before and
-//!   about 1,590 after (release build, 4 KiB × 20 clients, one sender, shared 2-core host).
+//!   1,090 to 1,590 after (medians of sets of runs; release build, 4 KiB × 20 clients, one
+//!   sender, a shared 2-core host).
 //! - **No hot row.** Ticket numbers come from a sequence, open counts and round-robin positions
 //!   are one row per user and per rule, and the outbox depth is counted.
 //! - **Group commit.** Several committer connections, each committing the messages of its share
