@@ -1,18 +1,21 @@
-//! The writes a transaction holds back until it commits. A batch of twenty messages used to
-//! send about seventeen statements per message, each a round trip the committer waited for
-//! while it held its batch's locks; most of them were writes whose answer nobody reads. Now
-//! the records a message writes (message, body, thread entry, conversation, contact, ticket,
-//! inbox state, outbox items) are kept here, keyed like their table, and written at the end
-//! with one multi-row statement per table (`PgTx::flush`, just before `COMMIT`). Reads of
-//! those records inside the transaction look here first, so the transaction still reads its
-//! own writes; a record written twice (the inbox state of every message of the batch) is
-//! written once, in its last form.
+//! The writes a transaction holds back until it commits, and the rows it reads ahead. A batch
+//! of twenty messages used to send about seventeen statements per message, each a round trip
+//! the committer waited for while it held its batch's locks; most of them were writes whose
+//! answer nobody reads. Now the records a message writes (message, body, thread entry,
+//! conversation and its new links, contact and its new links, ticket, inbox state, outbox
+//! items) are kept here, keyed like their table, and written at the end in one statement, a
+//! multi-row insert per table (`FLUSH`, just before `COMMIT`). Reads of those records inside
+//! the transaction look here first, so the transaction still reads its own writes; a record
+//! written twice (the inbox state of every message of the batch) is written once, in its last
+//! form. What the plans read first is fetched for the whole batch in one statement
+//! (`ReadAhead`).
 //!
-//! What must not wait stays immediate: deletes (they first drop the pending write of the same
-//! key, then delete in the database, which is correct whether or not the row was there), the
-//! links whose answer the caller needs (`link_contact`, `link_conversation_message`), and every
-//! table not kept here. A unique key another node took meanwhile fails the flush instead of
-//! the insert, which fails the transaction the same way: it is retried from the start.
+//! What must not wait stays immediate: deletes (they first drop the pending write and the
+//! read-ahead row of the same key, then delete in the database, which is correct whether or
+//! not the row was there), the links whose answer the caller needs (`link_contact`,
+//! `link_conversation_message`, for a conversation that existed before), and every table not
+//! kept here. A unique key another node took meanwhile fails the flush instead of the insert,
+//! which fails the transaction the same way: it is retried from the start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
